@@ -1,0 +1,1 @@
+//! Kiln's coordinator: assembles the derivation graph, skips cached outputs, schedules builds.

@@ -1,0 +1,1 @@
+//! Kiln's lazy Nix evaluator: parses with rnix, streams derivations as they are instantiated.

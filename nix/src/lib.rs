@@ -1,0 +1,8 @@
+//! Nix's data formats, byte-identical to Nix 2.8.
+//!
+//! One module per format: [`nixbase32`], [`hash`], [`store_path`],
+//! [`derivation`], [`nar`], [`narinfo`], [`signing`] and [`refscan`].
+//! Nothing here needs a runtime or a Nix installation.
+
+pub mod hash;
+pub mod nixbase32;

@@ -1,0 +1,1 @@
+//! Kiln's versioned messages between roles and the transports that carry them.
