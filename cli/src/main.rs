@@ -1,3 +1,54 @@
-fn main() {
-    println!("kiln");
+//! `kiln`: one binary for every Kiln user command and service.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod hash;
+mod instantiate;
+mod nar;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "A build farm for Nix derivations")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serialise or restore Nix archives (NAR).
+    #[command(subcommand)]
+    Nar(nar::NarCommand),
+    /// Compute the hash of a file or of a path's NAR serialisation.
+    #[command(subcommand)]
+    Hash(hash::HashCommand),
+    /// Evaluate Nix expressions and instantiate derivations, like `nix-instantiate`.
+    Instantiate(instantiate::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Nar(c) => nar::run(c),
+        Command::Hash(c) => hash::run(c),
+        Command::Instantiate(a) => instantiate::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A closed stdout (`kiln nar dump x | head`) is not an error.
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
