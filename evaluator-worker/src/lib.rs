@@ -1,1 +1,213 @@
-//! Kiln's lazy Nix evaluator: parses with rnix, streams derivations as they are instantiated.
+//! Kiln's lazy Nix evaluator: parses with rnix, lowers to a compact IR with
+//! lexically resolved variables, and evaluates it lazily with thunks.
+//!
+//! Entry point: [`Evaluator`]. Run deep evaluations inside [`with_big_stack`].
+
+pub mod builtins;
+pub mod error;
+pub mod eval;
+pub mod ir;
+pub mod lower;
+pub mod ops;
+pub mod pos;
+pub mod print;
+pub mod store;
+pub mod strlit;
+pub mod value;
+
+pub use error::{Error, ErrorKind, Result};
+pub use eval::{Eval, SearchPathEntry};
+pub use value::Value;
+
+use std::path::Path;
+use std::rc::Rc;
+
+/// Stack size of the evaluation thread made by [`with_big_stack`].
+pub const EVAL_STACK_SIZE: usize = 1 << 30;
+
+/// Run `f` on a new thread with a large stack (evaluation recurses deeply).
+pub fn with_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::Result<T> {
+    match std::thread::Builder::new().name("kiln-eval".into()).stack_size(EVAL_STACK_SIZE).spawn(f) {
+        Ok(h) => h.join(),
+        Err(e) => Err(Box::new(e.to_string())),
+    }
+}
+
+/// Options for a new [`Evaluator`].
+#[derive(Default)]
+pub struct Options {
+    /// `-I` entries, then `NIX_PATH` entries.
+    pub search_path: Vec<SearchPathEntry>,
+    /// The store; defaults to an in-memory [`store::MemStore`].
+    pub store: Option<Rc<dyn store::Store>>,
+    /// Maximum evaluation depth (default 10,000 frames... scaled to the stack).
+    pub max_depth: Option<usize>,
+}
+
+/// Parse a `NIX_PATH`-style list (`a:b=c`).
+pub fn parse_nix_path(s: &str) -> Vec<SearchPathEntry> {
+    s.split(':').filter(|e| !e.is_empty()).map(SearchPathEntry::parse).collect()
+}
+
+/// A Nix evaluator.
+pub struct Evaluator {
+    /// The evaluator state.
+    pub ev: Eval,
+}
+
+impl Evaluator {
+    /// A new evaluator.
+    pub fn new(opts: Options) -> Evaluator {
+        let store = opts.store.unwrap_or_else(|| Rc::new(store::MemStore::new()));
+        let mut ev = Eval::new(opts.search_path, store);
+        ev.max_depth = opts.max_depth.unwrap_or(100_000);
+        Evaluator { ev }
+    }
+
+    /// Parse (and lower) a file without evaluating it.
+    pub fn parse_file(&self, path: &Path) -> Result<Rc<ir::Expr>> {
+        self.ev.parse_file(path, None)
+    }
+
+    /// Parse an expression given as text; relative paths resolve against `base_dir`.
+    pub fn parse_string(&self, text: &str, base_dir: &Path) -> Result<Rc<ir::Expr>> {
+        self.ev.parse(text, "«string»".into(), None, &base_dir.display().to_string(), None)
+    }
+
+    /// Evaluate a parsed expression to weak head normal form.
+    pub fn eval_expr(&self, e: &Rc<ir::Expr>) -> Result<Value> {
+        self.ev.eval(&eval::Env::new(Vec::new(), None), e)
+    }
+
+    /// Evaluate a file.
+    pub fn eval_file(&self, path: &Path) -> Result<Value> {
+        self.ev.eval_file(path)
+    }
+
+    /// Evaluate an expression string.
+    pub fn eval_string(&self, text: &str, base_dir: &Path) -> Result<Value> {
+        let e = self.parse_string(text, base_dir)?;
+        self.eval_expr(&e)
+    }
+
+    /// Call `v` with the automatic arguments if it is a function taking a set
+    /// (what `nix-instantiate` does with `--arg`/`--argstr`).
+    pub fn auto_call(&self, v: &Value, args: &value::Attrs) -> Result<Value> {
+        let v = self.ev.force(v)?;
+        match &v {
+            Value::Lambda(c) if c.def.formals.is_some() => {
+                let formals = c.def.formals.as_ref().expect("checked");
+                let mut entries = Vec::new();
+                for a in args.iter() {
+                    if formals.ellipsis || formals.entries.iter().any(|(n, _)| n == &a.name) {
+                        entries.push(a.clone());
+                    }
+                }
+                let pos = c.def.pos;
+                let arg = Value::Attrs(Rc::new(value::Attrs::from_sorted(entries)));
+                self.ev.call(&v, arg, pos)
+            }
+            Value::Attrs(a) if a.get("__functor").is_some() => {
+                let pos = pos::Pos { file: 0, line: 1, col: 1 };
+                self.ev.call(&v, Value::Attrs(Rc::new(args.clone())), pos)
+            }
+            _ => Ok(v),
+        }
+    }
+
+    /// Select `-A` attribute path `path` (dot-separated; numbers index lists).
+    pub fn select_attr_path(&self, v: &Value, path: &str, args: &value::Attrs) -> Result<Value> {
+        let mut v = self.auto_call(v, args)?;
+        if path.is_empty() {
+            return Ok(v);
+        }
+        for comp in path.split('.') {
+            v = self.ev.force(&v)?;
+            v = match &v {
+                Value::Attrs(a) => match a.get(comp) {
+                    Some(x) => x.clone(),
+                    None => return Err(Error::eval(format!("attribute '{comp}' in selection path '{path}' not found"))),
+                },
+                Value::List(l) => match comp.parse::<usize>().ok().and_then(|i| l.get(i)) {
+                    Some(x) => x.clone(),
+                    None => return Err(Error::eval(format!("invalid index '{comp}' in selection path '{path}'"))),
+                },
+                other => {
+                    return Err(Error::eval(format!(
+                        "the expression selected by the selection path '{path}' should be a set but is {}",
+                        other.type_desc()
+                    )))
+                }
+            };
+            v = self.auto_call(&v, args)?;
+        }
+        self.ev.force(&v)
+    }
+
+    /// Force `v` completely (`--strict`).
+    pub fn force_deep(&self, v: &Value) -> Result<()> {
+        builtins::deep_force(&self.ev, v)
+    }
+
+    /// Print as `nix-instantiate --eval [--strict]`.
+    pub fn print(&self, v: &Value, strict: bool) -> Result<String> {
+        if strict {
+            self.force_deep(v)?;
+        }
+        print::print_value(&self.ev, v, strict)
+    }
+
+    /// Print as `--json`.
+    pub fn print_json(&self, v: &Value) -> Result<String> {
+        let mut out = String::new();
+        let mut ctx = Vec::new();
+        print::to_json(&self.ev, v, pos::Pos { file: 0, line: 1, col: 1 }, &mut out, &mut ctx)?;
+        Ok(out)
+    }
+
+    /// Print as `--xml`.
+    pub fn print_xml(&self, v: &Value) -> Result<String> {
+        let mut ctx = Vec::new();
+        print::to_xml(&self.ev, v, pos::Pos { file: 0, line: 1, col: 1 }, &mut ctx)
+    }
+
+    /// Render an error the way Nix 2.8 does: message, position, source line with
+    /// a caret, and (with `show_trace`) the trace frames.
+    pub fn format_error(&self, err: &Error, show_trace: bool) -> String {
+        let mut out = format!("error: {}", err.kind);
+        let sources = self.ev.sources.borrow();
+        let mut snippet = |out: &mut String, pos: pos::Pos| {
+            let Some(src) = sources.get(pos.file) else { return };
+            out.push_str(&format!("\n\n       at {}:{}:{}:\n\n", src.name, pos.line, pos.col));
+            let width = (pos.line + 1).to_string().len();
+            if pos.line > 1 {
+                if let Some(l) = src.line_text(pos.line - 1) {
+                    out.push_str(&format!("{:>w$}| {}\n", pos.line - 1, l, w = width + 12));
+                }
+            }
+            if let Some(l) = src.line_text(pos.line) {
+                out.push_str(&format!("{:>w$}| {}\n", pos.line, l, w = width + 12));
+                out.push_str(&format!("{:>w$}| {}^\n", "", " ".repeat(pos.col as usize - 1), w = width + 12));
+            }
+            if let Some(l) = src.line_text(pos.line + 1) {
+                if !l.is_empty() || src.line_text(pos.line + 2).is_some() {
+                    out.push_str(&format!("{:>w$}| {}\n", pos.line + 1, l, w = width + 12));
+                }
+            }
+        };
+        if let Some(pos) = err.pos {
+            snippet(&mut out, pos);
+        }
+        if show_trace {
+            for (pos, msg) in &err.trace {
+                out.push_str(&format!("\n\n       … {msg}"));
+                if let Some(p) = pos {
+                    snippet(&mut out, *p);
+                }
+            }
+        }
+        out
+    }
+}
+
+

@@ -1,1 +1,18 @@
 //! Kiln's store: a Nix binary cache on local disk or S3, and the HTTP gateway that serves it.
+//!
+//! - [`backend`]: the [`Store`] trait (whole objects by [`Key`]) and its
+//!   local directory, S3 and HTTP implementations;
+//! - [`url`]: store URLs as Nix writes them;
+//! - [`compression`]: streaming NAR compression and verification.
+
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod compression;
+pub mod error;
+pub mod key;
+pub mod url;
+
+pub use backend::{ByteStream, Store};
+pub use error::{Result, StoreError};
+pub use key::Key;

@@ -1,0 +1,232 @@
+//! The sandbox's root file system: the directories, `/etc` files, `/dev`
+//! entries and mount points Nix 2.8 gives a builder, laid out in a fresh
+//! host directory before the namespaces are created.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::sandbox::{Bind, SANDBOX_GID, SANDBOX_UID};
+
+/// The build directory inside the sandbox (Nix's `sandbox-build-dir`).
+pub const BUILD_DIR: &str = "/build";
+
+/// `/etc/passwd` as Nix writes it.
+pub fn passwd() -> String {
+    format!(
+        "root:x:0:0:Nix build user:{BUILD_DIR}:/noshell\n\
+         nixbld:x:{SANDBOX_UID}:{SANDBOX_GID}:Nix build user:{BUILD_DIR}:/noshell\n\
+         nobody:x:65534:65534:Nobody:/:/noshell\n"
+    )
+}
+
+/// `/etc/group` as Nix writes it.
+pub fn group() -> String {
+    format!("root:x:0:\nnixbld:!:{SANDBOX_GID}:\nnogroup:x:65534:\n")
+}
+
+/// `/etc/hosts` as Nix writes it for sandboxed (not fixed-output) builds.
+pub const HOSTS: &str = "127.0.0.1 localhost\n::1 localhost\n";
+
+/// `/etc/nsswitch.conf` Nix writes for fixed-output builds.
+pub const NSSWITCH: &str = "hosts: files dns\nservices: files\n";
+
+/// Device nodes bound from the host, in Nix's order (`/dev/kvm` only when the
+/// host has it).
+const DEVICES: &[&str] = &["/dev/full", "/dev/kvm", "/dev/null", "/dev/random", "/dev/tty", "/dev/urandom", "/dev/zero"];
+
+/// Host files a fixed-output derivation may see.
+const FOD_ETC: &[&str] = &["/etc/resolv.conf", "/etc/services", "/etc/hosts"];
+
+/// Errors while laying out the root.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare sandbox root: {action} '{path}'")]
+pub struct RootfsError {
+    /// What was being done.
+    pub action: &'static str,
+    /// The host path involved.
+    pub path: PathBuf,
+    /// The underlying error.
+    #[source]
+    pub source: io::Error,
+}
+
+fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T, RootfsError> {
+    r.map_err(|source| RootfsError { action, path: path.to_path_buf(), source })
+}
+
+fn mkdir(p: &Path, mode: u32) -> Result<(), RootfsError> {
+    ctx(fs::create_dir_all(p), "create directory", p)?;
+    ctx(fs::set_permissions(p, fs::Permissions::from_mode(mode)), "set permissions of", p)
+}
+
+fn write(p: &Path, data: &str) -> Result<(), RootfsError> {
+    ctx(fs::write(p, data), "write", p)
+}
+
+/// Creates an empty mount point for binding `source` (a file or directory).
+fn mount_point(source: &Path, target: &Path) -> Result<bool, RootfsError> {
+    let md = match fs::metadata(source) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(RootfsError { action: "inspect", path: source.to_path_buf(), source: e }),
+    };
+    if md.is_dir() {
+        ctx(fs::create_dir_all(target), "create mount point", target)?;
+    } else {
+        if let Some(parent) = target.parent() {
+            ctx(fs::create_dir_all(parent), "create directory", parent)?;
+        }
+        ctx(fs::write(target, b""), "create mount point", target)?;
+    }
+    Ok(true)
+}
+
+/// A prepared root: the directory and the host paths to bind into it.
+#[derive(Debug)]
+pub struct Rootfs {
+    /// The directory that becomes `/`.
+    pub root: PathBuf,
+    /// `/build` seen from the host.
+    pub build_dir: PathBuf,
+    /// `/nix/store` seen from the host (outputs appear here).
+    pub store_dir: PathBuf,
+    /// Bind mounts the sandbox needs.
+    pub binds: Vec<Bind>,
+}
+
+/// Lays out a root in the empty-or-absent directory `root`.
+///
+/// `inputs` maps store paths (`/nix/store/…`) to where they live on the
+/// host; each is bound read-only. `fixed_output` gives the build the host's
+/// name-resolution files, as Nix does.
+pub fn prepare<'a>(
+    root: &Path,
+    store_dir: &str,
+    inputs: impl IntoIterator<Item = (&'a str, &'a Path)>,
+    fixed_output: bool,
+) -> Result<Rootfs, RootfsError> {
+    mkdir(root, 0o750)?;
+    let rel = |p: &str| root.join(p.trim_start_matches('/'));
+    mkdir(&rel("tmp"), 0o1777)?;
+    let build_dir = rel(BUILD_DIR);
+    mkdir(&build_dir, 0o700)?;
+    mkdir(&rel("proc"), 0o555)?;
+    let store = rel(store_dir);
+    mkdir(&store, 0o1775)?;
+
+    let etc = rel("etc");
+    mkdir(&etc, 0o755)?;
+    write(&etc.join("passwd"), &passwd())?;
+    write(&etc.join("group"), &group())?;
+    let mut binds = Vec::new();
+    if fixed_output {
+        write(&etc.join("nsswitch.conf"), NSSWITCH)?;
+        for f in FOD_ETC {
+            if mount_point(Path::new(f), &rel(f))? {
+                binds.push(Bind { source: f.into(), target: f.into(), read_only: true });
+            }
+        }
+    } else {
+        write(&etc.join("hosts"), HOSTS)?;
+    }
+    ctx(fs::set_permissions(&etc, fs::Permissions::from_mode(0o555)), "set permissions of", &etc)?;
+
+    let dev = rel("dev");
+    mkdir(&dev.join("shm"), 0o755)?;
+    mkdir(&dev.join("pts"), 0o755)?;
+    for d in DEVICES {
+        if mount_point(Path::new(d), &rel(d))? {
+            binds.push(Bind { source: d.into(), target: d.into(), read_only: false });
+        }
+    }
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "/dev/pts/ptmx"),
+    ] {
+        let p = dev.join(link);
+        ctx(symlink(target, &p), "create symlink", &p)?;
+    }
+
+    for (store_path, host) in inputs {
+        let target = rel(store_path);
+        if !mount_point(host, &target)? {
+            return Err(RootfsError {
+                action: "find input",
+                path: host.to_path_buf(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            });
+        }
+        binds.push(Bind { source: host.to_path_buf(), target: store_path.into(), read_only: true });
+    }
+    Ok(Rootfs { root: root.to_path_buf(), build_dir, store_dir: store, binds })
+}
+
+/// Removes `path` recursively, first making directories writable (outputs
+/// and `/etc` are read-only by then). A missing path is not an error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    let md = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !md.is_dir() {
+        return fs::remove_file(path);
+    }
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let m = fs::symlink_metadata(&dir)?;
+        if m.permissions().mode() & 0o700 != 0o700 {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
+        }
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            }
+        }
+    }
+    fs::remove_dir_all(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etc_files_match_nix() {
+        assert_eq!(
+            passwd(),
+            "root:x:0:0:Nix build user:/build:/noshell\nnixbld:x:1000:100:Nix build user:/build:/noshell\nnobody:x:65534:65534:Nobody:/:/noshell\n"
+        );
+        assert_eq!(group(), "root:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n");
+    }
+
+    #[test]
+    fn prepare_lays_out_root_and_remove_cleans_it() {
+        let t = tempfile::tempdir().unwrap();
+        let input = t.path().join("in");
+        fs::create_dir(&input).unwrap();
+        let root = t.path().join("root");
+        let r = prepare(&root, "/nix/store", [("/nix/store/abc-in", input.as_path())], false).unwrap();
+        let mut names: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.sort();
+        assert_eq!(names, ["build", "dev", "etc", "nix", "proc", "tmp"]);
+        assert!(root.join("nix/store/abc-in").is_dir());
+        assert!(r.binds.iter().any(|b| b.target == Path::new("/nix/store/abc-in") && b.read_only));
+        assert_eq!(fs::read_to_string(root.join("etc/hosts")).unwrap(), HOSTS);
+        remove_tree(&root).unwrap();
+        assert!(!root.exists());
+    }
+
+    #[test]
+    fn missing_input_is_reported() {
+        let t = tempfile::tempdir().unwrap();
+        let err = prepare(&t.path().join("r"), "/nix/store", [("/nix/store/x-y", t.path().join("nope").as_path())], false).unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}

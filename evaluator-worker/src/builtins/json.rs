@@ -1,0 +1,75 @@
+//! `toJSON`, `fromJSON`, `fromTOML` and `toXML`.
+
+use super::{b, Builtin};
+use crate::error::{Error, Result};
+use crate::eval::Eval;
+use crate::pos::Pos;
+use crate::value::*;
+use std::rc::Rc;
+
+pub(super) const BUILTINS: &[Builtin] = &[
+    b("toJSON", 1, to_json),
+    b("fromJSON", 1, from_json),
+    g_from_toml(),
+    b("toXML", 1, to_xml),
+];
+
+const fn g_from_toml() -> Builtin {
+    super::g("fromTOML", 1, from_toml)
+}
+
+fn to_json(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let mut out = String::new();
+    let mut ctx = Vec::new();
+    crate::print::to_json(ev, &a[0], pos, &mut out, &mut ctx)?;
+    Ok(Value::string_ctx(out, ctx))
+}
+
+fn to_xml(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let mut ctx = Vec::new();
+    let out = crate::print::to_xml(ev, &a[0], pos, &mut ctx)?;
+    Ok(Value::string_ctx(out, ctx))
+}
+
+fn json_value(v: serde_json::Value) -> Value {
+    match v {
+        serde_json::Value::Null => Value::Null,
+        serde_json::Value::Bool(b) => Value::Bool(b),
+        serde_json::Value::Number(n) => match n.as_i64() {
+            Some(i) => Value::Int(i),
+            None => Value::Float(n.as_f64().unwrap_or(0.0)),
+        },
+        serde_json::Value::String(s) => Value::string(s),
+        serde_json::Value::Array(a) => Value::list(a.into_iter().map(json_value).collect()),
+        serde_json::Value::Object(o) => Value::Attrs(Rc::new(Attrs::from_unsorted(
+            o.into_iter().map(|(k, v)| Attr { name: k.as_str().into(), value: json_value(v), pos: None }).collect(),
+        ))),
+    }
+}
+
+fn from_json(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let s = ev.expect_string(&a[0], pos)?;
+    let v: serde_json::Value =
+        serde_json::from_str(&s.s).map_err(|e| Error::eval(format!("while decoding a JSON string: {e}")).at(pos))?;
+    Ok(json_value(v))
+}
+
+fn toml_value(v: toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::string(s),
+        toml::Value::Integer(i) => Value::Int(i),
+        toml::Value::Float(f) => Value::Float(f),
+        toml::Value::Boolean(b) => Value::Bool(b),
+        toml::Value::Datetime(d) => Value::string(d.to_string()),
+        toml::Value::Array(a) => Value::list(a.into_iter().map(toml_value).collect()),
+        toml::Value::Table(t) => Value::Attrs(Rc::new(Attrs::from_unsorted(
+            t.into_iter().map(|(k, v)| Attr { name: k.as_str().into(), value: toml_value(v), pos: None }).collect(),
+        ))),
+    }
+}
+
+fn from_toml(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let s = ev.expect_string(&a[0], pos)?;
+    let t: toml::Table = s.s.parse().map_err(|e| Error::eval(format!("while parsing a TOML string: {e}")).at(pos))?;
+    Ok(toml_value(toml::Value::Table(t)))
+}

@@ -1,0 +1,224 @@
+//! Files and paths: `import`, `scopedImport`, `readFile`, `readDir`,
+//! `pathExists`, `baseNameOf`, `dirOf`, `toPath`, `toFile`, `path`,
+//! `filterSource`, `hashFile`, `findFile`.
+
+use super::{b, g, Builtin};
+use crate::error::{Error, ErrorKind, Result};
+use crate::eval::{Env, Eval};
+use crate::lower::canon_path;
+use crate::pos::Pos;
+use crate::value::*;
+use kiln_nix::hash::{Hash, HashAlgo};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+pub(super) const BUILTINS: &[Builtin] = &[
+    g("import", 1, import),
+    g("scopedImport", 2, scoped_import),
+    b("readFile", 1, read_file),
+    b("readDir", 1, read_dir),
+    b("pathExists", 1, path_exists),
+    g("baseNameOf", 1, base_name_of),
+    g("dirOf", 1, dir_of),
+    b("toPath", 1, to_path),
+    b("toFile", 2, to_file),
+    b("hashFile", 2, hash_file),
+    b("findFile", 2, find_file),
+    b("filterSource", 2, filter_source),
+    b("path", 1, path_b),
+];
+
+/// Coerce to an absolute path string (paths, or strings starting with `/`).
+pub fn coerce_path(ev: &Eval, v: &Value, pos: Pos) -> Result<String> {
+    let s = ev.coerce_to_string(v, pos, false, false)?;
+    if !s.s.starts_with('/') {
+        return Err(Error::eval(format!("string '{}' doesn't represent an absolute path", s.s)).at(pos));
+    }
+    Ok(canon_path(&s.s))
+}
+
+fn io(msg: &str, path: &str, e: std::io::Error) -> Error {
+    Error::new(ErrorKind::Io { msg: format!("{msg}: {e}:"), path: path.to_string() })
+}
+
+fn import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let p = coerce_path(ev, &a[0], pos)?;
+    ev.eval_file(Path::new(&p)).map_err(|e| e.at(pos))
+}
+
+fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let scope = ev.expect_attrs(&a[0], pos)?;
+    let p = coerce_path(ev, &a[1], pos)?;
+    let names: Vec<Symbol> = scope.iter().map(|e| e.name.clone()).collect();
+    let vals: Vec<Value> = scope.iter().map(|e| e.value.clone()).collect();
+    let e = ev.parse_file(Path::new(&p), Some(names))?;
+    ev.eval(&Env::new(vals, None), &e)
+}
+
+fn read_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let p = coerce_path(ev, &a[0], pos)?;
+    let bytes = std::fs::read(&p).map_err(|e| io("opening file", &p, e).at(pos))?;
+    Ok(Value::string(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let p = coerce_path(ev, &a[0], pos)?;
+    let rd = std::fs::read_dir(&p).map_err(|e| io("reading directory", &p, e).at(pos))?;
+    let mut entries = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| io("reading directory", &p, e).at(pos))?;
+        let ft = ent.file_type().map_err(|e| io("reading directory", &p, e).at(pos))?;
+        let ty = if ft.is_dir() {
+            "directory"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_file() {
+            "regular"
+        } else {
+            "unknown"
+        };
+        let name = ent.file_name().to_string_lossy().into_owned();
+        entries.push(Attr { name: name.as_str().into(), value: Value::string(ty), pos: None });
+    }
+    Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))))
+}
+
+fn path_exists(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let p = coerce_path(ev, &a[0], pos)?;
+    Ok(Value::Bool(Path::new(&p).symlink_metadata().is_ok()))
+}
+
+fn base_name_of(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let s = ev.coerce_to_string(&a[0], pos, false, false)?;
+    let t = s.s.strip_suffix('/').unwrap_or(&s.s);
+    let base = t.rsplit('/').next().unwrap_or("").to_string();
+    Ok(Value::string_ctx(base, s.ctx))
+}
+
+fn dir_of(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let v = ev.force(&a[0])?;
+    let s = ev.coerce_to_string(&v, pos, false, false)?;
+    let dir = match s.s.rfind('/') {
+        Some(0) => "/".to_string(),
+        Some(i) => s.s[..i].to_string(),
+        None => ".".to_string(),
+    };
+    if let Value::Path(_) = v {
+        return Ok(Value::Path(dir.into()));
+    }
+    Ok(Value::string_ctx(dir, s.ctx))
+}
+
+fn to_path(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    Ok(Value::string(coerce_path(ev, &a[0], pos)?))
+}
+
+fn to_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let name = ev.expect_string(&a[0], pos)?;
+    let text = ev.coerce_to_string(&a[1], pos, false, false)?;
+    let refs: Vec<String> = text.ctx.iter().map(|c| c.trim_start_matches('=').to_string()).collect();
+    let p = ev.store.add_text(&name.s, &text.s, &refs).map_err(|e| Error::eval(e.to_string()).at(pos))?;
+    Ok(Value::string_ctx(p.clone(), vec![Rc::from(p.as_str())]))
+}
+
+fn hash_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let algo = ev.expect_string(&a[0], pos)?;
+    let algo = HashAlgo::from_name(&algo.s)
+        .map_err(|_| Error::eval(format!("unknown hash algorithm '{}'", algo.s)).at(pos))?;
+    let p = coerce_path(ev, &a[1], pos)?;
+    let bytes = std::fs::read(&p).map_err(|e| io("opening file", &p, e).at(pos))?;
+    Ok(Value::string(Hash::of(algo, &bytes).to_base16()))
+}
+
+fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let sp = ev.expect_list(&a[0], pos)?;
+    let name = ev.expect_string(&a[1], pos)?;
+    let mut entries = Vec::new();
+    for e in sp.iter() {
+        let s = ev.expect_attrs(e, pos)?;
+        let prefix = match s.get("prefix") {
+            Some(p) => ev.expect_string(p, pos)?.s.clone(),
+            None => String::new(),
+        };
+        let path = s.get("path").ok_or_else(|| Error::eval("attribute 'path' missing").at(pos))?;
+        let path = ev.coerce_to_string(path, pos, false, false)?.s;
+        entries.push(crate::eval::SearchPathEntry { prefix, path });
+    }
+    for entry in entries {
+        let candidate = if entry.prefix.is_empty() {
+            format!("{}/{}", entry.path, name.s)
+        } else if name.s == entry.prefix {
+            entry.path.clone()
+        } else if let Some(rest) = name.s.strip_prefix(&entry.prefix).and_then(|r| r.strip_prefix('/')) {
+            format!("{}/{}", entry.path, rest)
+        } else {
+            continue;
+        };
+        if Path::new(&candidate).exists() {
+            return Ok(Value::Path(canon_path(&candidate).into()));
+        }
+    }
+    Err(Error::throw(format!(
+        "file '{}' was not found in the Nix search path (add it using $NIX_PATH or -I)",
+        name.s
+    ))
+    .at(pos))
+}
+
+fn add_filtered(ev: &Eval, path: &str, name: &str, filter: Option<Value>, pos: Pos) -> Result<Value> {
+    let err: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
+    let f = |p: &Path| -> bool {
+        let Some(filter) = &filter else { return true };
+        if err.borrow().is_some() {
+            return false;
+        }
+        let ty = match p.symlink_metadata() {
+            Ok(m) if m.is_dir() => "directory",
+            Ok(m) if m.file_type().is_symlink() => "symlink",
+            Ok(m) if m.is_file() => "regular",
+            _ => "unknown",
+        };
+        let r = ev
+            .call(filter, Value::string(p.display().to_string()), pos)
+            .and_then(|g| ev.call(&g, Value::string(ty), pos))
+            .and_then(|r| ev.expect_bool(&r, pos));
+        match r {
+            Ok(b) => b,
+            Err(e) => {
+                *err.borrow_mut() = Some(e);
+                false
+            }
+        }
+    };
+    let res = ev.store.add_path(&PathBuf::from(path), name, Some(&f));
+    if let Some(e) = err.into_inner() {
+        return Err(e);
+    }
+    let p = res.map_err(|e| Error::eval(e.to_string()).at(pos))?;
+    Ok(Value::string_ctx(p.clone(), vec![Rc::from(p.as_str())]))
+}
+
+fn filter_source(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let filter = ev.expect_function(&a[0], pos)?;
+    let p = coerce_path(ev, &a[1], pos)?;
+    let name = p.rsplit('/').next().unwrap_or("source").to_string();
+    add_filtered(ev, &p, &name, Some(filter), pos)
+}
+
+fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
+    let args = ev.expect_attrs(&a[0], pos)?;
+    let p = args.get("path").ok_or_else(|| Error::eval("attribute 'path' missing in call to 'path'").at(pos))?;
+    let p = coerce_path(ev, p, pos)?;
+    let name = match args.get("name") {
+        Some(n) => ev.expect_string(n, pos)?.s.clone(),
+        None => p.rsplit('/').next().unwrap_or("source").to_string(),
+    };
+    let filter = match args.get("filter") {
+        Some(f) => Some(ev.expect_function(f, pos)?),
+        None => None,
+    };
+    if let Some(h) = args.get("sha256") {
+        let _ = ev.expect_string(h, pos)?;
+    }
+    add_filtered(ev, &p, &name, filter, pos)
+}

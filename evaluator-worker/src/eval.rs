@@ -1,0 +1,674 @@
+//! The tree-walking evaluator: environments, expression evaluation, function calls.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::ir::*;
+use crate::lower::{canon_path, Lowerer};
+use crate::pos::{Pos, Source, Sources};
+use crate::store::{DerivationSink, Realiser, Store};
+use crate::value::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+/// An environment frame: slots for one `let`/`rec`/lambda/`with`.
+pub struct Env {
+    /// Slot values (filled right after creation for recursive frames).
+    pub vals: RefCell<Vec<Value>>,
+    /// Enclosing frame.
+    pub up: Option<Rc<Env>>,
+}
+
+impl Env {
+    /// A frame with `vals` under `up`.
+    pub fn new(vals: Vec<Value>, up: Option<Rc<Env>>) -> Rc<Env> {
+        Rc::new(Env { vals: RefCell::new(vals), up })
+    }
+}
+
+/// One `-I`/`NIX_PATH` entry: `prefix=path` or just `path` (empty prefix).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchPathEntry {
+    /// Prefix (`nixpkgs`), empty for a bare directory.
+    pub prefix: String,
+    /// Directory or file.
+    pub path: String,
+}
+
+impl SearchPathEntry {
+    /// Parse `[NAME=]PATH`.
+    pub fn parse(s: &str) -> SearchPathEntry {
+        match s.split_once('=') {
+            Some((p, path)) => SearchPathEntry { prefix: p.to_string(), path: path.to_string() },
+            None => SearchPathEntry { prefix: String::new(), path: s.to_string() },
+        }
+    }
+}
+
+/// Evaluator state shared by every evaluation in one session.
+pub struct Eval {
+    /// Every parsed source.
+    pub sources: RefCell<Sources>,
+    pub(crate) globals: Vec<Value>,
+    pub(crate) global_names: HashMap<Symbol, u32>,
+    /// Search path (`-I` entries first, then `NIX_PATH`).
+    pub search_path: Vec<SearchPathEntry>,
+    pub(crate) import_cache: RefCell<HashMap<PathBuf, Value>>,
+    depth: Cell<usize>,
+    /// Maximum evaluation depth before a clean "stack overflow" error.
+    pub max_depth: usize,
+    /// Where store paths and `.drv` files go.
+    pub store: Rc<dyn Store>,
+    /// Builds derivation outputs needed during evaluation (IFD).
+    pub realiser: Option<Rc<dyn Realiser>>,
+    /// Receives every instantiated derivation.
+    pub sink: Option<Rc<dyn DerivationSink>>,
+    /// Whether `builtins.trace` prints to standard error.
+    pub print_trace: bool,
+}
+
+impl Eval {
+    /// A new evaluator with the builtins installed.
+    pub fn new(search_path: Vec<SearchPathEntry>, store: Rc<dyn Store>) -> Eval {
+        let mut ev = Eval {
+            sources: RefCell::new(Sources::default()),
+            globals: Vec::new(),
+            global_names: HashMap::new(),
+            search_path,
+            import_cache: RefCell::new(HashMap::new()),
+            depth: Cell::new(0),
+            max_depth: 10_000,
+            store,
+            realiser: None,
+            sink: None,
+            print_trace: true,
+        };
+        crate::builtins::install(&mut ev);
+        ev
+    }
+
+    pub(crate) fn add_global(&mut self, name: &str, v: Value) {
+        self.global_names.insert(Symbol::from(name), self.globals.len() as u32);
+        self.globals.push(v);
+    }
+
+    /// Parse and lower `text`; `path` is the file it came from (for relative paths).
+    pub fn parse(&self, text: &str, name: String, path: Option<PathBuf>, base_dir: &str, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
+        let text: Rc<str> = Rc::from(text);
+        let src = Source::new(name, path, text.clone());
+        let file = self.sources.borrow_mut().add(src);
+        let sources = self.sources.borrow();
+        let src = sources.get(file).ok_or_else(|| Error::eval("source table corrupted"))?;
+        let mut l = Lowerer::new(file, src, Rc::from(base_dir), &self.global_names, outer);
+        l.parse_and_lower(&text)
+    }
+
+    /// Parse the file at `path` (a directory means its `default.nix`).
+    pub fn parse_file(&self, path: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
+        let mut p = path.to_path_buf();
+        if p.is_dir() {
+            p = p.join("default.nix");
+        }
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            Error::new(ErrorKind::Io { msg: format!("opening file: {e}:"), path: p.display().to_string() })
+        })?;
+        let dir = p.parent().map(|d| d.display().to_string()).unwrap_or_else(|| "/".into());
+        self.parse(&text, p.display().to_string(), Some(p.clone()), &dir, outer)
+    }
+
+    /// Evaluate a file (cached, like `import`).
+    pub fn eval_file(&self, path: &Path) -> Result<Value> {
+        let key = path.to_path_buf();
+        if let Some(v) = self.import_cache.borrow().get(&key) {
+            return Ok(v.clone());
+        }
+        let e = self.parse_file(path, None)?;
+        let v = self.eval(&Env::new(Vec::new(), None), &e)?;
+        self.import_cache.borrow_mut().insert(key, v.clone());
+        Ok(v)
+    }
+
+    /// Force a value to weak head normal form.
+    #[inline]
+    pub fn force(&self, v: &Value) -> Result<Value> {
+        match v {
+            Value::Thunk(t) => t.force(self),
+            o => Ok(o.clone()),
+        }
+    }
+
+    fn enter(&self) -> Result<()> {
+        let d = self.depth.get() + 1;
+        if d > self.max_depth {
+            return Err(Error::new(ErrorKind::TooDeep(self.max_depth)));
+        }
+        self.depth.set(d);
+        Ok(())
+    }
+
+    fn leave(&self) {
+        self.depth.set(self.depth.get() - 1);
+    }
+
+    /// A lazy value for `e` in `env` (no thunk for constants, variables and lambdas).
+    pub fn thunk(&self, env: &Rc<Env>, e: &Rc<Expr>) -> Value {
+        match &**e {
+            Expr::Const(v) => v.clone(),
+            Expr::Var { level, slot, .. } => {
+                let frame = env_at(env, *level);
+                let vals = frame.vals.borrow();
+                match vals.get(*slot as usize) {
+                    Some(v) => v.clone(),
+                    // The frame is still being built (recursive bindings, defaults).
+                    None => Value::Thunk(Thunk::new(env.clone(), e.clone())),
+                }
+            }
+            Expr::Global(g) => self.globals[*g as usize].clone(),
+            Expr::Lambda(def) => Value::Lambda(Rc::new(Closure { def: def.clone(), env: env.clone() })),
+            _ => Value::Thunk(Thunk::new(env.clone(), e.clone())),
+        }
+    }
+
+    /// Evaluate `e` in `env` to weak head normal form.
+    pub fn eval(&self, env: &Rc<Env>, e: &Rc<Expr>) -> Result<Value> {
+        self.enter()?;
+        let r = self.eval_inner(env, e);
+        self.leave();
+        r
+    }
+
+    fn eval_inner(&self, env: &Rc<Env>, e: &Rc<Expr>) -> Result<Value> {
+        match &**e {
+            Expr::Const(v) => Ok(v.clone()),
+            Expr::Var { level, slot, pos } => {
+                let v = {
+                    let env = env_at(env, *level);
+                    let vals = env.vals.borrow();
+                    vals.get(*slot as usize).cloned().unwrap_or(Value::Null)
+                };
+                self.force(&v).map_err(|e| e.at(*pos))
+            }
+            Expr::Global(g) => self.force(&self.globals[*g as usize]),
+            Expr::WithVar { name, withs, pos } => {
+                for level in withs {
+                    let ns = {
+                        let env = env_at(env, *level);
+                        let vals = env.vals.borrow();
+                        vals.first().cloned().unwrap_or(Value::Null)
+                    };
+                    let ns = self.force(&ns).map_err(|e| e.at(*pos))?;
+                    let attrs = self.expect_attrs(&ns, *pos)?;
+                    if let Some(v) = attrs.get(name.as_str()) {
+                        return self.force(v).map_err(|e| e.at(*pos));
+                    }
+                }
+                Err(Error::new(ErrorKind::UndefinedVariable(name.as_str().to_string())).at(*pos))
+            }
+            Expr::Select { e: subject, path, default, pos } => {
+                let mut v = self.eval(env, subject)?;
+                for key in path {
+                    let name = self.attr_name(env, key, *pos)?;
+                    let found = match &v {
+                        Value::Attrs(a) => a.get(&name.s).cloned(),
+                        other if default.is_none() => {
+                            return Err(Error::eval(format!(
+                                "value is {} while a set was expected",
+                                other.type_desc()
+                            ))
+                            .at(*pos))
+                        }
+                        _ => None,
+                    };
+                    match found {
+                        Some(x) => v = self.force(&x).map_err(|e| e.at(*pos))?,
+                        None => match default {
+                            Some(d) => return self.eval(env, d),
+                            None => {
+                                return Err(Error::eval(format!("attribute '{}' missing", name.s)).at(*pos))
+                            }
+                        },
+                    }
+                }
+                Ok(v)
+            }
+            Expr::HasAttr { e: subject, path } => {
+                let mut v = self.eval(env, subject)?;
+                for (i, key) in path.iter().enumerate() {
+                    let name = self.attr_name(env, key, Pos { file: 0, line: 0, col: 0 })?;
+                    let Value::Attrs(a) = &v else { return Ok(Value::Bool(false)) };
+                    match a.get(&name.s) {
+                        Some(x) => {
+                            if i + 1 < path.len() {
+                                v = self.force(x)?;
+                            }
+                        }
+                        None => return Ok(Value::Bool(false)),
+                    }
+                }
+                Ok(Value::Bool(true))
+            }
+            Expr::Attrs(def) => self.eval_attrs(env, def),
+            Expr::List(items) => Ok(Value::list(items.iter().map(|i| self.thunk(env, i)).collect())),
+            Expr::Lambda(def) => Ok(Value::Lambda(Rc::new(Closure { def: def.clone(), env: env.clone() }))),
+            Expr::Apply { f, arg, pos } => {
+                let fv = self.eval(env, f)?;
+                let a = self.thunk(env, arg);
+                self.call(&fv, a, *pos)
+            }
+            Expr::Let { binds, body } => {
+                let new_env = self.rec_env(env, binds);
+                self.eval(&new_env, body)
+            }
+            Expr::With { ns, body } => {
+                let new_env = Env::new(vec![self.thunk(env, ns)], Some(env.clone()));
+                self.eval(&new_env, body)
+            }
+            Expr::If { cond, then, els, pos } => {
+                if self.eval_bool(env, cond, *pos)? {
+                    self.eval(env, then)
+                } else {
+                    self.eval(env, els)
+                }
+            }
+            Expr::Assert { cond, body, text, pos } => {
+                if self.eval_bool(env, cond, *pos)? {
+                    self.eval(env, body)
+                } else {
+                    Err(Error::new(ErrorKind::Assertion(text.clone())).at(*pos))
+                }
+            }
+            Expr::Not(x, pos) => Ok(Value::Bool(!self.eval_bool(env, x, *pos)?)),
+            Expr::Neg(x, pos) => {
+                let v = self.eval(env, x)?;
+                crate::ops::arith(self, BinOp::Sub, &Value::Int(0), &v, *pos)
+            }
+            Expr::Bin { op, l, r, pos } => self.eval_bin(env, *op, l, r, *pos),
+            Expr::Concat { parts, is_string, pos } => self.eval_concat(env, parts, *is_string, *pos),
+            Expr::PathInterp { kind, parts, base, pos } => {
+                let mut s = String::new();
+                for p in parts {
+                    let v = self.eval(env, p)?;
+                    let ns = self.coerce_to_string(&v, *pos, false, false)?;
+                    s.push_str(&ns.s);
+                }
+                let full = match kind {
+                    PathKind::Absolute => canon_path(&s),
+                    PathKind::Relative => canon_path(&format!("{base}/{s}")),
+                    PathKind::Home => {
+                        let home = std::env::var("HOME").unwrap_or_default();
+                        canon_path(&format!("{home}/{}", s.trim_start_matches('~')))
+                    }
+                };
+                Ok(Value::Path(full.into()))
+            }
+            Expr::SearchPath(name, pos) => {
+                let p = self.find_file(name).map_err(|e| e.at(*pos))?;
+                Ok(Value::Path(p.into()))
+            }
+            Expr::CurPos(pos) => Ok(self.pos_value(Some(*pos))),
+        }
+    }
+
+    /// `{ file, line, column }` for `pos`, or null.
+    pub fn pos_value(&self, pos: Option<Pos>) -> Value {
+        let Some(pos) = pos else { return Value::Null };
+        let file = self.sources.borrow().get(pos.file).map(|s| s.name.clone()).unwrap_or_default();
+        let attrs = vec![
+            Attr { name: "column".into(), value: Value::Int(pos.col as i64), pos: None },
+            Attr { name: "file".into(), value: Value::string(file), pos: None },
+            Attr { name: "line".into(), value: Value::Int(pos.line as i64), pos: None },
+        ];
+        Value::Attrs(Rc::new(Attrs::from_sorted(attrs)))
+    }
+
+    /// Resolve `<name>` against the search path.
+    pub fn find_file(&self, name: &str) -> Result<String> {
+        for entry in &self.search_path {
+            let candidate = if entry.prefix.is_empty() {
+                format!("{}/{}", entry.path, name)
+            } else if name == entry.prefix {
+                entry.path.clone()
+            } else if let Some(rest) = name.strip_prefix(&entry.prefix).and_then(|r| r.strip_prefix('/')) {
+                format!("{}/{}", entry.path, rest)
+            } else {
+                continue;
+            };
+            let abs = if candidate.starts_with('/') {
+                candidate
+            } else {
+                let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+                format!("{cwd}/{candidate}")
+            };
+            let abs = canon_path(&abs);
+            if Path::new(&abs).exists() {
+                return Ok(abs);
+            }
+        }
+        Err(Error::throw(format!(
+            "file '{name}' was not found in the Nix search path (add it using $NIX_PATH or -I)"
+        )))
+    }
+
+    fn attr_name(&self, env: &Rc<Env>, key: &AttrKey, pos: Pos) -> Result<Rc<NixString>> {
+        match key {
+            AttrKey::Static(s) => Ok(Rc::new(NixString::plain(s.as_str()))),
+            AttrKey::Dynamic(e) => {
+                let v = self.eval(env, e)?;
+                match v {
+                    Value::Str(s) => Ok(s),
+                    other => Err(Error::eval(format!("value is {} while a string was expected", other.type_desc())).at(pos)),
+                }
+            }
+        }
+    }
+
+    fn eval_bool(&self, env: &Rc<Env>, e: &Rc<Expr>, pos: Pos) -> Result<bool> {
+        match self.eval(env, e)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(Error::eval(format!("value is {} while a Boolean was expected", other.type_desc())).at(pos)),
+        }
+    }
+
+    fn eval_bin(&self, env: &Rc<Env>, op: BinOp, l: &Rc<Expr>, r: &Rc<Expr>, pos: Pos) -> Result<Value> {
+        match op {
+            BinOp::And => Ok(Value::Bool(self.eval_bool(env, l, pos)? && self.eval_bool(env, r, pos)?)),
+            BinOp::Or => Ok(Value::Bool(self.eval_bool(env, l, pos)? || self.eval_bool(env, r, pos)?)),
+            BinOp::Impl => Ok(Value::Bool(!self.eval_bool(env, l, pos)? || self.eval_bool(env, r, pos)?)),
+            _ => {
+                let a = self.eval(env, l)?;
+                let b = self.eval(env, r)?;
+                crate::ops::binop(self, op, &a, &b, pos)
+            }
+        }
+    }
+
+    fn eval_concat(&self, env: &Rc<Env>, parts: &[Rc<Expr>], is_string: bool, pos: Pos) -> Result<Value> {
+        let mut out = NixString::plain(String::new());
+        for p in parts {
+            let v = self.eval(env, p)?;
+            let s = self.coerce_to_string(&v, pos, false, true)?;
+            out.s.push_str(&s.s);
+            out.add_context(&s.ctx);
+        }
+        if is_string {
+            Ok(Value::Str(Rc::new(out)))
+        } else {
+            Ok(Value::Path(canon_path(&out.s).into()))
+        }
+    }
+
+    /// A new recursive frame for `def` (a `let` or `rec` set) under `env`.
+    fn rec_env(&self, env: &Rc<Env>, def: &AttrsDef) -> Rc<Env> {
+        let new_env = Env::new(Vec::with_capacity(def.attrs.len()), Some(env.clone()));
+        let vals: Vec<Value> = def
+            .attrs
+            .iter()
+            .map(|a| if a.in_rec_env { self.thunk(&new_env, &a.value) } else { self.thunk(env, &a.value) })
+            .collect();
+        *new_env.vals.borrow_mut() = vals;
+        new_env
+    }
+
+    fn eval_attrs(&self, env: &Rc<Env>, def: &AttrsDef) -> Result<Value> {
+        let (mut entries, scope): (Vec<Attr>, Rc<Env>) = if def.rec {
+            let new_env = self.rec_env(env, def);
+            let vals = new_env.vals.borrow().clone();
+            let entries = def
+                .attrs
+                .iter()
+                .zip(vals)
+                .map(|(a, v)| Attr { name: a.name.clone(), value: v, pos: Some(a.pos) })
+                .collect();
+            (entries, new_env)
+        } else {
+            let entries = def
+                .attrs
+                .iter()
+                .map(|a| Attr { name: a.name.clone(), value: self.thunk(env, &a.value), pos: Some(a.pos) })
+                .collect();
+            (entries, env.clone())
+        };
+        if def.dynamic.is_empty() {
+            return Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))));
+        }
+        for d in &def.dynamic {
+            let k = self.eval(&scope, &d.key)?;
+            let name = match k {
+                Value::Null => continue,
+                Value::Str(s) => s,
+                other => {
+                    return Err(Error::eval(format!("value is {} while a string was expected", other.type_desc())).at(d.pos))
+                }
+            };
+            if let Some(prev) = entries.iter().find(|e| e.name.as_str() == name.s) {
+                let where_ = prev.pos.map(|p| self.sources.borrow().describe(p)).unwrap_or_default();
+                return Err(Error::eval(format!("dynamic attribute '{}' already defined at {}", name.s, where_)).at(d.pos));
+            }
+            entries.push(Attr { name: Symbol::from(name.s.as_str()), value: self.thunk(&scope, &d.value), pos: Some(d.pos) });
+        }
+        Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))))
+    }
+
+    /// Apply function `f` to `arg`.
+    pub fn call(&self, f: &Value, arg: Value, pos: Pos) -> Result<Value> {
+        self.enter()?;
+        let r = self.call_inner(f, arg, pos);
+        self.leave();
+        r
+    }
+
+    fn call_inner(&self, f: &Value, arg: Value, pos: Pos) -> Result<Value> {
+        match f {
+            Value::Lambda(c) => self.call_lambda(c, arg, pos),
+            Value::PrimOp(op) => {
+                if op.arity == 1 {
+                    (op.f)(self, &[arg], pos).map_err(|e| e.at(pos))
+                } else {
+                    Ok(Value::PrimOpApp(Rc::new(PrimOpApp { op: op.clone(), args: vec![arg] })))
+                }
+            }
+            Value::PrimOpApp(app) => {
+                let mut args = app.args.clone();
+                args.push(arg);
+                if args.len() == app.op.arity {
+                    (app.op.f)(self, &args, pos).map_err(|e| e.at(pos))
+                } else {
+                    Ok(Value::PrimOpApp(Rc::new(PrimOpApp { op: app.op.clone(), args })))
+                }
+            }
+            Value::Attrs(a) => match a.get("__functor") {
+                Some(functor) => {
+                    let functor = self.force(functor)?;
+                    let g = self.call(&functor, f.clone(), pos)?;
+                    self.call(&g, arg, pos)
+                }
+                None => Err(self.not_callable(f, pos)),
+            },
+            Value::Thunk(t) => {
+                let fv = t.force(self)?;
+                self.call_inner(&fv, arg, pos)
+            }
+            other => Err(self.not_callable(other, pos)),
+        }
+    }
+
+    fn not_callable(&self, v: &Value, pos: Pos) -> Error {
+        Error::eval(format!("attempt to call something which is not a function but {}", v.type_desc())).at(pos)
+    }
+
+    fn lambda_desc(&self, def: &LambdaDef) -> String {
+        format!("anonymous function at {}", self.sources.borrow().describe(def.pos))
+    }
+
+    fn call_lambda(&self, c: &Rc<Closure>, arg: Value, pos: Pos) -> Result<Value> {
+        let def = &c.def;
+        let Some(formals) = &def.formals else {
+            let env = Env::new(vec![arg], Some(c.env.clone()));
+            return self.eval(&env, &def.body);
+        };
+        let argv = self.force(&arg).map_err(|e| e.at(pos))?;
+        let attrs = match &argv {
+            Value::Attrs(a) => a.clone(),
+            other => {
+                return Err(Error::eval(format!("value is {} while a set was expected", other.type_desc())).at(pos))
+            }
+        };
+        let env = Env::new(Vec::with_capacity(def.slots), Some(c.env.clone()));
+        let mut vals = Vec::with_capacity(def.slots);
+        let mut used = 0usize;
+        for (name, default) in &formals.entries {
+            match attrs.get(name.as_str()) {
+                Some(v) => {
+                    used += 1;
+                    vals.push(v.clone());
+                }
+                None => match default {
+                    Some(d) => vals.push(self.thunk(&env, d)),
+                    None => {
+                        return Err(Error::eval(format!(
+                            "{} called without required argument '{}'",
+                            self.lambda_desc(def),
+                            name.as_str()
+                        ))
+                        .at(pos))
+                    }
+                },
+            }
+        }
+        if !formals.ellipsis && used < attrs.len() {
+            for a in attrs.iter() {
+                if !formals.entries.iter().any(|(n, _)| n == &a.name) {
+                    return Err(Error::eval(format!(
+                        "{} called with unexpected argument '{}'",
+                        self.lambda_desc(def),
+                        a.name.as_str()
+                    ))
+                    .at(pos));
+                }
+            }
+        }
+        if formals.at.is_some() {
+            vals.push(argv);
+        }
+        *env.vals.borrow_mut() = vals;
+        self.eval(&env, &def.body)
+    }
+
+    /// Force `v` and require an attribute set.
+    pub fn expect_attrs(&self, v: &Value, pos: Pos) -> Result<Rc<Attrs>> {
+        match self.force(v)? {
+            Value::Attrs(a) => Ok(a),
+            other => Err(Error::eval(format!("value is {} while a set was expected", other.type_desc())).at(pos)),
+        }
+    }
+
+    /// Force `v` and require a list.
+    pub fn expect_list(&self, v: &Value, pos: Pos) -> Result<Rc<Vec<Value>>> {
+        match self.force(v)? {
+            Value::List(l) => Ok(l),
+            other => Err(Error::eval(format!("value is {} while a list was expected", other.type_desc())).at(pos)),
+        }
+    }
+
+    /// Force `v` and require an integer.
+    pub fn expect_int(&self, v: &Value, pos: Pos) -> Result<i64> {
+        match self.force(v)? {
+            Value::Int(i) => Ok(i),
+            other => Err(Error::eval(format!("value is {} while an integer was expected", other.type_desc())).at(pos)),
+        }
+    }
+
+    /// Force `v` and require a Boolean.
+    pub fn expect_bool(&self, v: &Value, pos: Pos) -> Result<bool> {
+        match self.force(v)? {
+            Value::Bool(b) => Ok(b),
+            other => Err(Error::eval(format!("value is {} while a Boolean was expected", other.type_desc())).at(pos)),
+        }
+    }
+
+    /// Force `v` and require a function.
+    pub fn expect_function(&self, v: &Value, pos: Pos) -> Result<Value> {
+        let f = self.force(v)?;
+        if f.is_function() || matches!(&f, Value::Attrs(a) if a.get("__functor").is_some()) {
+            Ok(f)
+        } else {
+            Err(Error::eval(format!("value is {} while a function was expected", f.type_desc())).at(pos))
+        }
+    }
+
+    /// Force `v` and require a string (no coercion); returns it with its context.
+    pub fn expect_string(&self, v: &Value, pos: Pos) -> Result<Rc<NixString>> {
+        match self.force(v)? {
+            Value::Str(s) => Ok(s),
+            other => Err(Error::eval(format!("value is {} while a string was expected", other.type_desc())).at(pos)),
+        }
+    }
+
+    /// Nix's `coerceToString`. `more` enables the `toString` conversions (numbers,
+    /// Booleans, null, lists); `copy` copies paths to the store.
+    pub fn coerce_to_string(&self, v: &Value, pos: Pos, more: bool, copy: bool) -> Result<NixString> {
+        let v = self.force(v)?;
+        match &v {
+            Value::Str(s) => Ok((**s).clone()),
+            Value::Path(p) => {
+                if copy {
+                    let sp = self.copy_path_to_store(p).map_err(|e| e.at(pos))?;
+                    Ok(NixString { s: sp.clone(), ctx: vec![Rc::from(sp.as_str())] })
+                } else {
+                    Ok(NixString::plain(&**p))
+                }
+            }
+            Value::Attrs(a) => {
+                if let Some(f) = a.get("__toString") {
+                    let f = self.force(f)?;
+                    let r = self.call(&f, v.clone(), pos)?;
+                    return self.coerce_to_string(&r, pos, more, copy);
+                }
+                if let Some(o) = a.get("outPath") {
+                    return self.coerce_to_string(o, pos, more, copy);
+                }
+                Err(Error::eval("cannot coerce a set to a string").at(pos))
+            }
+            Value::Int(i) if more => Ok(NixString::plain(i.to_string())),
+            Value::Float(f) if more => Ok(NixString::plain(format!("{f:.6}"))),
+            Value::Bool(b) if more => Ok(NixString::plain(if *b { "1" } else { "" })),
+            Value::Null if more => Ok(NixString::plain("")),
+            Value::List(l) if more => {
+                let mut out = NixString::plain(String::new());
+                for (i, item) in l.iter().enumerate() {
+                    let s = self.coerce_to_string(item, pos, more, copy)?;
+                    out.s.push_str(&s.s);
+                    out.add_context(&s.ctx);
+                    if i + 1 < l.len() {
+                        let item = self.force(item)?;
+                        let empty_list = matches!(&item, Value::List(x) if x.is_empty());
+                        if !empty_list {
+                            out.s.push(' ');
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            other => Err(Error::eval(format!("cannot coerce {} to a string", other.type_desc())).at(pos)),
+        }
+    }
+
+    /// Copy a source path into the store (cached per path), returning its store path.
+    pub fn copy_path_to_store(&self, p: &str) -> Result<String> {
+        let name = p.rsplit('/').next().unwrap_or("source");
+        self.store.add_path(Path::new(p), name, None).map_err(|e| Error::eval(e.to_string()))
+    }
+}
+
+/// The frame `level` levels up from `env`.
+#[inline]
+pub fn env_at(env: &Rc<Env>, level: u32) -> &Rc<Env> {
+    let mut e = env;
+    for _ in 0..level {
+        match &e.up {
+            Some(u) => e = u,
+            None => break,
+        }
+    }
+    e
+}

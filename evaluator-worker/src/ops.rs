@@ -1,0 +1,244 @@
+//! Operators: arithmetic with Nix's int/float rules, comparison, equality,
+//! `+` on strings and paths, `++` and `//`.
+
+use crate::error::{Error, Result};
+use crate::eval::Eval;
+use crate::ir::BinOp;
+use crate::lower::canon_path;
+use crate::pos::Pos;
+use crate::value::*;
+use std::cmp::Ordering;
+use std::rc::Rc;
+
+/// Apply a strict binary operator to two forced values.
+pub fn binop(ev: &Eval, op: BinOp, a: &Value, b: &Value, pos: Pos) -> Result<Value> {
+    match op {
+        BinOp::Add => add(ev, a, b, pos),
+        BinOp::Sub | BinOp::Mul | BinOp::Div => arith(ev, op, a, b, pos),
+        BinOp::Eq => Ok(Value::Bool(equal(ev, a, b, pos, false)?)),
+        BinOp::Neq => Ok(Value::Bool(!equal(ev, a, b, pos, false)?)),
+        BinOp::Lt => Ok(Value::Bool(compare(ev, a, b, pos)? == Ordering::Less)),
+        BinOp::Le => Ok(Value::Bool(compare(ev, b, a, pos)? != Ordering::Less)),
+        BinOp::Gt => Ok(Value::Bool(compare(ev, b, a, pos)? == Ordering::Less)),
+        BinOp::Ge => Ok(Value::Bool(compare(ev, a, b, pos)? != Ordering::Less)),
+        BinOp::Concat => {
+            let l = ev.expect_list(a, pos)?;
+            let r = ev.expect_list(b, pos)?;
+            if r.is_empty() {
+                return Ok(Value::List(l));
+            }
+            if l.is_empty() {
+                return Ok(Value::List(r));
+            }
+            let mut v = Vec::with_capacity(l.len() + r.len());
+            v.extend(l.iter().cloned());
+            v.extend(r.iter().cloned());
+            Ok(Value::list(v))
+        }
+        BinOp::Update => {
+            let l = ev.expect_attrs(a, pos)?;
+            let r = ev.expect_attrs(b, pos)?;
+            if r.is_empty() {
+                return Ok(Value::Attrs(l));
+            }
+            if l.is_empty() {
+                return Ok(Value::Attrs(r));
+            }
+            Ok(Value::Attrs(Rc::new(l.update(&r))))
+        }
+        BinOp::And | BinOp::Or | BinOp::Impl => {
+            let x = ev.expect_bool(a, pos)?;
+            let y = ev.expect_bool(b, pos)?;
+            Ok(Value::Bool(match op {
+                BinOp::And => x && y,
+                BinOp::Or => x || y,
+                _ => !x || y,
+            }))
+        }
+    }
+}
+
+/// `+`: numbers, or string/path concatenation decided by the left operand.
+pub fn add(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Value> {
+    match a {
+        Value::Int(_) | Value::Float(_) => arith(ev, BinOp::Add, a, b, pos),
+        Value::Path(p) => {
+            let s = ev.coerce_to_string(b, pos, false, false)?;
+            if !s.ctx.is_empty() {
+                return Err(Error::eval(format!(
+                    "a string that refers to a store path cannot be appended to a path"
+                ))
+                .at(pos));
+            }
+            Ok(Value::Path(canon_path(&format!("{p}{}", s.s)).into()))
+        }
+        _ => {
+            let l = ev.coerce_to_string(a, pos, false, true)?;
+            let r = ev.coerce_to_string(b, pos, false, true)?;
+            let mut out = l;
+            out.s.push_str(&r.s);
+            out.add_context(&r.ctx);
+            Ok(Value::Str(Rc::new(out)))
+        }
+    }
+}
+
+/// `-`, `*`, `/` (and numeric `+`): integers wrap, mixed operands give floats.
+pub fn arith(_ev: &Eval, op: BinOp, a: &Value, b: &Value, pos: Pos) -> Result<Value> {
+    match (a, b) {
+        (Value::Int(x), Value::Int(y)) => Ok(Value::Int(match op {
+            BinOp::Add => x.wrapping_add(*y),
+            BinOp::Sub => x.wrapping_sub(*y),
+            BinOp::Mul => x.wrapping_mul(*y),
+            _ => {
+                if *y == 0 {
+                    return Err(Error::eval("division by zero").at(pos));
+                }
+                x.wrapping_div(*y)
+            }
+        })),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            let x = as_f64(a);
+            let y = as_f64(b);
+            Ok(Value::Float(match op {
+                BinOp::Add => x + y,
+                BinOp::Sub => x - y,
+                BinOp::Mul => x * y,
+                _ => {
+                    if y == 0.0 {
+                        return Err(Error::eval("division by zero").at(pos));
+                    }
+                    x / y
+                }
+            }))
+        }
+        (Value::Int(_) | Value::Float(_), other) => Err(Error::eval(format!(
+            "cannot add {} to {}",
+            other.type_desc(),
+            a.type_desc()
+        ))
+        .at(pos)
+        .with_op(op)),
+        (other, _) => Err(Error::eval(format!("value is {} while an integer was expected", other.type_desc())).at(pos)),
+    }
+}
+
+trait WithOp {
+    fn with_op(self, op: BinOp) -> Self;
+}
+
+impl WithOp for Error {
+    fn with_op(self, op: BinOp) -> Self {
+        if op == BinOp::Add {
+            return self;
+        }
+        let msg = match &self.kind {
+            crate::error::ErrorKind::Eval(m) => m.replacen("cannot add ", "value is ", 1),
+            _ => return self,
+        };
+        let msg = match msg.split_once(" to ") {
+            Some((l, _)) => format!("{l} while an integer was expected"),
+            None => msg,
+        };
+        Error { kind: crate::error::ErrorKind::Eval(msg), ..self }
+    }
+}
+
+fn as_f64(v: &Value) -> f64 {
+    match v {
+        Value::Int(i) => *i as f64,
+        Value::Float(f) => *f,
+        _ => 0.0,
+    }
+}
+
+/// Nix's ordering (`<`, `sort`, `lessThan`): numbers, strings, paths, lists.
+pub fn compare(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Ordering> {
+    let a = ev.force(a)?;
+    let b = ev.force(b)?;
+    match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => Ok(x.cmp(y)),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            Ok(as_f64(&a).partial_cmp(&as_f64(&b)).unwrap_or(Ordering::Equal))
+        }
+        (Value::Str(x), Value::Str(y)) => Ok(x.s.as_bytes().cmp(y.s.as_bytes())),
+        (Value::Path(x), Value::Path(y)) => Ok(x.as_bytes().cmp(y.as_bytes())),
+        (Value::List(x), Value::List(y)) => {
+            for (p, q) in x.iter().zip(y.iter()) {
+                if !equal(ev, p, q, pos, true)? {
+                    return compare(ev, p, q, pos);
+                }
+            }
+            Ok(x.len().cmp(&y.len()))
+        }
+        _ => Err(Error::eval(format!("cannot compare {} with {}", a.type_desc(), b.type_desc())).at(pos)),
+    }
+}
+
+fn same_rc(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Thunk(x), Value::Thunk(y)) => Rc::ptr_eq(&x.0, &y.0),
+        (Value::Lambda(x), Value::Lambda(y)) => Rc::ptr_eq(x, y),
+        (Value::Attrs(x), Value::Attrs(y)) => Rc::ptr_eq(x, y),
+        (Value::List(x), Value::List(y)) => Rc::ptr_eq(x, y),
+        (Value::PrimOp(x), Value::PrimOp(y)) => Rc::ptr_eq(x, y),
+        _ => false,
+    }
+}
+
+/// Nix's `==`. `nested` enables the identity shortcut Nix applies to values
+/// inside lists and sets (so `[f] == [f]` holds for the same function).
+pub fn equal(ev: &Eval, a: &Value, b: &Value, pos: Pos, nested: bool) -> Result<bool> {
+    if nested && same_rc(a, b) {
+        return Ok(true);
+    }
+    let a = ev.force(a)?;
+    let b = ev.force(b)?;
+    if nested && same_rc(&a, &b) {
+        return Ok(true);
+    }
+    Ok(match (&a, &b) {
+        (Value::Int(x), Value::Int(y)) => x == y,
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => as_f64(&a) == as_f64(&b),
+        (Value::Str(x), Value::Str(y)) => x.s == y.s,
+        (Value::Path(x), Value::Path(y)) => x == y,
+        (Value::Null, Value::Null) => true,
+        (Value::Bool(x), Value::Bool(y)) => x == y,
+        (Value::List(x), Value::List(y)) => {
+            if x.len() != y.len() {
+                return Ok(false);
+            }
+            for (p, q) in x.iter().zip(y.iter()) {
+                if !equal(ev, p, q, pos, true)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        (Value::Attrs(x), Value::Attrs(y)) => {
+            if is_derivation(ev, x)? && is_derivation(ev, y)? {
+                if let (Some(p), Some(q)) = (x.get("outPath"), y.get("outPath")) {
+                    return equal(ev, p, q, pos, true);
+                }
+            }
+            if x.len() != y.len() {
+                return Ok(false);
+            }
+            for (p, q) in x.iter().zip(y.iter()) {
+                if p.name != q.name || !equal(ev, &p.value, &q.value, pos, true)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        _ => false,
+    })
+}
+
+/// True if the set has `type = "derivation"`.
+pub fn is_derivation(ev: &Eval, a: &Attrs) -> Result<bool> {
+    match a.get("type") {
+        Some(t) => Ok(matches!(ev.force(t)?, Value::Str(s) if s.s == "derivation")),
+        None => Ok(false),
+    }
+}

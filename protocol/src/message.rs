@@ -1,0 +1,369 @@
+//! The messages. Every type is plain data: paths are strings, derivations
+//! travel as their exact ATerm text, hashes as SRI strings.
+//!
+//! Compatibility rule: within one [`crate::PROTOCOL_VERSION`], fields may be
+//! added only with `#[serde(default)]`; anything else bumps the version.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use uuid::Uuid;
+
+/// Identifies a job (one `kiln build` invocation).
+pub type JobId = Uuid;
+/// Identifies one build attempt of one derivation.
+pub type BuildId = Uuid;
+
+/// Every message of the protocol.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum Message {
+    /// CLI → coordinator: start a job.
+    SubmitJob(JobSpec),
+    /// CLI → coordinator: stop a job's pending and running builds.
+    CancelJob { job_id: JobId },
+    /// Coordinator → evaluators: evaluate a job's expression.
+    EvalRequest(JobSpec),
+    /// Evaluator → coordinator: one derivation, as soon as it is instantiated.
+    Derivation(DerivationMsg),
+    /// Evaluator → coordinator: a root attribute evaluated to this derivation.
+    EvalRoot(EvalRoot),
+    /// Evaluator → coordinator: evaluation of a job ended.
+    EvalFinished(EvalFinished),
+    /// Evaluator → coordinator: evaluation needs these outputs (IFD).
+    IfdRequest(IfdRequest),
+    /// Coordinator → the waiting evaluator: the answer to an [`IfdRequest`].
+    IfdResponse(IfdResponse),
+    /// Coordinator → builders: build one derivation.
+    BuildRequest(BuildRequest),
+    /// Builder → coordinator: a build began.
+    BuildStarted(BuildStarted),
+    /// Builder → coordinator: a batch of log lines.
+    BuildLog(BuildLog),
+    /// Builder → coordinator: outputs streamed back by a builder without
+    /// store credentials.
+    NarChunk(NarChunk),
+    /// Builder → coordinator: a build ended.
+    BuildResult(BuildResult),
+    /// Coordinator → CLIs: one event of a job.
+    JobEvent(JobEvent),
+    /// Builder → coordinator: liveness and capacity.
+    Heartbeat(Heartbeat),
+}
+
+/// Where a job's expression comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ExprSource {
+    /// A file the evaluator can read (embedded mode, or a shared checkout).
+    File { path: String },
+    /// An expression given inline (`-E`), resolved relative to `base_dir`.
+    Expr { text: String, base_dir: String },
+}
+
+/// `--arg NAME EXPR` or `--argstr NAME STRING`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoArg {
+    pub name: String,
+    pub value: ArgValue,
+}
+
+/// The value of an [`AutoArg`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "value", rename_all = "snake_case")]
+pub enum ArgValue {
+    Expr(String),
+    Str(String),
+}
+
+/// One `-I [PREFIX=]PATH` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchPathEntry {
+    pub prefix: Option<String>,
+    pub path: String,
+}
+
+/// How a job treats failures and how hard it may push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobOptions {
+    /// Build everything buildable after a failure (`--keep-going`).
+    pub keep_going: bool,
+    /// Builds of this job that may run at once.
+    pub max_jobs: u32,
+    /// Higher runs first when builders are contended.
+    pub priority: i32,
+    /// Wall-clock limit per build, seconds.
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    /// Limit on time without log output per build, seconds.
+    #[serde(default)]
+    pub max_silent_secs: Option<u64>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        JobOptions {
+            keep_going: false,
+            max_jobs: 1,
+            priority: 0,
+            timeout_secs: None,
+            max_silent_secs: None,
+        }
+    }
+}
+
+/// A job as submitted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub job_id: JobId,
+    pub source: ExprSource,
+    /// `-A` attribute paths; empty means the whole value.
+    pub attr_paths: Vec<String>,
+    pub args: Vec<AutoArg>,
+    pub search_path: Vec<SearchPathEntry>,
+    pub options: JobOptions,
+}
+
+/// A derivation as instantiated by an evaluator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DerivationMsg {
+    pub job_id: JobId,
+    pub drv_path: String,
+    /// The exact `.drv` bytes (ATerm).
+    pub aterm: String,
+}
+
+/// A root of the job: an attribute that evaluated to a derivation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalRoot {
+    pub job_id: JobId,
+    pub attr_path: String,
+    pub drv_path: String,
+    /// The outputs `kiln build` should realise and link (name → path).
+    pub outputs: BTreeMap<String, String>,
+}
+
+/// The end of a job's evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalFinished {
+    pub job_id: JobId,
+    /// `None` on success, else the evaluation error as Nix would print it.
+    pub error: Option<String>,
+}
+
+/// Import-from-derivation: the evaluator waits for these outputs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IfdRequest {
+    pub job_id: JobId,
+    pub request_id: Uuid,
+    pub drv_path: String,
+    pub aterm: String,
+    pub outputs: Vec<String>,
+}
+
+/// The answer to an [`IfdRequest`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IfdResponse {
+    pub job_id: JobId,
+    pub request_id: Uuid,
+    /// Output name → realised path, or why it could not be built.
+    pub result: Result<BTreeMap<String, String>, String>,
+}
+
+/// Where a builder puts what it built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadMode {
+    /// The builder has store credentials and writes outputs itself.
+    Direct,
+    /// The builder streams outputs back as [`NarChunk`]s.
+    ViaCoordinator,
+}
+
+/// One build, routed by `system` and `required_features`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequest {
+    pub build_id: BuildId,
+    pub drv_path: String,
+    pub aterm: String,
+    pub system: String,
+    pub required_features: Vec<String>,
+    /// The realised input closure the builder must fetch.
+    pub input_paths: Vec<String>,
+    pub priority: i32,
+    pub timeout_secs: Option<u64>,
+    pub max_silent_secs: Option<u64>,
+    pub upload: UploadMode,
+}
+
+/// A build began on `builder_id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildStarted {
+    pub build_id: BuildId,
+    pub drv_path: String,
+    pub builder_id: String,
+}
+
+/// Log lines of a running build, in order, batched.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildLog {
+    pub build_id: BuildId,
+    pub drv_path: String,
+    pub lines: Vec<String>,
+}
+
+/// Largest payload of one [`NarChunk`].
+pub const MAX_NAR_CHUNK: usize = 1 << 20;
+
+/// A piece of an output's NAR for the coordinator to store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NarChunk {
+    pub build_id: BuildId,
+    pub output: String,
+    pub offset: u64,
+    #[serde(with = "serde_bytes_compat")]
+    pub data: Vec<u8>,
+    pub last: bool,
+}
+
+/// One realised output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuiltOutput {
+    pub name: String,
+    pub path: String,
+    /// SRI, e.g. `sha256-…`.
+    pub nar_hash: String,
+    pub nar_size: u64,
+    pub references: Vec<String>,
+}
+
+/// Why a build failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    BuilderExit,
+    OutputMissing,
+    HashMismatch,
+    ReferenceCycle,
+    Timeout,
+    SilentTimeout,
+    Cancelled,
+    Sandbox,
+    Store,
+    Unsupported,
+    Internal,
+}
+
+/// How a build ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum BuildOutcome {
+    Built {
+        outputs: Vec<BuiltOutput>,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+        log_tail: Vec<String>,
+    },
+}
+
+/// A build ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildResult {
+    pub build_id: BuildId,
+    pub drv_path: String,
+    pub builder_id: String,
+    pub duration_ms: u64,
+    pub outcome: BuildOutcome,
+}
+
+/// The final state of one derivation within a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrvStatus {
+    Built,
+    Cached,
+    Failed,
+    DependencyFailed,
+    Cancelled,
+    NotBuilt,
+}
+
+/// One line of a job's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrvSummary {
+    pub drv_path: String,
+    pub status: DrvStatus,
+    pub duration_ms: Option<u64>,
+    /// Store key of the log (`log/<drv basename>`), when one was kept.
+    pub log: Option<String>,
+}
+
+/// Something that happened in a job; every front end renders from these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Discovered { drv_path: String },
+    Cached { drv_path: String },
+    Queued { drv_path: String },
+    Started { drv_path: String, builder_id: String },
+    Log { drv_path: String, line: String },
+    Built { drv_path: String, duration_ms: u64, outputs: BTreeMap<String, String> },
+    Failed { drv_path: String, reason: String, log_tail: Vec<String> },
+    DependencyFailed { drv_path: String, dependency: String },
+    EvalFinished { error: Option<String> },
+    JobFinished { success: bool, roots: Vec<EvalRoot>, summary: Vec<DrvSummary> },
+}
+
+/// An [`Event`] of one job, numbered so a front end can spot gaps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobEvent {
+    pub job_id: JobId,
+    pub seq: u64,
+    /// Milliseconds since the job was accepted.
+    pub at_ms: u64,
+    pub event: Event,
+}
+
+/// A builder's periodic announcement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub builder_id: String,
+    pub systems: Vec<String>,
+    pub features: Vec<String>,
+    pub max_jobs: u32,
+    pub running: u32,
+}
+
+/// MessagePack `bin` encoding for byte buffers (instead of an array of ints).
+mod serde_bytes_compat {
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(data: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(data)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a byte buffer")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                if v.len() > super::MAX_NAR_CHUNK {
+                    return Err(E::custom(format!(
+                        "NAR chunk of {} bytes exceeds {}",
+                        v.len(),
+                        super::MAX_NAR_CHUNK
+                    )));
+                }
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                self.visit_bytes(&v)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
+}

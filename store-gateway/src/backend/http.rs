@@ -1,0 +1,192 @@
+//! Any Nix binary cache over HTTP(S), read-only; writable with a bearer
+//! token when the server is a Kiln gateway.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
+use reqwest::{Client, Method, StatusCode};
+use serde::{Deserialize, Serialize};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::{ByteStream, Store};
+use crate::error::{Result, StoreError};
+use crate::key::{Key, KeyKind};
+
+/// Body of `POST /api/v1/exists`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExistsRequest {
+    /// Store paths, base names or hash parts.
+    pub paths: Vec<String>,
+}
+
+/// Answer of `POST /api/v1/exists`, in request order.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ExistsResponse {
+    /// Whether each path's narinfo is in the cache.
+    pub present: Vec<bool>,
+}
+
+/// A remote binary cache.
+#[derive(Debug, Clone)]
+pub struct HttpStore {
+    client: Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl HttpStore {
+    /// A cache at `base` (`http(s)://HOST[:PORT][/PATH]`); `token` enables
+    /// writes to a Kiln gateway.
+    pub fn new(base: &str, token: Option<String>) -> Result<HttpStore> {
+        let client = Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .read_timeout(std::time::Duration::from_secs(120))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(|e| StoreError::BadUrl {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(HttpStore {
+            client,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    fn url_of(&self, key: &Key) -> String {
+        format!("{}/{}", self.base, key)
+    }
+
+    fn request(&self, method: Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.client.request(method, url);
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
+    fn err(method: &'static str, url: &str, message: impl ToString) -> StoreError {
+        StoreError::Http {
+            method,
+            url: url.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    async fn put(&self, key: &Key, body: reqwest::Body, len: u64) -> Result<()> {
+        if self.token.is_none() {
+            return Err(StoreError::ReadOnly { store: self.url() });
+        }
+        let url = self.url_of(key);
+        let resp = self
+            .request(Method::PUT, &url)
+            .header(reqwest::header::CONTENT_TYPE, key.content_type())
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| Self::err("PUT", &url, e))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let text = resp.text().await.unwrap_or_default();
+            return Err(Self::err("PUT", &url, format!("{status}: {}", text.trim())));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Store for HttpStore {
+    fn url(&self) -> String {
+        self.base.clone()
+    }
+
+    fn writable(&self) -> bool {
+        self.token.is_some()
+    }
+
+    async fn get(&self, key: &Key) -> Result<Option<ByteStream>> {
+        let url = self.url_of(key);
+        let resp = self
+            .request(Method::GET, &url)
+            .send()
+            .await
+            .map_err(|e| Self::err("GET", &url, e))?;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
+            s if s.is_success() => {
+                let stream = resp.bytes_stream().map_err(std::io::Error::other);
+                Ok(Some(Box::pin(StreamReader::new(stream))))
+            }
+            s => Err(Self::err("GET", &url, s)),
+        }
+    }
+
+    async fn exists(&self, key: &Key) -> Result<bool> {
+        let url = self.url_of(key);
+        let resp = self
+            .request(Method::HEAD, &url)
+            .send()
+            .await
+            .map_err(|e| Self::err("HEAD", &url, e))?;
+        match resp.status() {
+            StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(false),
+            s if s.is_success() => Ok(true),
+            s => Err(Self::err("HEAD", &url, s)),
+        }
+    }
+
+    async fn exists_many(&self, keys: &[Key]) -> Result<Vec<bool>> {
+        if keys.len() > 1 && keys.iter().all(|k| k.kind() == KeyKind::NarInfo) {
+            let url = format!("{}/api/v1/exists", self.base);
+            let paths = keys
+                .iter()
+                .map(|k| k.as_str().trim_end_matches(".narinfo").to_string())
+                .collect();
+            let resp = self
+                .request(Method::POST, &url)
+                .json(&ExistsRequest { paths })
+                .send()
+                .await
+                .map_err(|e| Self::err("POST", &url, e))?;
+            if resp.status().is_success() {
+                let body: ExistsResponse = resp.json().await.map_err(|e| Self::err("POST", &url, e))?;
+                if body.present.len() == keys.len() {
+                    return Ok(body.present);
+                }
+                return Err(Self::err("POST", &url, "answer has the wrong number of entries"));
+            }
+            // Not a Kiln gateway: fall back to one HEAD per key.
+        }
+        let checks: Vec<_> = keys.iter().map(|k| self.exists(k)).collect();
+        futures::stream::iter(checks)
+            .buffered(super::EXISTS_CONCURRENCY)
+            .try_collect()
+            .await
+    }
+
+    async fn put_file(&self, key: &Key, file: &Path) -> Result<()> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| StoreError::io("opening", file, e))?;
+        let len = f
+            .metadata()
+            .await
+            .map_err(|e| StoreError::io("reading", file, e))?
+            .len();
+        let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(f, 1 << 16));
+        self.put(key, body, len).await
+    }
+
+    async fn put_bytes(&self, key: &Key, data: Bytes) -> Result<()> {
+        let len = data.len() as u64;
+        self.put(key, reqwest::Body::from(data), len).await
+    }
+
+    async fn delete(&self, _key: &Key) -> Result<()> {
+        Err(StoreError::ReadOnly { store: self.url() })
+    }
+}

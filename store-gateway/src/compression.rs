@@ -1,0 +1,249 @@
+//! NAR compression in a binary cache: zstd by default; xz and none also read
+//! and written. Everything streams; nothing holds a whole NAR in memory.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
+use async_compression::tokio::write::{XzEncoder, ZstdEncoder};
+use kiln_nix::hash::{Hash, HashAlgo, Hasher};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+
+use crate::backend::ByteStream;
+
+/// A compression method of NAR files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    /// Stored as is (`.nar`).
+    None,
+    /// xz (`.nar.xz`), Nix's historical default.
+    Xz,
+    /// zstd (`.nar.zst`), Kiln's default.
+    #[default]
+    Zstd,
+}
+
+impl Compression {
+    /// Parses the narinfo `Compression:` value.
+    pub fn from_name(name: &str) -> Option<Compression> {
+        match name {
+            "none" | "" => Some(Compression::None),
+            "xz" => Some(Compression::Xz),
+            "zstd" => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+
+    /// The narinfo `Compression:` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Xz => "xz",
+            Compression::Zstd => "zstd",
+        }
+    }
+
+    /// The file name suffix of a NAR compressed this way.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Compression::None => ".nar",
+            Compression::Xz => ".nar.xz",
+            Compression::Zstd => ".nar.zst",
+        }
+    }
+
+    /// Wraps a compressed stream into one that yields the plain NAR.
+    pub fn decoder(self, input: ByteStream) -> ByteStream {
+        match self {
+            Compression::None => input,
+            Compression::Xz => {
+                let mut d = XzDecoder::new(BufReader::with_capacity(1 << 16, input));
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+            Compression::Zstd => {
+                let mut d = ZstdDecoder::new(BufReader::with_capacity(1 << 16, input));
+                d.multiple_members(true);
+                Box::pin(d)
+            }
+        }
+    }
+
+    /// Wraps a writer so that what is written to it reaches `out` compressed.
+    pub fn encoder<W: AsyncWrite + Send + Unpin + 'static>(
+        self,
+        out: W,
+    ) -> Pin<Box<dyn AsyncWrite + Send>> {
+        match self {
+            Compression::None => Box::pin(out),
+            Compression::Xz => Box::pin(XzEncoder::with_quality(out, async_compression::Level::Precise(6))),
+            Compression::Zstd => Box::pin(ZstdEncoder::with_quality(out, async_compression::Level::Precise(3))),
+        }
+    }
+}
+
+/// A writer that hashes (sha256) and counts what passes to its inner writer.
+pub struct HashingAsyncWriter<W> {
+    inner: W,
+    hasher: Hasher,
+    written: u64,
+}
+
+impl<W> HashingAsyncWriter<W> {
+    /// Wraps `inner`.
+    pub fn new(inner: W) -> Self {
+        HashingAsyncWriter {
+            inner,
+            hasher: Hasher::new(HashAlgo::Sha256),
+            written: 0,
+        }
+    }
+
+    /// The inner writer, the hash and the byte count.
+    pub fn finish(self) -> (W, Hash, u64) {
+        (self.inner, self.hasher.finish(), self.written)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for HashingAsyncWriter<W> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let res = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = res {
+            this.hasher.update(&buf[..n]);
+            this.written += n as u64;
+        }
+        res
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A reader that checks, at its end, that what it passed on has the
+/// expected sha256 hash and size. A mismatch, or more data than expected,
+/// turns into an [`io::ErrorKind::InvalidData`] error, so a consumer that
+/// commits only after a clean end never commits bad data.
+pub struct VerifyingReader {
+    inner: ByteStream,
+    hasher: Option<Hasher>,
+    expected_hash: Hash,
+    expected_size: u64,
+    seen: u64,
+    what: String,
+}
+
+impl VerifyingReader {
+    /// Verifies `inner` against `hash` (any algorithm) and `size`; `what`
+    /// names the data in errors.
+    pub fn new(inner: ByteStream, hash: Hash, size: u64, what: impl Into<String>) -> Self {
+        VerifyingReader {
+            inner,
+            hasher: Some(Hasher::new(hash.algo())),
+            expected_hash: hash,
+            expected_size: size,
+            seen: 0,
+            what: what.into(),
+        }
+    }
+
+    fn bad(&self, msg: String) -> io::Error {
+        io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", self.what))
+    }
+}
+
+impl AsyncRead for VerifyingReader {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        match this.inner.as_mut().poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {}
+            other => return other,
+        }
+        let new = &buf.filled()[before..];
+        if new.is_empty() {
+            if let Some(h) = this.hasher.take() {
+                if this.seen != this.expected_size {
+                    let msg = format!("NAR size mismatch: expected {}, got {}", this.expected_size, this.seen);
+                    return Poll::Ready(Err(this.bad(msg)));
+                }
+                let got = h.finish();
+                if got != this.expected_hash {
+                    let msg = format!(
+                        "NAR hash mismatch: expected {}, got {}",
+                        this.expected_hash.to_nix_base32_prefixed(),
+                        got.to_nix_base32_prefixed()
+                    );
+                    return Poll::Ready(Err(this.bad(msg)));
+                }
+            }
+            return Poll::Ready(Ok(()));
+        }
+        this.seen += new.len() as u64;
+        if this.seen > this.expected_size {
+            let msg = format!("NAR is larger than the expected {} bytes", this.expected_size);
+            return Poll::Ready(Err(this.bad(msg)));
+        }
+        if let Some(h) = this.hasher.as_mut() {
+            h.update(new);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn roundtrip(c: Compression, data: &[u8]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = tokio::fs::File::create(&path).await.unwrap();
+        let mut enc = c.encoder(file);
+        enc.write_all(data).await.unwrap();
+        enc.shutdown().await.unwrap();
+        drop(enc);
+        let file = tokio::fs::File::open(&path).await.unwrap();
+        let mut dec = c.decoder(Box::pin(file));
+        let mut back = Vec::new();
+        dec.read_to_end(&mut back).await.unwrap();
+        back
+    }
+
+    #[tokio::test]
+    async fn every_compression_round_trips() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        for c in [Compression::None, Compression::Xz, Compression::Zstd] {
+            assert_eq!(roundtrip(c, &data).await, data, "{c:?}");
+            assert_eq!(Compression::from_name(c.name()), Some(c));
+        }
+        assert_eq!(Compression::from_name("bzip2"), None);
+    }
+
+    #[tokio::test]
+    async fn verifier_refuses_flipped_and_short_data() {
+        let data = b"some nar bytes".to_vec();
+        let hash = Hash::of(HashAlgo::Sha256, &data);
+        let read = |d: Vec<u8>, size| async move {
+            let mut r = VerifyingReader::new(Box::pin(std::io::Cursor::new(d)), hash.clone(), size, "x");
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).await.map(|_| out)
+        };
+        assert_eq!(read(data.clone(), data.len() as u64).await.unwrap(), data);
+        let mut flipped = data.clone();
+        flipped[3] ^= 1;
+        let e = read(flipped, data.len() as u64).await.unwrap_err();
+        assert!(e.to_string().contains("hash mismatch"), "{e}");
+        let e = read(data[..5].to_vec(), data.len() as u64).await.unwrap_err();
+        assert!(e.to_string().contains("size mismatch"), "{e}");
+        let e = read(data.clone(), 4).await.unwrap_err();
+        assert!(e.to_string().contains("larger"), "{e}");
+    }
+}
