@@ -6,3 +6,4 @@
 
 pub mod hash;
 pub mod nixbase32;
+pub mod store_path;
