@@ -118,7 +118,7 @@ start_rabbitmq() {
 # --- 3. Garage --------------------------------------------------------------
 
 find_garage() {
-    GARAGE=$(command -v garage || true)
+    GARAGE=$(type -P garage || true)
     if [ -z "$GARAGE" ] && [ -x "${CARGO_HOME:-$HOME/.cargo}/bin/garage" ]; then
         GARAGE="${CARGO_HOME:-$HOME/.cargo}/bin/garage"
     fi
@@ -133,7 +133,8 @@ find_garage() {
     [ -x "$GARAGE" ] || die "cargo install garage did not produce $GARAGE"
 }
 
-garage() { "$GARAGE" -c "$GARAGE_CONF" "$@"; }
+# The garage CLI, pointed at our config.
+gcli() { "$GARAGE" -c "$GARAGE_CONF" "$@"; }
 
 # Write the single-node config; the RPC secret and admin token are made once.
 write_garage_config() {
@@ -196,7 +197,7 @@ start_garage() {
                 die "garage did not stop"
         else
             log "garage already running (pid $(cat "$GARAGE_PID"))"
-            wait_for 30 garage status || die "running garage does not answer; see $GARAGE_LOG"
+            wait_for 30 gcli status || die "running garage does not answer; see $GARAGE_LOG"
             return
         fi
     fi
@@ -207,7 +208,7 @@ start_garage() {
     log "starting garage server (log: $GARAGE_LOG)"
     setsid nohup "$GARAGE" -c "$GARAGE_CONF" server >>"$GARAGE_LOG" 2>&1 </dev/null &
     echo $! >"$GARAGE_PID"
-    wait_for 60 garage status || die "garage did not come up; see $GARAGE_LOG"
+    wait_for 60 gcli status || die "garage did not come up; see $GARAGE_LOG"
     wait_for 30 port_open "$S3_PORT" || die "garage S3 API not listening on :$S3_PORT"
     log "garage is up (pid $(cat "$GARAGE_PID"))"
 }
@@ -215,18 +216,18 @@ start_garage() {
 # Give this node a role once; later runs find the layout already applied.
 apply_layout() {
     local node_id
-    node_id=$(garage node id -q 2>/dev/null | cut -d@ -f1)
-    [ -n "$node_id" ] || die "could not read garage node id"
-    if garage layout show 2>/dev/null | grep -q "^${node_id:0:16}.*dc1"; then
+    node_id=$(gcli node id -q 2>/dev/null | cut -d@ -f1)
+    [ -n "$node_id" ] || die "could not read the garage node id"
+    if gcli layout show 2>/dev/null | grep -q "^${node_id:0:16}.*dc1"; then
         log "layout already assigns node ${node_id:0:16}"
         return
     fi
     log "assigning layout to node ${node_id:0:16}"
-    garage layout assign -z dc1 -c 1G "$node_id" >/dev/null
+    gcli layout assign -z dc1 -c 1G "$node_id" >/dev/null
     local version
-    version=$(garage layout show | sed -n 's/.*Current cluster layout version: \([0-9]\+\).*/\1/p')
-    garage layout apply --version $((${version:-0} + 1)) >/dev/null
-    wait_for 30 garage status || die "garage unhealthy after layout apply"
+    version=$(gcli layout show | sed -n 's/.*Current cluster layout version: \([0-9]\+\).*/\1/p')
+    gcli layout apply --version $((${version:-0} + 1)) >/dev/null
+    wait_for 30 gcli status || die "garage unhealthy after layout apply"
 }
 
 # Bucket, key (fixed id and secret kept in s3.env) and permissions.
@@ -240,15 +241,15 @@ provision_bucket() {
         key_id="GK$(random_hex 12)"
         secret=$(random_hex 32)
     fi
-    if ! garage bucket info "$S3_BUCKET" >/dev/null 2>&1; then
+    if ! gcli bucket info "$S3_BUCKET" >/dev/null 2>&1; then
         log "creating bucket $S3_BUCKET"
-        garage bucket create "$S3_BUCKET" >/dev/null
+        gcli bucket create "$S3_BUCKET" >/dev/null
     fi
-    if ! garage key info "$key_id" >/dev/null 2>&1; then
+    if ! gcli key info "$key_id" >/dev/null 2>&1; then
         log "importing key $S3_KEY_NAME ($key_id)"
-        garage key import --yes -n "$S3_KEY_NAME" "$key_id" "$secret" >/dev/null
+        gcli key import --yes -n "$S3_KEY_NAME" "$key_id" "$secret" >/dev/null
     fi
-    garage bucket allow --read --write --owner "$S3_BUCKET" --key "$key_id" >/dev/null
+    gcli bucket allow --read --write --owner "$S3_BUCKET" --key "$key_id" >/dev/null
     local wanted
     wanted=$(
         cat <<EOF

@@ -1,11 +1,23 @@
 //! Kiln's builder: realises derivations in a Linux-namespace sandbox that reproduces Nix's.
 //!
+//! - [`builder`]: the [`Builder`](builder::Builder) (max-jobs, options, errors);
 //! - [`sandbox`]: namespaces, mounts and `execve` of the builder;
 //! - [`rootfs`]: the root file system Nix shows a builder;
 //! - [`env`]: the environment, `passAsFile` and structured attributes;
-//! - [`canonicalise`]: output permissions, times and file types.
+//! - [`run`]: supervising a running builder (log, limits, cancellation);
+//! - [`canonicalise`]: output permissions, times and file types;
+//! - [`outputs`]: NAR hashing, references, cycles and fixed-output checks;
+//! - [`recipe`]: what the builder needs to know about a derivation.
 
+pub mod builder;
 pub mod canonicalise;
 pub mod env;
+pub mod outputs;
+pub mod recipe;
 pub mod rootfs;
+pub mod run;
 pub mod sandbox;
+
+pub use builder::{BuildError, BuildOptions, BuildOutputs, Builder, BuilderConfig};
+pub use outputs::BuiltOutput;
+pub use run::CancelToken;

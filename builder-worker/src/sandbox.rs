@@ -155,8 +155,8 @@ enum Step {
 struct Plan {
     steps: Vec<(Step, String)>,
     program: CString,
-    argv: Vec<CString>,
-    envp: Vec<CString>,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     envp_ptrs: Vec<*const libc::c_char>,
     dev_null: CString,
@@ -291,7 +291,7 @@ impl Plan {
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<_> = envp.iter().map(|a| a.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
-        Ok(Plan { steps, program, argv, envp, argv_ptrs, envp_ptrs, dev_null: cstr("/dev/null", b"/dev/null")?, log_fd })
+        Ok(Plan { steps, program, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, dev_null: cstr("/dev/null", b"/dev/null")?, log_fd })
     }
 }
 

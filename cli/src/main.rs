@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod hash;
 mod instantiate;
 mod nar;
+mod store_cmds;
 
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "A build farm for Nix derivations")]
@@ -24,6 +25,12 @@ enum Command {
     Hash(hash::HashCommand),
     /// Evaluate Nix expressions and instantiate derivations, like `nix-instantiate`.
     Instantiate(instantiate::Args),
+    /// Copy store paths (closures by default) between binary caches.
+    Copy(store_cmds::CopyArgs),
+    /// Show what a binary cache knows about store paths.
+    PathInfo(store_cmds::PathInfoArgs),
+    /// Serve a store over HTTP as a Nix binary cache.
+    StoreGateway(store_cmds::GatewayArgs),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +39,9 @@ fn main() -> ExitCode {
         Command::Nar(c) => nar::run(c),
         Command::Hash(c) => hash::run(c),
         Command::Instantiate(a) => instantiate::run(a),
+        Command::Copy(a) => store_cmds::run_copy(a),
+        Command::PathInfo(a) => store_cmds::run_path_info(a),
+        Command::StoreGateway(a) => store_cmds::run_gateway(a),
     };
     match result {
         Ok(code) => code,

@@ -65,6 +65,10 @@ pub struct Eval {
     pub sink: Option<Rc<dyn DerivationSink>>,
     /// Whether `builtins.trace` prints to standard error.
     pub print_trace: bool,
+    /// `hashDerivationModulo` of every derivation instantiated so far, by `.drv` path.
+    pub(crate) drv_hashes: RefCell<HashMap<String, kiln_nix::hash::Hash>>,
+    /// Output names of every derivation instantiated so far, by `.drv` path.
+    pub(crate) drv_outputs: RefCell<HashMap<String, Vec<String>>>,
 }
 
 impl Eval {
@@ -82,8 +86,11 @@ impl Eval {
             realiser: None,
             sink: None,
             print_trace: true,
+            drv_hashes: RefCell::new(HashMap::new()),
+            drv_outputs: RefCell::new(HashMap::new()),
         };
         crate::builtins::install(&mut ev);
+        crate::builtins::install_derivation(&mut ev);
         ev
     }
 
@@ -301,10 +308,6 @@ impl Eval {
                 };
                 Ok(Value::Path(full.into()))
             }
-            Expr::SearchPath(name, pos) => {
-                let p = self.find_file(name).map_err(|e| e.at(*pos))?;
-                Ok(Value::Path(p.into()))
-            }
             Expr::CurPos(pos) => Ok(self.pos_value(Some(*pos))),
         }
     }
@@ -319,34 +322,6 @@ impl Eval {
             Attr { name: "line".into(), value: Value::Int(pos.line as i64), pos: None },
         ];
         Value::Attrs(Rc::new(Attrs::from_sorted(attrs)))
-    }
-
-    /// Resolve `<name>` against the search path.
-    pub fn find_file(&self, name: &str) -> Result<String> {
-        for entry in &self.search_path {
-            let candidate = if entry.prefix.is_empty() {
-                format!("{}/{}", entry.path, name)
-            } else if name == entry.prefix {
-                entry.path.clone()
-            } else if let Some(rest) = name.strip_prefix(&entry.prefix).and_then(|r| r.strip_prefix('/')) {
-                format!("{}/{}", entry.path, rest)
-            } else {
-                continue;
-            };
-            let abs = if candidate.starts_with('/') {
-                candidate
-            } else {
-                let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
-                format!("{cwd}/{candidate}")
-            };
-            let abs = canon_path(&abs);
-            if Path::new(&abs).exists() {
-                return Ok(abs);
-            }
-        }
-        Err(Error::throw(format!(
-            "file '{name}' was not found in the Nix search path (add it using $NIX_PATH or -I)"
-        )))
     }
 
     fn attr_name(&self, env: &Rc<Env>, key: &AttrKey, pos: Pos) -> Result<Rc<NixString>> {
@@ -412,13 +387,18 @@ impl Eval {
     fn eval_attrs(&self, env: &Rc<Env>, def: &AttrsDef) -> Result<Value> {
         let (mut entries, scope): (Vec<Attr>, Rc<Env>) = if def.rec {
             let new_env = self.rec_env(env, def);
+            let extra = match def.attrs.iter().position(|a| a.name.as_str() == "__overrides") {
+                Some(i) => self.apply_overrides(def, &new_env, i)?,
+                None => Vec::new(),
+            };
             let vals = new_env.vals.borrow().clone();
-            let entries = def
+            let mut entries: Vec<Attr> = def
                 .attrs
                 .iter()
                 .zip(vals)
                 .map(|(a, v)| Attr { name: a.name.clone(), value: v, pos: Some(a.pos) })
                 .collect();
+            entries.extend(extra);
             (entries, new_env)
         } else {
             let entries = def
@@ -447,6 +427,22 @@ impl Eval {
             entries.push(Attr { name: Symbol::from(name.s.as_str()), value: self.thunk(&scope, &d.value), pos: Some(d.pos) });
         }
         Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))))
+    }
+
+    /// `__overrides` in a `rec` set replaces the recursive bindings too.
+    /// Returns the overriding attributes that are not bindings of the set.
+    fn apply_overrides(&self, def: &AttrsDef, env: &Rc<Env>, idx: usize) -> Result<Vec<Attr>> {
+        let ov = env.vals.borrow()[idx].clone();
+        let ov = self.expect_attrs(&ov, def.attrs[idx].pos)?;
+        let mut vals = env.vals.borrow_mut();
+        let mut extra = Vec::new();
+        for o in ov.iter() {
+            match def.attrs.iter().position(|a| a.name == o.name) {
+                Some(slot) => vals[slot] = o.value.clone(),
+                None => extra.push(o.clone()),
+            }
+        }
+        Ok(extra)
     }
 
     /// Apply function `f` to `arg`.

@@ -90,6 +90,8 @@ pub struct AttrsDef {
 pub struct Formals {
     /// Formal names with optional defaults, in slot order starting at slot 0.
     pub entries: Vec<(Symbol, Option<Rc<Expr>>)>,
+    /// Position of each formal's name.
+    pub positions: Vec<Pos>,
     /// `...` present.
     pub ellipsis: bool,
     /// Slot of the `@` name, if any (after the formals).
@@ -251,8 +253,6 @@ pub enum Expr {
         /// Where.
         pos: Pos,
     },
-    /// `<name>`: looked up in `builtins.nixPath` at evaluation time.
-    SearchPath(String, Pos),
     /// `__curPos`
     CurPos(Pos),
 }

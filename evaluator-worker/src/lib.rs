@@ -10,6 +10,7 @@ pub mod ir;
 pub mod lower;
 pub mod ops;
 pub mod pos;
+pub mod run;
 pub mod print;
 pub mod store;
 pub mod strlit;
@@ -176,7 +177,7 @@ impl Evaluator {
     pub fn format_error(&self, err: &Error, show_trace: bool) -> String {
         let mut out = format!("error: {}", err.kind);
         let sources = self.ev.sources.borrow();
-        let mut snippet = |out: &mut String, pos: pos::Pos| {
+        let snippet = |out: &mut String, pos: pos::Pos| {
             let Some(src) = sources.get(pos.file) else { return };
             out.push_str(&format!("\n\n       at {}:{}:{}:\n\n", src.name, pos.line, pos.col));
             let width = (pos.line + 1).to_string().len();

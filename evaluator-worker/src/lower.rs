@@ -51,7 +51,7 @@ enum PValue {
     /// `inherit x;` (value from the enclosing scope).
     Inherit(Symbol, Pos),
     /// `inherit (e) x;`
-    InheritFrom(Rc<Expr>, Symbol, Pos),
+    InheritFrom(ast::Expr, Symbol, Pos),
 }
 
 impl<'a> Lowerer<'a> {
@@ -101,6 +101,14 @@ impl<'a> Lowerer<'a> {
 
     /// Parse `text` and lower it.
     pub fn parse_and_lower(&mut self, text: &str) -> Result<Rc<Expr>> {
+        // Nix's lexer treats CR as whitespace and turns CR/LF in strings into LF.
+        let normalized;
+        let text = if text.contains('\r') {
+            normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+            normalized.as_str()
+        } else {
+            text
+        };
         let parse = rnix::Root::parse(text);
         if let Some(e) = parse.errors().first() {
             return Err(self.parse_error(e, text));
@@ -183,7 +191,13 @@ impl<'a> Lowerer<'a> {
             ast::Expr::PathSearch(p) => {
                 let t = p.syntax().text().to_string();
                 let inner = t.trim_start_matches('<').trim_end_matches('>').to_string();
-                Expr::SearchPath(inner, pos)
+                // `<x>` is `__findFile __nixPath "x"`, both names resolved lexically.
+                let find = self.sym("__findFile");
+                let np = self.sym("__nixPath");
+                let f = Rc::new(self.lookup(&find, pos, 0)?);
+                let np = Rc::new(self.lookup(&np, pos, 0)?);
+                let partial = Rc::new(Expr::Apply { f, arg: np, pos });
+                Expr::Apply { f: partial, arg: Rc::new(Expr::Const(Value::string(inner))), pos }
             }
             ast::Expr::List(l) => {
                 let items = l.items().map(|i| self.lower(&i)).collect::<Result<Vec<_>>>()?;
@@ -246,7 +260,7 @@ impl<'a> Lowerer<'a> {
                 let names: Vec<Symbol> = p.entries.iter().map(|e| e.name.clone()).collect();
                 let binds = self.lower_pattrs(p)?;
                 self.scopes.push(Scope::Vars(names));
-                let body = self.lower(&self.child(l.body(), pos));
+                let body = self.child(l.body(), pos).and_then(|b| self.lower(&b));
                 self.scopes.pop();
                 Expr::Let { binds, body: body? }
             }
@@ -324,6 +338,7 @@ impl<'a> Lowerer<'a> {
             ast::Param::Pattern(pat) => {
                 let mut names = Vec::new();
                 let mut defaults = Vec::new();
+                let mut positions = Vec::new();
                 for entry in pat.pat_entries() {
                     let id = self.child(entry.ident(), pos)?;
                     let name = self.sym(&id.syntax().text().to_string());
@@ -334,6 +349,7 @@ impl<'a> Lowerer<'a> {
                         ));
                     }
                     names.push(name);
+                    positions.push(self.pos(&id));
                     defaults.push(entry.default());
                 }
                 let at = match pat.pat_bind() {
@@ -370,7 +386,7 @@ impl<'a> Lowerer<'a> {
                 let (entries, body) = res?;
                 Ok(LambdaDef {
                     arg: None,
-                    formals: Some(Formals { entries, ellipsis: pat.ellipsis_token().is_some(), at }),
+                    formals: Some(Formals { entries, positions, ellipsis: pat.ellipsis_token().is_some(), at }),
                     body,
                     pos,
                     slots: nslots,
@@ -421,6 +437,7 @@ impl<'a> Lowerer<'a> {
     fn lower_parts(&mut self, parts: Vec<Part<ast::Interpol>>, pos: Pos, string: bool) -> Result<Expr> {
         let mut out: Vec<Rc<Expr>> = Vec::new();
         let mut pending: Option<String> = None;
+        let interpolated = parts.iter().any(|p| matches!(p, Part::Interp(_)));
         for p in parts {
             match p {
                 Part::Lit(s, _) => pending.get_or_insert_with(String::new).push_str(&s),
@@ -436,7 +453,7 @@ impl<'a> Lowerer<'a> {
         if let Some(s) = pending.take() {
             out.push(Rc::new(Expr::Const(Value::string(s))));
         }
-        if string && out.len() == 1 {
+        if string && out.len() == 1 && !interpolated {
             if let Expr::Const(_) = &*out[0] {
                 return Ok(Rc::try_unwrap(out.pop().expect("one part")).unwrap_or_else(|_| Expr::Const(Value::string(""))));
             }
@@ -510,6 +527,23 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// The name of `a` if it is known without evaluation.
+    fn static_key(&mut self, a: &ast::Attr) -> Result<Option<Symbol>> {
+        let s = match a {
+            ast::Attr::Ident(i) => return Ok(Some(self.sym(&i.syntax().text().to_string()))),
+            ast::Attr::Str(s) => s.clone(),
+            ast::Attr::Dynamic(d) => match d.expr() {
+                Some(ast::Expr::Str(s)) => s,
+                _ => return Ok(None),
+            },
+        };
+        if s.parts().any(|p| matches!(p, ast::InterpolPart::Interpolation(_))) {
+            return Ok(None);
+        }
+        let pos = self.pos(&s);
+        Ok(self.str_key(&s, pos)?.ok())
+    }
+
     fn str_key(&mut self, s: &ast::Str, pos: Pos) -> Result<std::result::Result<Symbol, Rc<Expr>>> {
         let e = self.lower_str(s, pos)?;
         if let Expr::Const(Value::Str(st)) = &e {
@@ -532,7 +566,7 @@ impl<'a> Lowerer<'a> {
                     let from = match inh.from() {
                         Some(f) => {
                             let fpos = self.pos(&f);
-                            Some(self.lower(&self.child(f.expr(), fpos)?)?)
+                            Some(self.child(f.expr(), fpos)?)
                         }
                         None => None,
                     };
@@ -574,7 +608,11 @@ impl<'a> Lowerer<'a> {
             return Err(self.err(self.pos(&value), "syntax error, empty attribute path"));
         };
         let kpos = self.pos(first);
-        let key = self.attr_key(first)?;
+        // Dynamic names are lowered later, in the scope of the finished set.
+        let key = match self.static_key(first)? {
+            Some(name) => Ok(name),
+            None => Err(()),
+        };
         match key {
             Ok(name) => {
                 path.push(name.as_str().to_string());
@@ -653,10 +691,10 @@ impl<'a> Lowerer<'a> {
                 let skip = usize::from(self.in_rec);
                 (Rc::new(self.lookup(&name, pos, skip)?), false)
             }
-            PValue::InheritFrom(from, name, pos) => (
-                Rc::new(Expr::Select { e: from, path: vec![AttrKey::Static(name)], default: None, pos }),
-                true,
-            ),
+            PValue::InheritFrom(from, name, pos) => {
+                let from = self.lower(&from)?;
+                (Rc::new(Expr::Select { e: from, path: vec![AttrKey::Static(name)], default: None, pos }), true)
+            }
         })
     }
 

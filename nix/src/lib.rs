@@ -4,6 +4,11 @@
 //! [`derivation`], [`nar`], [`narinfo`], [`signing`] and [`refscan`].
 //! Nothing here needs a runtime or a Nix installation.
 
+pub mod derivation;
 pub mod hash;
 pub mod nixbase32;
 pub mod store_path;
+pub mod signing;
+pub mod narinfo;
+pub mod nar;
+pub mod refscan;

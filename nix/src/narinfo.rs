@@ -43,7 +43,9 @@ use crate::store_path::{self, FileIngestionMethod, StorePath, StorePathError};
 #[derive(Debug, Error)]
 pub enum NarInfoError {
     /// A line is not `Field: value`.
-    #[error("NAR info file '{whence}' is corrupt: line {line} is not of the form '<field>: <value>'")]
+    #[error(
+        "NAR info file '{whence}' is corrupt: line {line} is not of the form '<field>: <value>'"
+    )]
     Syntax { whence: String, line: usize },
     /// The last line has no terminating newline.
     #[error("NAR info file '{whence}' is corrupt: line {line} does not end with a newline")]
@@ -152,7 +154,8 @@ impl ContentAddress {
                 if algo != HashAlgo::Sha256 {
                     return Err(format!("text content address must use sha256, not {algo}"));
                 }
-                let hash = Hash::parse_non_sri_unprefixed(&digest, algo).map_err(|e| e.to_string())?;
+                let hash =
+                    Hash::parse_non_sri_unprefixed(&digest, algo).map_err(|e| e.to_string())?;
                 Ok(ContentAddress::Text(hash))
             }
             "fixed" => {
@@ -161,10 +164,13 @@ impl ContentAddress {
                     None => (FileIngestionMethod::Flat, rest),
                 };
                 let (algo, digest) = split_algo(rest)?;
-                let hash = Hash::parse_non_sri_unprefixed(&digest, algo).map_err(|e| e.to_string())?;
+                let hash =
+                    Hash::parse_non_sri_unprefixed(&digest, algo).map_err(|e| e.to_string())?;
                 Ok(ContentAddress::Fixed { method, hash })
             }
-            other => Err(format!("unknown prefix '{other}' (expected 'text' or 'fixed')")),
+            other => Err(format!(
+                "unknown prefix '{other}' (expected 'text' or 'fixed')"
+            )),
         }
     }
 
@@ -181,7 +187,12 @@ impl fmt::Display for ContentAddress {
         match self {
             ContentAddress::Text(h) => write!(f, "text:{}", h.to_nix_base32_prefixed()),
             ContentAddress::Fixed { method, hash } => {
-                write!(f, "fixed:{}{}", method.prefix(), hash.to_nix_base32_prefixed())
+                write!(
+                    f,
+                    "fixed:{}{}",
+                    method.prefix(),
+                    hash.to_nix_base32_prefixed()
+                )
             }
         }
     }
@@ -222,7 +233,7 @@ pub struct NarInfo {
     pub ca: Option<ContentAddress>,
 }
 
-/// The fields a narinfo line can name, with what Nix does about repeats.
+// Names of the required fields, shared by parsing and its errors.
 const F_STORE_PATH: &str = "StorePath";
 const F_NAR_HASH: &str = "NarHash";
 const F_URL: &str = "URL";
@@ -399,16 +410,25 @@ impl NarInfo {
         }
 
         let mut out = String::with_capacity(512);
-        out.push_str(&format!("StorePath: {}\n", self.store_path.to_absolute_path()));
+        out.push_str(&format!(
+            "StorePath: {}\n",
+            self.store_path.to_absolute_path()
+        ));
         out.push_str(&format!("URL: {}\n", self.url));
         out.push_str(&format!("Compression: {}\n", self.compression));
         if let Some(h) = &self.file_hash {
             out.push_str(&format!("FileHash: {}\n", h.to_nix_base32_prefixed()));
         }
         out.push_str(&format!("FileSize: {}\n", self.file_size));
-        out.push_str(&format!("NarHash: {}\n", self.nar_hash.to_nix_base32_prefixed()));
+        out.push_str(&format!(
+            "NarHash: {}\n",
+            self.nar_hash.to_nix_base32_prefixed()
+        ));
         out.push_str(&format!("NarSize: {}\n", self.nar_size));
-        out.push_str(&format!("References: {}\n", self.reference_base_names().join(" ")));
+        out.push_str(&format!(
+            "References: {}\n",
+            self.reference_base_names().join(" ")
+        ));
         if let Some(d) = &self.deriver {
             out.push_str(&format!("Deriver: {}\n", d.base_name()));
         }
@@ -465,7 +485,9 @@ impl NarInfo {
         let name = self.store_path.name();
         let computed = match &self.ca {
             None => return false,
-            Some(ContentAddress::Text(hash)) => store_path::make_text_path(name, hash, &self.references),
+            Some(ContentAddress::Text(hash)) => {
+                store_path::make_text_path(name, hash, &self.references)
+            }
             Some(ContentAddress::Fixed { method, hash }) => {
                 let mut refs = self.references.clone();
                 let self_ref = refs.remove(&self.store_path);
@@ -489,10 +511,12 @@ fn fields<'a>(text: &'a str, whence: &str) -> Result<Vec<(&'a str, &'a str)>, Na
     let mut line = 0;
     while !rest.is_empty() {
         line += 1;
-        let (l, tail) = rest.split_once('\n').ok_or_else(|| NarInfoError::MissingNewline {
-            whence: whence.to_string(),
-            line,
-        })?;
+        let (l, tail) = rest
+            .split_once('\n')
+            .ok_or_else(|| NarInfoError::MissingNewline {
+                whence: whence.to_string(),
+                line,
+            })?;
         let kv = l.split_once(": ").ok_or_else(|| NarInfoError::Syntax {
             whence: whence.to_string(),
             line,
@@ -663,8 +687,17 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         assert_eq!(info.deriver.as_ref().unwrap().name(), "deep-chain.drv");
         assert_eq!(info.ca, None);
         let ca = parse(CA_FIXED_R).unwrap().ca.unwrap();
-        assert!(matches!(ca, ContentAddress::Fixed { method: FileIngestionMethod::Recursive, .. }));
-        assert_eq!(parse(CA_FIXED_FLAT).unwrap().ca.unwrap().hash().algo(), HashAlgo::Sha1);
+        assert!(matches!(
+            ca,
+            ContentAddress::Fixed {
+                method: FileIngestionMethod::Recursive,
+                ..
+            }
+        ));
+        assert_eq!(
+            parse(CA_FIXED_FLAT).unwrap().ca.unwrap().hash().algo(),
+            HashAlgo::Sha1
+        );
     }
 
     #[test]
@@ -672,7 +705,10 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         let keys = TrustedKeys::parse_list(&format!("{PK1} {PK2}")).unwrap();
         assert_eq!(parse(CA_TEXT).unwrap().verify_signatures(&keys).unwrap(), 2);
         let only1: TrustedKeys = [PublicKey::parse(PK1).unwrap()].into_iter().collect();
-        assert_eq!(parse(CA_TEXT).unwrap().verify_signatures(&only1).unwrap(), 1);
+        assert_eq!(
+            parse(CA_TEXT).unwrap().verify_signatures(&only1).unwrap(),
+            1
+        );
         let mut info = parse(WITH_REFS).unwrap();
         assert_eq!(info.verify_signatures(&keys).unwrap(), 1);
         let before = info.sigs.clone();
@@ -704,7 +740,10 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         // unknown-deriver means none, other repeats take the last value.
         let text = CA_FIXED_R
             .replace("Compression: none\n", "Foo: bar\n")
-            .replace("References: \n", "References: \nDeriver: unknown-deriver\nFileSize: +7\nFileSize: 9\n");
+            .replace(
+                "References: \n",
+                "References: \nDeriver: unknown-deriver\nFileSize: +7\nFileSize: 9\n",
+            );
         let info = parse(&text).unwrap();
         assert_eq!(info.compression, "bzip2");
         assert_eq!(info.deriver, None);
@@ -714,7 +753,10 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
             "References: 1sy2203698px76lmf1hr7rfiijmdd40i-uses-multi-dev ylahbzyi238ixwhayzv301a66zf4bb61-refers-to-input",
             "References:  ylahbzyi238ixwhayzv301a66zf4bb61-refers-to-input 1sy2203698px76lmf1hr7rfiijmdd40i-uses-multi-dev ",
         );
-        assert_eq!(parse(&shuffled).unwrap().to_narinfo_string().unwrap(), WITH_REFS);
+        assert_eq!(
+            parse(&shuffled).unwrap().to_narinfo_string().unwrap(),
+            WITH_REFS
+        );
         // Hashes in other encodings are accepted and written in base32.
         let sri = WITH_REFS.replace(
             "NarHash: sha256:0avzkr8iswd3mfbv1prr3qr2nyb7s68nhknzxjaxksxfmqpd4iph",
@@ -723,11 +765,18 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         assert_eq!(parse(&sri).unwrap().to_narinfo_string().unwrap(), WITH_REFS);
         // Repeated Sig lines collapse; an empty References may be repeated.
         let sig_line = WITH_REFS.lines().find(|l| l.starts_with("Sig: ")).unwrap();
-        let twice = format!("{WITH_REFS}{sig_line}\nReferences: \n");
+        let twice = format!("{WITH_REFS}{sig_line}\n");
         assert_eq!(parse(&twice).unwrap().sigs.len(), 1);
+        let refs_twice = format!("{CA_TEXT}References: \nReferences: \n");
+        assert_eq!(
+            parse(&refs_twice).unwrap().to_narinfo_string().unwrap(),
+            CA_TEXT
+        );
         let with_system = format!("{WITH_REFS}System: x86_64-linux\n");
         let out = parse(&with_system).unwrap().to_narinfo_string().unwrap();
-        assert!(out.contains("Deriver: hpmkvsh24m9cf8vpayni7bm4xwa0yjff-deep-chain.drv\nSystem: x86_64-linux\nSig: "));
+        assert!(out.contains(
+            "Deriver: hpmkvsh24m9cf8vpayni7bm4xwa0yjff-deep-chain.drv\nSystem: x86_64-linux\nSig: "
+        ));
     }
 
     fn err(text: &str) -> String {
@@ -737,7 +786,10 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
     #[test]
     fn errors_name_line_and_field() {
         let e = err(&CA_TEXT.replace("NarSize: 128", "NarSize: 12x"));
-        assert!(e.contains("line 7") && e.contains("NarSize") && e.contains("12x"), "{e}");
+        assert!(
+            e.contains("line 7") && e.contains("NarSize") && e.contains("12x"),
+            "{e}"
+        );
         let e = err(&CA_TEXT.replace("NarSize: 128", "NarSize: -1"));
         assert!(e.contains("NarSize"), "{e}");
         let e = err(&CA_TEXT.replace("NarSize: 128", "NarSize: 18446744073709551616"));
@@ -756,9 +808,16 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         assert!(e.contains("line 11") && e.contains("CA"), "{e}");
         let e = err(&CA_TEXT.replace("CA: text:sha256:", "CA: text:sha1:"));
         assert!(e.contains("CA"), "{e}");
-        let e = err(&format!("{WITH_REFS}References: 1sy2203698px76lmf1hr7rfiijmdd40i-uses-multi-dev\n"));
-        assert!(e.contains("line 11") && e.contains("extra References"), "{e}");
-        let e = err(&format!("{CA_TEXT}CA: text:sha256:0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59\n"));
+        let e = err(&format!(
+            "{WITH_REFS}References: 1sy2203698px76lmf1hr7rfiijmdd40i-uses-multi-dev\n"
+        ));
+        assert!(
+            e.contains("line 11") && e.contains("extra References"),
+            "{e}"
+        );
+        let e = err(&format!(
+            "{CA_TEXT}CA: text:sha256:0ix4jahrkll5zg01wandq78jw3ab30q4nscph67rniqg5x7r0j59\n"
+        ));
         assert!(e.contains("line 12") && e.contains("extra CA"), "{e}");
         let e = err(&CA_TEXT.replace("URL: nar/", "URL:nar/"));
         assert!(e.contains("line 2") && e.contains("test.narinfo"), "{e}");
@@ -782,7 +841,10 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         }
         let e = err(&CA_TEXT.replace("NarSize: 128", "NarSize: 0"));
         assert!(e.contains("NarSize missing or zero"), "{e}");
-        let e = err(&CA_TEXT.replace("URL: nar/00zns3gj9hwz2a4b0i07y7nmxybq59lh24bl3xsxblcl6333mjil.nar", "URL: "));
+        let e = err(&CA_TEXT.replace(
+            "URL: nar/00zns3gj9hwz2a4b0i07y7nmxybq59lh24bl3xsxblcl6333mjil.nar",
+            "URL: ",
+        ));
         assert!(e.contains("URL missing"), "{e}");
         assert!(err("").contains("StorePath missing"));
     }
@@ -812,15 +874,25 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         assert_eq!(nix.to_cache_info_string(), "StoreDir: /nix/store\n");
         let hydra = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
         let info = NixCacheInfo::parse(hydra, "x").unwrap();
-        assert_eq!((info.want_mass_query, info.priority), (Some(true), Some(40)));
+        assert_eq!(
+            (info.want_mass_query, info.priority),
+            (Some(true), Some(40))
+        );
         assert_eq!(info.to_cache_info_string(), hydra);
-        let loose = NixCacheInfo::parse("junk\nPriority:  -3 \r\nStoreDir:/s\nOther: 1", "x").unwrap();
+        let loose =
+            NixCacheInfo::parse("junk\nPriority:  -3 \r\nStoreDir:/s\nOther: 1", "x").unwrap();
         assert_eq!((loose.store_dir.as_str(), loose.priority), ("/s", Some(-3)));
         let e = NixCacheInfo::parse("StoreDir: /nix/store\nPriority: high\n", "c/nix-cache-info")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("line 2") && e.contains("Priority") && e.contains("c/nix-cache-info"), "{e}");
-        assert!(NixCacheInfo::parse("Priority: 1\n", "x").unwrap_err().to_string().contains("StoreDir missing"));
+        assert!(
+            e.contains("line 2") && e.contains("Priority") && e.contains("c/nix-cache-info"),
+            "{e}"
+        );
+        assert!(NixCacheInfo::parse("Priority: 1\n", "x")
+            .unwrap_err()
+            .to_string()
+            .contains("StoreDir missing"));
     }
 
     fn arb_store_path() -> impl Strategy<Value = StorePath> {
@@ -837,7 +909,11 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
             Just(None),
             arb_hash().prop_map(|h| Some(ContentAddress::Text(h))),
             (any::<bool>(), arb_hash(), any::<[u8; 20]>()).prop_map(|(r, h, d)| {
-                let method = if r { FileIngestionMethod::Recursive } else { FileIngestionMethod::Flat };
+                let method = if r {
+                    FileIngestionMethod::Recursive
+                } else {
+                    FileIngestionMethod::Flat
+                };
                 let hash = if r { h } else { Hash::new(HashAlgo::Sha1, &d) };
                 Some(ContentAddress::Fixed { method, hash })
             }),
@@ -846,17 +922,30 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
 
     fn arb_narinfo() -> impl Strategy<Value = NarInfo> {
         (
-            (arb_store_path(), "[!-~]{1,30}", "[a-z0-9]{1,8}", proptest::option::of(arb_hash())),
+            (
+                arb_store_path(),
+                "[!-~]{1,30}",
+                "[a-z0-9]{1,8}",
+                proptest::option::of(arb_hash()),
+            ),
             (any::<u64>(), arb_hash(), 1..=u64::MAX),
             (
                 proptest::collection::btree_set(arb_store_path(), 0..5),
                 proptest::option::of(arb_store_path()),
                 proptest::option::of("[ -~]{1,20}"),
             ),
-            (proptest::collection::btree_set("[ -~]{0,40}", 0..4), arb_ca()),
+            (
+                proptest::collection::btree_set("[ -~]{0,40}", 0..4),
+                arb_ca(),
+            ),
         )
             .prop_map(
-                |((store_path, url, compression, file_hash), (file_size, nar_hash, nar_size), (references, deriver, system), (sigs, ca))| NarInfo {
+                |(
+                    (store_path, url, compression, file_hash),
+                    (file_size, nar_hash, nar_size),
+                    (references, deriver, system),
+                    (sigs, ca),
+                )| NarInfo {
                     store_path,
                     url,
                     compression,

@@ -96,6 +96,9 @@ pub enum SigningError {
         #[source]
         source: std::io::Error,
     },
+    /// A key file is far larger than any key.
+    #[error("key file '{}' is too large ({size} bytes) to be a key", path.display())]
+    FileTooLarge { path: PathBuf, size: u64 },
     /// A key file was read but its content is bad.
     #[error("key file '{}': {source}", path.display())]
     InFile {
@@ -167,11 +170,9 @@ fn read_key_file<T>(
         source,
     })?;
     if meta.len() > 4096 {
-        return Err(SigningError::InFile {
+        return Err(SigningError::FileTooLarge {
             path: path.to_path_buf(),
-            source: Box::new(SigningError::NotNameColonKey {
-                kind: KeyKind::Secret,
-            }),
+            size: meta.len(),
         });
     }
     let text = std::fs::read_to_string(path).map_err(|source| SigningError::Io {
@@ -504,9 +505,18 @@ mod tests {
         assert_eq!(sk.name(), "kiln-test-1");
         assert_eq!(sk.to_key_file_string(), SK1);
         assert_eq!(sk.to_public().to_string(), PK1);
-        assert_eq!(SecretKey::parse(SK2).unwrap().to_public(), PublicKey::parse(PK2).unwrap());
-        assert_eq!(PublicKey::parse(&format!("{PK1}\n")).unwrap().to_string(), PK1);
-        assert!(!format!("{sk:?}").contains("t01lz"), "Debug must not leak the key");
+        assert_eq!(
+            SecretKey::parse(SK2).unwrap().to_public(),
+            PublicKey::parse(PK2).unwrap()
+        );
+        assert_eq!(
+            PublicKey::parse(&format!("{PK1}\n")).unwrap().to_string(),
+            PK1
+        );
+        assert!(
+            !format!("{sk:?}").contains("t01lz"),
+            "Debug must not leak the key"
+        );
     }
 
     #[test]
@@ -542,7 +552,10 @@ mod tests {
         let sigs = [SIG1_NO_REFS, SIG2_NO_REFS, "garbage", "x:AAAA"];
         assert_eq!(keys.count_valid(FP_NO_REFS.as_bytes(), sigs), 2);
         assert_eq!(only1.count_valid(FP_NO_REFS.as_bytes(), sigs), 1);
-        assert_eq!(TrustedKeys::new().count_valid(FP_NO_REFS.as_bytes(), sigs), 0);
+        assert_eq!(
+            TrustedKeys::new().count_valid(FP_NO_REFS.as_bytes(), sigs),
+            0
+        );
     }
 
     #[test]
@@ -558,29 +571,75 @@ mod tests {
     #[test]
     fn refuses_bad_keys_and_signatures() {
         for s in ["", "no-colon", ":AAAA", "name:", "  \n"] {
-            assert!(matches!(SecretKey::parse(s), Err(SigningError::NotNameColonKey { .. })), "{s:?}");
-            assert!(matches!(PublicKey::parse(s), Err(SigningError::NotNameColonKey { .. })), "{s:?}");
-            assert!(matches!(Signature::parse(s), Err(SigningError::NotNameColonKey { .. })), "{s:?}");
+            assert!(
+                matches!(
+                    SecretKey::parse(s),
+                    Err(SigningError::NotNameColonKey { .. })
+                ),
+                "{s:?}"
+            );
+            assert!(
+                matches!(
+                    PublicKey::parse(s),
+                    Err(SigningError::NotNameColonKey { .. })
+                ),
+                "{s:?}"
+            );
+            assert!(
+                matches!(
+                    Signature::parse(s),
+                    Err(SigningError::NotNameColonKey { .. })
+                ),
+                "{s:?}"
+            );
         }
         let e = SecretKey::parse("k:not*base64").unwrap_err();
-        assert!(matches!(e, SigningError::BadBase64 { kind: KeyKind::Secret, .. }));
+        assert!(matches!(
+            e,
+            SigningError::BadBase64 {
+                kind: KeyKind::Secret,
+                ..
+            }
+        ));
         assert!(e.to_string().contains("secret key 'k'"), "{e}");
         // A public key where a secret key is expected, and vice versa.
         let e = SecretKey::parse(PK1).unwrap_err();
-        assert!(matches!(e, SigningError::WrongLength { got: 32, expected: 64, .. }), "{e}");
-        assert!(matches!(PublicKey::parse(SK1), Err(SigningError::WrongLength { got: 64, .. })));
+        assert!(
+            matches!(
+                e,
+                SigningError::WrongLength {
+                    got: 32,
+                    expected: 64,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(matches!(
+            PublicKey::parse(SK1),
+            Err(SigningError::WrongLength { got: 64, .. })
+        ));
         // Very long input is refused without decoding it.
         let long = format!("k:{}", "A".repeat(100_000));
-        assert!(matches!(Signature::parse(&long), Err(SigningError::WrongLength { .. })));
+        assert!(matches!(
+            Signature::parse(&long),
+            Err(SigningError::WrongLength { .. })
+        ));
         // A keypair whose public half belongs to another seed.
         let mut pair = SecretKey::parse(SK1).unwrap().key.to_keypair_bytes();
-        pair[32..].copy_from_slice(SecretKey::parse(SK2).unwrap().key.verifying_key().as_bytes());
+        pair[32..].copy_from_slice(
+            SecretKey::parse(SK2)
+                .unwrap()
+                .key
+                .verifying_key()
+                .as_bytes(),
+        );
         let e = SecretKey::parse(&format!("mixed:{}", B64.encode(pair))).unwrap_err();
         assert!(matches!(e, SigningError::InconsistentSecretKey { ref name } if name == "mixed"));
         assert!(!e.to_string().contains(&B64.encode(pair)[..20]));
-        // 32 bytes that are not a curve point.
-        let mut not_point = [0xffu8; 32];
-        not_point[31] = 0x7f;
+        // 32 bytes that are not a curve point (y = 2 has no x).
+        let mut not_point = [0u8; 32];
+        not_point[0] = 2;
         let e = PublicKey::parse(&format!("np:{}", B64.encode(not_point))).unwrap_err();
         assert!(matches!(e, SigningError::InvalidPublicKey { .. }), "{e}");
     }
@@ -590,7 +649,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let sk_path = dir.path().join("secret.key");
         std::fs::write(&sk_path, format!("{SK1}\n")).unwrap();
-        assert_eq!(SecretKey::from_file(&sk_path).unwrap().to_key_file_string(), SK1);
+        assert_eq!(
+            SecretKey::from_file(&sk_path).unwrap().to_key_file_string(),
+            SK1
+        );
         let pk_path = dir.path().join("public.key");
         std::fs::write(&pk_path, "kiln-test-1:tooshort").unwrap();
         let e = PublicKey::from_file(&pk_path).unwrap_err();
@@ -601,7 +663,10 @@ mod tests {
         assert!(e.to_string().contains("absent.key"), "{e}");
         let big = dir.path().join("big.key");
         std::fs::write(&big, vec![b'A'; 10_000]).unwrap();
-        assert!(SecretKey::from_file(&big).is_err());
+        assert!(matches!(
+            SecretKey::from_file(&big),
+            Err(SigningError::FileTooLarge { size: 10_000, .. })
+        ));
     }
 
     #[test]
@@ -639,6 +704,10 @@ mod tests {
         let h = hash("00zns3gj9hwz2a4b0i07y7nmxybq59lh24bl3xsxblcl6333mjil");
         assert_eq!(fingerprint(&path, &h, 128, []).unwrap(), FP_NO_REFS);
         let e = fingerprint(&path, &h, 0, []).unwrap_err();
-        assert!(e.to_string().contains("9gz0m5kka3amb4g3263rlxx9j5518j5z-hello.txt"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("9gz0m5kka3amb4g3263rlxx9j5518j5z-hello.txt"),
+            "{e}"
+        );
     }
 }

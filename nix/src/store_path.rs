@@ -60,7 +60,9 @@ pub enum StorePathError {
         name: String,
         algo: HashAlgo,
     },
-    #[error("fixed-output path '{name}' cannot have references unless it is a recursive sha256 path")]
+    #[error(
+        "fixed-output path '{name}' cannot have references unless it is a recursive sha256 path"
+    )]
     ReferencesNotAllowed { name: String },
 }
 
@@ -111,7 +113,10 @@ impl StorePath {
         if bytes.len() < HASH_PART_LEN + 1 {
             return Err(StorePathError::TooShort(base.to_string()));
         }
-        if let Some(&c) = bytes[..HASH_PART_LEN].iter().find(|&&c| !nixbase32::is_valid_str(&[c])) {
+        if let Some(&c) = bytes[..HASH_PART_LEN]
+            .iter()
+            .find(|&&c| !nixbase32::is_valid_str(&[c]))
+        {
             // Not necessarily a char boundary: report the whole char there.
             let ch = base
                 .char_indices()
@@ -128,12 +133,13 @@ impl StorePath {
         // The first 33 bytes are ASCII, so slicing there is safe.
         let name = &base[HASH_PART_LEN + 1..];
         check_name(base, name)?;
-        let decoded = nixbase32::decode_exact(&bytes[..HASH_PART_LEN], DIGEST_LEN).map_err(|_| {
-            StorePathError::BadHashChar {
-                path: base.to_string(),
-                ch: '?',
-            }
-        })?;
+        let decoded =
+            nixbase32::decode_exact(&bytes[..HASH_PART_LEN], DIGEST_LEN).map_err(|_| {
+                StorePathError::BadHashChar {
+                    path: base.to_string(),
+                    ch: '?',
+                }
+            })?;
         let mut digest = [0u8; DIGEST_LEN];
         digest.copy_from_slice(&decoded);
         Ok(StorePath {
@@ -286,8 +292,16 @@ pub fn make_type(base: &str, references: &BTreeSet<StorePath>, self_reference: b
 
 /// Nix's `makeStorePath`: hashes `type:algo:<hex>:/nix/store:name` with
 /// sha256 and compresses it to 20 bytes.
-pub fn make_store_path(path_type: &str, hash: &Hash, name: &str) -> Result<StorePath, StorePathError> {
-    let s = format!("{path_type}:{}:{}:{STORE_DIR}:{name}", hash.algo(), hash.to_base16());
+pub fn make_store_path(
+    path_type: &str,
+    hash: &Hash,
+    name: &str,
+) -> Result<StorePath, StorePathError> {
+    let s = format!(
+        "{path_type}:{}:{}:{STORE_DIR}:{name}",
+        hash.algo(),
+        hash.to_base16()
+    );
     let h = Hash::of(HashAlgo::Sha256, s.as_bytes());
     let mut digest = [0u8; DIGEST_LEN];
     digest.copy_from_slice(&compress_hash(h.digest(), DIGEST_LEN));
@@ -335,7 +349,11 @@ pub fn make_source_path(
     self_reference: bool,
 ) -> Result<StorePath, StorePathError> {
     require_sha256("source", name, nar_sha256)?;
-    make_store_path(&make_type("source", references, self_reference), nar_sha256, name)
+    make_store_path(
+        &make_type("source", references, self_reference),
+        nar_sha256,
+        name,
+    )
 }
 
 /// Nix's `makeFixedOutputPath`. A recursive sha256 hash gives a `source`
@@ -351,10 +369,21 @@ pub fn make_fixed_output_path(
         return make_source_path(name, hash, references, false);
     }
     if !references.is_empty() {
-        return Err(StorePathError::ReferencesNotAllowed { name: name.to_string() });
+        return Err(StorePathError::ReferencesNotAllowed {
+            name: name.to_string(),
+        });
     }
-    let inner = format!("fixed:out:{}{}:{}:", method.prefix(), hash.algo(), hash.to_base16());
-    make_store_path("output:out", &Hash::of(HashAlgo::Sha256, inner.as_bytes()), name)
+    let inner = format!(
+        "fixed:out:{}{}:{}:",
+        method.prefix(),
+        hash.algo(),
+        hash.to_base16()
+    );
+    make_store_path(
+        "output:out",
+        &Hash::of(HashAlgo::Sha256, inner.as_bytes()),
+        name,
+    )
 }
 
 /// The name of output `output_name` of derivation `drv_name`: `drv_name`
@@ -413,17 +442,38 @@ mod tests {
         let h = "548a6rq39jc405w6j0l7m162vw46fsk3";
         let err = |s: &str| StorePath::from_absolute_path(s).unwrap_err();
         assert!(matches!(err("/nix/stor/x"), StorePathError::NotInStore(_)));
-        assert!(matches!(err(&format!("/nix/store/{h}-a/b")), StorePathError::NotInStore(_)));
-        assert!(matches!(err(&format!("/nix/store/{h}")), StorePathError::TooShort(_)));
-        assert!(matches!(err(&format!("/nix/store/{h}-")), StorePathError::EmptyName(_)));
-        assert!(matches!(err(&format!("/nix/store/{h}Xa")), StorePathError::MissingDash(_)));
+        assert!(matches!(
+            err(&format!("/nix/store/{h}-a/b")),
+            StorePathError::NotInStore(_)
+        ));
+        assert!(matches!(
+            err(&format!("/nix/store/{h}")),
+            StorePathError::TooShort(_)
+        ));
+        assert!(matches!(
+            err(&format!("/nix/store/{h}-")),
+            StorePathError::EmptyName(_)
+        ));
+        assert!(matches!(
+            err(&format!("/nix/store/{h}Xa")),
+            StorePathError::MissingDash(_)
+        ));
         let e = err("/nix/store/e48a6rq39jc405w6j0l7m162vw46fsk3-a");
         assert_eq!(e.to_string(), "store path 'e48a6rq39jc405w6j0l7m162vw46fsk3-a' contains illegal base-32 character 'e'");
-        assert!(matches!(err("/nix/store/é48a6rq39jc405w6j0l7m162vw46fsk-a"), StorePathError::BadHashChar { ch: 'é', .. }));
+        assert!(matches!(
+            err("/nix/store/é48a6rq39jc405w6j0l7m162vw46fsk-a"),
+            StorePathError::BadHashChar { ch: 'é', .. }
+        ));
         // The exact message Nix 2.8 prints for `builtins.toFile "a b" ""`.
         let e = err(&format!("/nix/store/{h}-a b"));
-        assert_eq!(e.to_string(), format!("store path '{h}-a b' contains illegal character ' '"));
-        assert!(matches!(err(&format!("/nix/store/{h}-a/")), StorePathError::NotInStore(_)));
+        assert_eq!(
+            e.to_string(),
+            format!("store path '{h}-a b' contains illegal character ' '")
+        );
+        assert!(matches!(
+            err(&format!("/nix/store/{h}-a/")),
+            StorePathError::NotInStore(_)
+        ));
         let long = "a".repeat(MAX_NAME_LEN);
         assert!(StorePath::from_base_name(&format!("{h}-{long}")).is_ok());
         assert!(matches!(
@@ -438,7 +488,10 @@ mod tests {
     fn accepts_leading_period_like_nix_2_8() {
         // `nix-instantiate --eval -E 'builtins.toFile ".foo" "x"'` with Nix 2.8.0.
         let p = compute_text_path(".foo", b"x", &BTreeSet::new()).unwrap();
-        assert_eq!(p.to_string(), "/nix/store/q144f75swlv405pb69crqqkdwiza7nlk-.foo");
+        assert_eq!(
+            p.to_string(),
+            "/nix/store/q144f75swlv405pb69crqqkdwiza7nlk-.foo"
+        );
         assert!(validate_name("..").is_ok());
     }
 
@@ -446,31 +499,58 @@ mod tests {
     fn text_paths_match_nix() {
         // eval/text.nix: builtins.toFile "script.sh" "echo hi > $out\n".
         let script = compute_text_path("script.sh", b"echo hi > $out\n", &BTreeSet::new()).unwrap();
-        assert_eq!(script.to_string(), "/nix/store/f35acxm8ic638003611bkf494cq7108a-script.sh");
+        assert_eq!(
+            script.to_string(),
+            "/nix/store/f35acxm8ic638003611bkf494cq7108a-script.sh"
+        );
         // fileWithRef = builtins.toFile "with-ref" "script is at ${script}\n".
         let contents = format!("script is at {script}\n");
         let refs = BTreeSet::from([script.clone()]);
         let with_ref = compute_text_path("with-ref", contents.as_bytes(), &refs).unwrap();
-        assert_eq!(with_ref.to_string(), "/nix/store/1jkvj3qf8yyv32dd68b6ci4lz0z5i250-with-ref");
+        assert_eq!(
+            with_ref.to_string(),
+            "/nix/store/1jkvj3qf8yyv32dd68b6ci4lz0z5i250-with-ref"
+        );
         assert_eq!(
             make_type("text", &refs, false),
             "text:/nix/store/f35acxm8ic638003611bkf494cq7108a-script.sh"
         );
-        assert_eq!(make_type("source", &refs, true), format!("source:{script}:self"));
+        assert_eq!(
+            make_type("source", &refs, true),
+            format!("source:{script}:self")
+        );
         let md5 = Hash::of(HashAlgo::Md5, b"");
-        assert!(matches!(make_text_path("x", &md5, &refs), Err(StorePathError::NotSha256 { .. })));
+        assert!(matches!(
+            make_text_path("x", &md5, &refs),
+            Err(StorePathError::NotSha256 { .. })
+        ));
     }
 
     #[test]
     fn fixed_output_paths_match_nix() {
         // eval/fixed.nix, from the .drv files Nix 2.8 wrote.
         let none = BTreeSet::new();
-        let h = Hash::parse_any_prefixed("sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s").unwrap();
-        let p = make_fixed_output_path("recursive-sha256", FileIngestionMethod::Recursive, &h, &none).unwrap();
-        assert_eq!(p.to_string(), "/nix/store/clqickfgwlcwbwcphgs8s1jb94pb416g-recursive-sha256");
+        let h =
+            Hash::parse_any_prefixed("sha256:1b8m03r63zqhnjf7l5wnldhh7c134ap5vpj0850ymkq1iyzicy5s")
+                .unwrap();
+        let p = make_fixed_output_path(
+            "recursive-sha256",
+            FileIngestionMethod::Recursive,
+            &h,
+            &none,
+        )
+        .unwrap();
+        assert_eq!(
+            p.to_string(),
+            "/nix/store/clqickfgwlcwbwcphgs8s1jb94pb416g-recursive-sha256"
+        );
         let sha1 = Hash::of(HashAlgo::Sha1, b"");
-        let p = make_fixed_output_path("sha1-flat", FileIngestionMethod::Flat, &sha1, &none).unwrap();
-        assert_eq!(p.to_string(), "/nix/store/kf12121c4b14fcyykdq1cz9xmp2pzvxm-sha1-flat");
+        let p =
+            make_fixed_output_path("sha1-flat", FileIngestionMethod::Flat, &sha1, &none).unwrap();
+        assert_eq!(
+            p.to_string(),
+            "/nix/store/kf12121c4b14fcyykdq1cz9xmp2pzvxm-sha1-flat"
+        );
         let refs = BTreeSet::from([p]);
         assert!(matches!(
             make_fixed_output_path("x", FileIngestionMethod::Flat, &sha1, &refs),
@@ -485,7 +565,10 @@ mod tests {
         let h = Hash::of(HashAlgo::Sha256, b"");
         let long = "a".repeat(MAX_NAME_LEN);
         assert!(make_output_path(&h, "out", &long).is_ok());
-        assert!(matches!(make_output_path(&h, "dev", &long), Err(StorePathError::NameTooLong(_))));
+        assert!(matches!(
+            make_output_path(&h, "dev", &long),
+            Err(StorePathError::NameTooLong(_))
+        ));
     }
 
     proptest! {

@@ -35,6 +35,8 @@ pub enum Message {
     IfdResponse(IfdResponse),
     /// Coordinator → builders: build one derivation.
     BuildRequest(BuildRequest),
+    /// Coordinator → builders: stop a build, whether queued or running.
+    CancelBuild { build_id: BuildId, drv_path: String },
     /// Builder → coordinator: a build began.
     BuildStarted(BuildStarted),
     /// Builder → coordinator: a batch of log lines.

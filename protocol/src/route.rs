@@ -30,6 +30,8 @@ pub enum Route {
     /// sorted set of `requiredSystemFeatures` joined by `+`, or `-` when
     /// empty; a builder consumes the queues of every subset of its features.
     Build { system: String, features: Vec<String> },
+    /// `kiln.build-control`: build cancellations, seen by every builder.
+    BuildControl,
     /// `kiln.build-events`: started, log, NAR chunks and results from builders.
     BuildEvents,
     /// `kiln.events.<job>`: the per-job event stream for front ends.
@@ -65,6 +67,7 @@ impl Route {
                 let f = if f.is_empty() { "-".to_string() } else { f.join("+") };
                 format!("kiln.build.{system}.{f}")
             }
+            Route::BuildControl => "kiln.build-control".into(),
             Route::BuildEvents => "kiln.build-events".into(),
             Route::JobEvents(job) => format!("kiln.events.{job}"),
             Route::Heartbeats => "kiln.heartbeats".into(),
@@ -74,7 +77,7 @@ impl Route {
     /// Whether the route is a work queue or a broadcast.
     pub fn fanout(&self) -> Fanout {
         match self {
-            Route::JobEvents(_) | Route::Heartbeats => Fanout::Broadcast,
+            Route::JobEvents(_) | Route::Heartbeats | Route::BuildControl => Fanout::Broadcast,
             _ => Fanout::Queue,
         }
     }

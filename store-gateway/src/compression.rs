@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 
 use async_compression::tokio::bufread::{XzDecoder, ZstdDecoder};
 use async_compression::tokio::write::{XzEncoder, ZstdEncoder};
+use async_compression::Level;
 use kiln_nix::hash::{Hash, HashAlgo, Hasher};
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 
@@ -71,14 +72,58 @@ impl Compression {
     }
 
     /// Wraps a writer so that what is written to it reaches `out` compressed.
-    pub fn encoder<W: AsyncWrite + Send + Unpin + 'static>(
-        self,
-        out: W,
-    ) -> Pin<Box<dyn AsyncWrite + Send>> {
+    pub fn encoder<W: AsyncWrite + Unpin>(self, out: W) -> Encoder<W> {
         match self {
-            Compression::None => Box::pin(out),
-            Compression::Xz => Box::pin(XzEncoder::with_quality(out, async_compression::Level::Precise(6))),
-            Compression::Zstd => Box::pin(ZstdEncoder::with_quality(out, async_compression::Level::Precise(3))),
+            Compression::None => Encoder::None(out),
+            Compression::Xz => Encoder::Xz(XzEncoder::with_quality(out, Level::Precise(6))),
+            Compression::Zstd => Encoder::Zstd(ZstdEncoder::with_quality(out, Level::Precise(3))),
+        }
+    }
+}
+
+/// A compressing writer for one [`Compression`].
+pub enum Encoder<W> {
+    /// Passes bytes through.
+    None(W),
+    /// Compresses with xz.
+    Xz(XzEncoder<W>),
+    /// Compresses with zstd.
+    Zstd(ZstdEncoder<W>),
+}
+
+impl<W> Encoder<W> {
+    /// The writer underneath; call after `shutdown`.
+    pub fn into_inner(self) -> W {
+        match self {
+            Encoder::None(w) => w,
+            Encoder::Xz(e) => e.into_inner(),
+            Encoder::Zstd(e) => e.into_inner(),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Encoder<W> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Encoder::None(w) => Pin::new(w).poll_write(cx, buf),
+            Encoder::Xz(w) => Pin::new(w).poll_write(cx, buf),
+            Encoder::Zstd(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Encoder::None(w) => Pin::new(w).poll_flush(cx),
+            Encoder::Xz(w) => Pin::new(w).poll_flush(cx),
+            Encoder::Zstd(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Encoder::None(w) => Pin::new(w).poll_shutdown(cx),
+            Encoder::Xz(w) => Pin::new(w).poll_shutdown(cx),
+            Encoder::Zstd(w) => Pin::new(w).poll_shutdown(cx),
         }
     }
 }

@@ -8,8 +8,12 @@
 #![deny(missing_docs)]
 
 pub mod backend;
+pub mod cache;
 pub mod compression;
+pub mod copy;
 pub mod error;
+pub mod gateway;
+pub mod ingest;
 pub mod key;
 pub mod url;
 

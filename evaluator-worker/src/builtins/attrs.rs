@@ -132,7 +132,8 @@ fn function_args(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             Some(f) => Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(
                 f.entries
                     .iter()
-                    .map(|(n, d)| Attr { name: n.clone(), value: Value::Bool(d.is_some()), pos: Some(c.def.pos) })
+                    .zip(&f.positions)
+                    .map(|((n, d), p)| Attr { name: n.clone(), value: Value::Bool(d.is_some()), pos: Some(*p) })
                     .collect(),
             )))),
             None => Ok(mk_attrs(vec![])),

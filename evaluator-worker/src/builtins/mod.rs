@@ -8,6 +8,7 @@ use crate::value::*;
 use std::rc::Rc;
 
 mod attrs;
+mod derivation;
 mod json;
 mod lists;
 mod misc;
@@ -52,8 +53,6 @@ const UNSUPPORTED: &[(&str, bool)] = &[
     ("fetchClosure", false),
     ("getFlake", false),
     ("storePath", false),
-    ("derivationStrict", false),
-    ("derivation", true),
 ];
 
 fn unsupported(_: &Eval, _: &[Value], _: Pos) -> Result<Value> {
@@ -65,6 +64,7 @@ pub fn table() -> Vec<&'static Builtin> {
     let mut v: Vec<&'static Builtin> = Vec::new();
     for t in [
         attrs::BUILTINS,
+        derivation::BUILTINS,
         json::BUILTINS,
         lists::BUILTINS,
         misc::BUILTINS,
@@ -166,9 +166,7 @@ fn unsupported_named(name: &str) -> BuiltinFn {
         "fetchTree",
         "fetchClosure",
         "getFlake",
-        "storePath",
-        "derivationStrict",
-        "derivation"
+        "storePath"
     )
 }
 
@@ -180,3 +178,20 @@ pub fn mk_attrs(pairs: Vec<(&str, Value)>) -> Value {
 }
 
 pub use misc::deep_force;
+
+/// Define the global `derivation` from its Nix source (see [`derivation::DERIVATION_NIX`]).
+pub fn install_derivation(ev: &mut Eval) {
+    let parsed = ev.parse(derivation::DERIVATION_NIX, "«derivation»".into(), None, "/", None);
+    match parsed.and_then(|e| ev.eval(&crate::eval::Env::new(Vec::new(), None), &e)) {
+        Ok(v) => {
+            ev.add_global("derivation", v.clone());
+            ev.add_global("__derivation", v);
+        }
+        Err(e) => {
+            // Only reachable if the embedded source is broken; report it at use.
+            let f: BuiltinFn = |_, _, pos| Err(Error::eval("the built-in derivation wrapper failed to load").at(pos));
+            let _ = e;
+            ev.add_global("derivation", Value::PrimOp(Rc::new(PrimOp { name: "derivation", arity: 1, f })));
+        }
+    }
+}

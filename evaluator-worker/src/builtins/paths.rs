@@ -154,8 +154,14 @@ fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         } else {
             continue;
         };
-        if Path::new(&candidate).exists() {
-            return Ok(Value::Path(canon_path(&candidate).into()));
+        let abs = if candidate.starts_with('/') {
+            candidate
+        } else {
+            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            format!("{cwd}/{candidate}")
+        };
+        if Path::new(&abs).exists() {
+            return Ok(Value::Path(canon_path(&abs).into()));
         }
     }
     Err(Error::throw(format!(

@@ -19,7 +19,7 @@ use crate::hash::{Hash, HashAlgo, HashingWriter};
 /// Why a path could not be serialised.
 #[derive(Debug, Error)]
 pub enum DumpError {
-    #[error("{action} '{path}': {source}")]
+    #[error("{action} '{path}'")]
     Io {
         action: &'static str,
         path: PathBuf,
@@ -30,7 +30,7 @@ pub enum DumpError {
     UnsupportedType { path: PathBuf, kind: &'static str },
     #[error("file '{path}' changed while it was being serialised")]
     Changed { path: PathBuf },
-    #[error("serialising '{path}': {source}")]
+    #[error("serialising '{path}'")]
     Write {
         path: PathBuf,
         #[source]

@@ -95,9 +95,9 @@ pub(crate) fn show(bytes: &[u8]) -> String {
 /// Why [`copy`] failed.
 #[derive(Debug, Error)]
 pub enum CopyError {
-    #[error("reading NAR: {0}")]
+    #[error("reading NAR")]
     Read(#[from] ReadError),
-    #[error("writing NAR: {0}")]
+    #[error("writing NAR")]
     Write(#[from] WriteError),
 }
 
@@ -118,9 +118,14 @@ pub fn copy<R: io::Read, W: io::Write>(input: R, output: W) -> Result<W, CopyErr
                 mut contents,
             } => {
                 let size = contents.size();
-                writer.file(name.as_deref(), executable, size, &mut contents)?;
-                // Surface a truncation inside the contents as a read error.
-                contents.finish()?;
+                match writer.file(name.as_deref(), executable, size, &mut contents) {
+                    Ok(()) => {}
+                    // A failure to read the contents is the input's fault.
+                    Err(WriteError::Contents { source, .. }) => {
+                        return Err(ReadError::from_contents_error(source, contents.offset()).into())
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
     }
@@ -150,5 +155,89 @@ mod tests {
         assert_eq!(padding(1), 7);
         assert_eq!(padding(8), 0);
         assert_eq!(padding(13), 3);
+    }
+}
+
+#[cfg(test)]
+mod round_trip {
+    //! Arbitrary trees → NAR → parse → identical bytes, and through disk.
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Tree {
+        File(bool, Vec<u8>),
+        Symlink(Vec<u8>),
+        Dir(BTreeMap<Vec<u8>, Tree>),
+    }
+
+    fn name() -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..6)
+            .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+    }
+
+    fn tree() -> impl Strategy<Value = Tree> {
+        let leaf = prop_oneof![
+            (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(x, c)| Tree::File(x, c)),
+            proptest::collection::vec(1u8..=255, 1..40).prop_map(Tree::Symlink),
+        ];
+        leaf.prop_recursive(4, 40, 6, |inner| {
+            proptest::collection::btree_map(name(), inner, 0..6).prop_map(Tree::Dir)
+        })
+    }
+
+    fn emit<W: io::Write>(w: &mut NarWriter<W>, name: Option<&[u8]>, t: &Tree) -> Result<(), WriteError> {
+        match t {
+            Tree::File(x, c) => w.file(name, *x, c.len() as u64, &mut &c[..]),
+            Tree::Symlink(target) => w.symlink(name, target),
+            Tree::Dir(entries) => {
+                w.start_directory(name)?;
+                for (n, child) in entries {
+                    emit(w, Some(n), child)?;
+                }
+                w.end_directory()
+            }
+        }
+    }
+
+    /// A reader that hands out at most `n` bytes per call.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn tree_nar_parse_write(t in tree(), chunk in 1usize..20) {
+            let mut w = NarWriter::new(Vec::new()).unwrap();
+            emit(&mut w, None, &t).unwrap();
+            let nar = w.finish().unwrap();
+            prop_assert_eq!(&copy(&nar[..], Vec::new()).unwrap(), &nar);
+            prop_assert_eq!(&copy(Trickle(&nar, chunk), Vec::new()).unwrap(), &nar);
+
+            let dir = tempfile::tempdir().unwrap();
+            let out = dir.path().join("out");
+            unpack(Trickle(&nar, chunk * 7), &out).unwrap();
+            let (again, digest) = dump_path(&out, Vec::new()).unwrap();
+            prop_assert_eq!(&again, &nar);
+            prop_assert_eq!(digest.size, nar.len() as u64);
+        }
+
+        #[test]
+        fn every_truncation_is_refused(t in tree()) {
+            let mut w = NarWriter::new(Vec::new()).unwrap();
+            emit(&mut w, None, &t).unwrap();
+            let nar = w.finish().unwrap();
+            for cut in (0..nar.len()).step_by(7) {
+                prop_assert!(copy(&nar[..cut], io::sink()).is_err());
+            }
+        }
     }
 }

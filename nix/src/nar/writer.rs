@@ -15,7 +15,7 @@ const COPY_BUF: usize = 256 * 1024;
 /// Why a NAR could not be written.
 #[derive(Debug, Error)]
 pub enum WriteError {
-    #[error("writing NAR output: {0}")]
+    #[error("writing NAR output")]
     Io(#[from] io::Error),
     #[error("invalid entry name '{name}' in directory '{dir}': {reason}")]
     Name {
@@ -33,7 +33,7 @@ pub enum WriteError {
     Target { path: String, reason: &'static str },
     #[error("file '{path}' was declared as {expected} bytes but its contents ended after {got}")]
     ShortContents { path: String, expected: u64, got: u64 },
-    #[error("reading the contents of '{path}': {source}")]
+    #[error("reading the contents of '{path}'")]
     Contents {
         path: String,
         #[source]

@@ -1,0 +1,213 @@
+//! Scheduling rules of [`crate::graph::Graph`].
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use kiln_protocol::{DrvStatus, Event};
+use uuid::Uuid;
+
+use crate::drv::DrvInfo;
+use crate::graph::{Effect, Graph, NodeState};
+
+fn drv(name: &str, inputs: &[&str]) -> DrvInfo {
+    DrvInfo {
+        drv_path: format!("/nix/store/{name}.drv"),
+        aterm: String::new(),
+        system: "x86_64-linux".into(),
+        required_features: vec![],
+        outputs: BTreeMap::from([("out".to_string(), format!("/nix/store/{name}"))]),
+        input_drvs: inputs
+            .iter()
+            .map(|i| (format!("/nix/store/{i}.drv"), BTreeSet::from(["out".to_string()])))
+            .collect(),
+        input_srcs: vec![],
+    }
+}
+
+fn p(name: &str) -> String {
+    format!("/nix/store/{name}.drv")
+}
+
+fn dispatched(fx: &[Effect]) -> Vec<String> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch { drv_path, .. } => Some(drv_path.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn events(fx: &[Effect], job: Uuid) -> Vec<Event> {
+    fx.iter()
+        .filter_map(|e| match e {
+            Effect::Emit(j, ev) if *j == job => Some(ev.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// a ← b ← c (c depends on b depends on a).
+fn chain(g: &mut Graph, job: Uuid) {
+    g.add_derivation(job, drv("a", &[]));
+    g.add_derivation(job, drv("b", &["a"]));
+    g.add_derivation(job, drv("c", &["b"]));
+}
+
+#[test]
+fn dispatches_in_dependency_order_as_inputs_are_realised() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    chain(&mut g, job);
+    // c's store check comes back first: it must wait for b.
+    assert!(dispatched(&g.store_checked(&p("c"), false)).is_empty());
+    assert!(dispatched(&g.store_checked(&p("b"), false)).is_empty());
+    assert_eq!(dispatched(&g.store_checked(&p("a"), false)), vec![p("a")]);
+    let fx = g.built(&p("a"), 5, BTreeMap::new(), None);
+    assert_eq!(dispatched(&fx), vec![p("b")]);
+    let fx = g.built(&p("b"), 5, BTreeMap::new(), None);
+    assert_eq!(dispatched(&fx), vec![p("c")]);
+    assert!(!g.job_idle(job));
+    g.built(&p("c"), 5, BTreeMap::new(), None);
+    assert!(g.job_idle(job));
+    let s = g.summary(job);
+    assert_eq!(s.len(), 3);
+    assert!(s.iter().all(|d| d.status == DrvStatus::Built));
+}
+
+#[test]
+fn cached_outputs_are_never_built() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    chain(&mut g, job);
+    let mut all = Vec::new();
+    all.extend(g.store_checked(&p("a"), true));
+    all.extend(g.store_checked(&p("b"), true));
+    all.extend(g.store_checked(&p("c"), false));
+    assert_eq!(dispatched(&all), vec![p("c")]);
+    assert!(events(&all, job).contains(&Event::Cached { drv_path: p("a") }));
+}
+
+#[test]
+fn failure_marks_dependents_and_fail_fast_stops_the_job() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    chain(&mut g, job);
+    g.add_derivation(job, drv("other", &[]));
+    for d in ["a", "b", "c"] {
+        g.store_checked(&p(d), false);
+    }
+    // "other" is dispatched too, then a fails.
+    let fx = g.store_checked(&p("other"), false);
+    assert_eq!(dispatched(&fx), vec![p("other")]);
+    g.dispatched(&p("other"), Uuid::new_v4());
+    let fx = g.failed(&p("a"), 1, "builder failed with exit code 1".into(), vec![], None);
+    let ev = events(&fx, job);
+    assert!(ev.contains(&Event::DependencyFailed { drv_path: p("b"), dependency: p("a") }));
+    assert!(ev.contains(&Event::DependencyFailed { drv_path: p("c"), dependency: p("a") }));
+    assert!(fx.iter().any(|e| matches!(e, Effect::CancelBuild { drv_path, .. } if *drv_path == p("other"))));
+    assert_eq!(g.nodes[&p("other")].state, NodeState::Cancelled);
+    assert!(g.job_idle(job));
+}
+
+#[test]
+fn keep_going_builds_everything_it_can() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, true, 0);
+    chain(&mut g, job);
+    g.add_derivation(job, drv("other", &[]));
+    for d in ["a", "b", "c", "other"] {
+        g.store_checked(&p(d), false);
+    }
+    let fx = g.failed(&p("a"), 1, "boom".into(), vec![], None);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::CancelBuild { .. })));
+    assert_eq!(g.nodes[&p("other")].state, NodeState::Dispatched);
+    g.built(&p("other"), 1, BTreeMap::new(), None);
+    assert!(g.job_idle(job));
+    assert!(g.jobs[&job].failed);
+}
+
+#[test]
+fn shared_derivations_are_built_once_for_every_job() {
+    let mut g = Graph::new();
+    let (j1, j2) = (Uuid::new_v4(), Uuid::new_v4());
+    g.add_job(j1, false, 0);
+    g.add_job(j2, false, 0);
+    let mut fx = g.add_derivation(j1, drv("shared", &[]));
+    fx.extend(g.store_checked(&p("shared"), false));
+    let fx2 = g.add_derivation(j2, drv("shared", &[]));
+    assert!(!fx2.iter().any(|e| matches!(e, Effect::CheckStore(_))), "no second check");
+    assert_eq!(dispatched(&fx).len() + dispatched(&fx2).len(), 1);
+    let fx = g.built(&p("shared"), 3, BTreeMap::new(), None);
+    for j in [j1, j2] {
+        assert!(events(&fx, j).iter().any(|e| matches!(e, Event::Built { .. })));
+        assert!(g.job_idle(j));
+    }
+    // A job arriving after the build hears it is done, without a rebuild.
+    let j3 = Uuid::new_v4();
+    g.add_job(j3, false, 0);
+    let fx = g.add_derivation(j3, drv("shared", &[]));
+    assert!(dispatched(&fx).is_empty());
+    assert!(events(&fx, j3).contains(&Event::Cached { drv_path: p("shared") }));
+}
+
+#[test]
+fn one_jobs_fail_fast_does_not_cancel_anothers_build() {
+    let mut g = Graph::new();
+    let (j1, j2) = (Uuid::new_v4(), Uuid::new_v4());
+    g.add_job(j1, false, 0);
+    g.add_job(j2, false, 0);
+    g.add_derivation(j1, drv("bad", &[]));
+    g.add_derivation(j1, drv("shared", &[]));
+    g.add_derivation(j2, drv("shared", &[]));
+    g.store_checked(&p("bad"), false);
+    g.store_checked(&p("shared"), false);
+    g.dispatched(&p("shared"), Uuid::new_v4());
+    let fx = g.failed(&p("bad"), 1, "x".into(), vec![], None);
+    assert!(!fx.iter().any(|e| matches!(e, Effect::CancelBuild { .. })));
+    assert_eq!(g.nodes[&p("shared")].state, NodeState::Dispatched);
+}
+
+#[test]
+fn ifd_is_answered_and_boosted() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    g.add_derivation(job, drv("dep", &[]));
+    let req = Uuid::new_v4();
+    let fx = g.ifd_request(job, req, drv("gen", &["dep"]));
+    assert!(fx.iter().any(|e| matches!(e, Effect::CheckStore(v) if v == &vec![p("gen")])));
+    assert_eq!(g.nodes[&p("dep")].priority, i32::MAX);
+    let fx = g.store_checked(&p("dep"), false);
+    assert!(fx.iter().any(|e| matches!(e, Effect::Dispatch { priority: i32::MAX, .. })));
+    g.store_checked(&p("gen"), false);
+    g.built(&p("dep"), 1, BTreeMap::new(), None);
+    let fx = g.built(&p("gen"), 1, BTreeMap::new(), None);
+    let reply = fx.iter().find_map(|e| match e {
+        Effect::IfdReply { request_id, result, .. } if *request_id == req => Some(result.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        reply,
+        Some(Ok(BTreeMap::from([("out".to_string(), "/nix/store/gen".to_string())])))
+    );
+}
+
+#[test]
+fn cancelling_a_job_cancels_its_builds() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, true, 0);
+    chain(&mut g, job);
+    for d in ["a", "b", "c"] {
+        g.store_checked(&p(d), false);
+    }
+    g.dispatched(&p("a"), Uuid::new_v4());
+    let fx = g.cancel_job(job);
+    assert!(fx.iter().any(|e| matches!(e, Effect::CancelBuild { drv_path, .. } if *drv_path == p("a"))));
+    assert!(g.job_idle(job));
+    g.remove_job(job);
+    assert!(g.nodes.is_empty());
+}

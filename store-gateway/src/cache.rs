@@ -1,0 +1,420 @@
+//! The Nix binary cache layout over any [`Store`]: `nix-cache-info`,
+//! signed narinfos, compressed NARs, logs; existence checks with a short
+//! positive cache; verified NAR streams; uploads that write a narinfo only
+//! once its NAR is stored; closure queries.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use kiln_nix::narinfo::{ContentAddress, NarInfo, NixCacheInfo};
+use kiln_nix::signing::{SecretKey, TrustedKeys};
+use kiln_nix::store_path::{StorePath, STORE_DIR};
+use tokio::io::AsyncRead;
+
+use crate::backend::{get_small, ByteStream, Store};
+use crate::compression::{Compression, VerifyingReader};
+use crate::error::{Result, StoreError};
+use crate::ingest::stage_nar;
+use crate::key::Key;
+
+/// Largest narinfo or `nix-cache-info` accepted.
+pub const MAX_NARINFO_SIZE: u64 = 1 << 20;
+/// Largest build log accepted in memory.
+pub const MAX_LOG_SIZE: u64 = 64 << 20;
+/// Most entries kept in the positive existence cache.
+const POSITIVE_CACHE_CAP: usize = 200_000;
+
+/// How a [`BinaryCache`] reads and writes.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    /// Compression of NARs written.
+    pub compression: Compression,
+    /// When set, only paths signed by one of these keys are accepted.
+    pub trusted_keys: Option<TrustedKeys>,
+    /// Keys that sign every narinfo written.
+    pub secret_keys: Vec<SecretKey>,
+    /// How long a positive existence answer is remembered.
+    pub positive_ttl: Duration,
+    /// Where NARs are staged before upload.
+    pub temp_dir: PathBuf,
+    /// Paths fetched at once by closure queries.
+    pub concurrency: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            compression: Compression::Zstd,
+            trusted_keys: None,
+            secret_keys: Vec::new(),
+            positive_ttl: Duration::from_secs(30),
+            temp_dir: std::env::temp_dir(),
+            concurrency: 16,
+        }
+    }
+}
+
+/// What describes a path apart from its NAR, for [`BinaryCache::add_path`].
+#[derive(Debug, Clone)]
+pub struct PathMeta {
+    /// The store path.
+    pub path: StorePath,
+    /// Its references.
+    pub references: BTreeSet<StorePath>,
+    /// The derivation that built it.
+    pub deriver: Option<StorePath>,
+    /// The system it was built for.
+    pub system: Option<String>,
+    /// Its content address, if content-addressed.
+    pub ca: Option<ContentAddress>,
+    /// Signatures to keep.
+    pub sigs: BTreeSet<String>,
+    /// When known, the NAR's expected hash and size: the upload is refused
+    /// if the stream does not match.
+    pub expected: Option<(kiln_nix::hash::Hash, u64)>,
+}
+
+impl PathMeta {
+    /// Metadata copied from an existing narinfo, expecting its NAR.
+    pub fn from_narinfo(info: &NarInfo) -> PathMeta {
+        PathMeta {
+            path: info.store_path.clone(),
+            references: info.references.clone(),
+            deriver: info.deriver.clone(),
+            system: info.system.clone(),
+            ca: info.ca.clone(),
+            sigs: info.sigs.clone(),
+            expected: Some((info.nar_hash.clone(), info.nar_size)),
+        }
+    }
+}
+
+/// A Nix binary cache over an object store.
+#[derive(Debug)]
+pub struct BinaryCache {
+    store: Arc<dyn Store>,
+    opts: CacheOptions,
+    positive: Mutex<HashMap<String, Instant>>,
+}
+
+impl BinaryCache {
+    /// A cache over `store`.
+    pub fn new(store: Arc<dyn Store>, opts: CacheOptions) -> BinaryCache {
+        BinaryCache {
+            store,
+            opts,
+            positive: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The object store underneath.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &CacheOptions {
+        &self.opts
+    }
+
+    fn malformed(&self, key: &Key, message: impl ToString) -> StoreError {
+        StoreError::Malformed {
+            store: self.store.url(),
+            key: key.to_string(),
+            message: message.to_string(),
+        }
+    }
+
+    async fn small_text(&self, key: &Key) -> Result<Option<String>> {
+        match get_small(self.store.as_ref(), key, MAX_NARINFO_SIZE).await? {
+            None => Ok(None),
+            Some(b) => String::from_utf8(b).map(Some).map_err(|_| self.malformed(key, "not UTF-8")),
+        }
+    }
+
+    /// Reads `nix-cache-info`, if present.
+    pub async fn cache_info(&self) -> Result<Option<NixCacheInfo>> {
+        let key = Key::cache_info();
+        let Some(text) = self.small_text(&key).await? else {
+            return Ok(None);
+        };
+        let whence = format!("{}/{key}", self.store.url());
+        let info = NixCacheInfo::parse(&text, &whence).map_err(|e| self.malformed(&key, e))?;
+        if info.store_dir != STORE_DIR {
+            return Err(self.malformed(&key, format!("cache is for store '{}', not '{STORE_DIR}'", info.store_dir)));
+        }
+        Ok(Some(info))
+    }
+
+    /// Writes `nix-cache-info` unless the cache already has one.
+    pub async fn ensure_cache_info(&self) -> Result<()> {
+        if self.cache_info().await?.is_none() {
+            let mut info = NixCacheInfo::new(STORE_DIR);
+            info.want_mass_query = Some(true);
+            info.priority = Some(40);
+            let text = info.to_cache_info_string();
+            self.store.put_bytes(&Key::cache_info(), Bytes::from(text)).await?;
+        }
+        Ok(())
+    }
+
+    fn remember(&self, hash_part: &str) {
+        let mut map = self.positive.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= POSITIVE_CACHE_CAP {
+            let ttl = self.opts.positive_ttl;
+            map.retain(|_, t| t.elapsed() < ttl);
+            if map.len() >= POSITIVE_CACHE_CAP {
+                map.clear();
+            }
+        }
+        map.insert(hash_part.to_string(), Instant::now());
+    }
+
+    fn remembered(&self, hash_part: &str) -> bool {
+        let map = self.positive.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(hash_part).is_some_and(|t| t.elapsed() < self.opts.positive_ttl)
+    }
+
+    /// Which of `hash_parts` have a narinfo, in order. Positive answers are
+    /// remembered for [`CacheOptions::positive_ttl`].
+    pub async fn has_paths(&self, hash_parts: &[String]) -> Result<Vec<bool>> {
+        let mut answer: Vec<bool> = hash_parts.iter().map(|h| self.remembered(h)).collect();
+        let mut ask = Vec::new();
+        let mut idx = Vec::new();
+        for (i, h) in hash_parts.iter().enumerate() {
+            if !answer[i] {
+                ask.push(Key::narinfo(h)?);
+                idx.push(i);
+            }
+        }
+        if !ask.is_empty() {
+            let found = self.store.exists_many(&ask).await?;
+            for (i, present) in idx.into_iter().zip(found) {
+                if present {
+                    self.remember(&hash_parts[i]);
+                }
+                answer[i] = present;
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Parses a narinfo's text, checking that it describes `path`.
+    pub fn parse_narinfo(&self, text: &str, key: &Key, path: Option<&StorePath>) -> Result<NarInfo> {
+        let whence = format!("{}/{key}", self.store.url());
+        let info = NarInfo::parse(text, &whence).map_err(|e| self.malformed(key, e))?;
+        if let Some(p) = path {
+            if &info.store_path != p {
+                return Err(self.malformed(key, format!("describes '{}', not '{p}'", info.store_path)));
+            }
+        }
+        Ok(info)
+    }
+
+    /// Checks a narinfo's signatures against the trusted keys, if any.
+    pub fn check_trust(&self, info: &NarInfo) -> Result<()> {
+        if let Some(trusted) = &self.opts.trusted_keys {
+            let valid = info.verify_signatures(trusted).map_err(|e| StoreError::Format {
+                context: format!("verifying signatures of '{}'", info.store_path),
+                message: e.to_string(),
+            })?;
+            if valid == 0 {
+                return Err(StoreError::Untrusted {
+                    path: info.store_path.to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The narinfo of `path`, or `None` when the cache lacks it. Refused if
+    /// malformed, about another path, or (with trusted keys) unsigned.
+    pub async fn path_info(&self, path: &StorePath) -> Result<Option<NarInfo>> {
+        let key = Key::narinfo(&path.hash_part())?;
+        let Some(text) = self.small_text(&key).await? else {
+            return Ok(None);
+        };
+        let info = self.parse_narinfo(&text, &key, Some(path))?;
+        self.check_trust(&info)?;
+        self.remember(&path.hash_part());
+        Ok(Some(info))
+    }
+
+    /// Like [`BinaryCache::path_info`], but a missing path is an error.
+    pub async fn require_info(&self, path: &StorePath) -> Result<NarInfo> {
+        self.path_info(path).await?.ok_or_else(|| StoreError::NotFound {
+            store: self.store.url(),
+            path: path.to_string(),
+        })
+    }
+
+    /// The key of the NAR file a narinfo points to.
+    pub fn nar_key(&self, info: &NarInfo) -> Result<Key> {
+        let key = Key::parse(&info.url)?;
+        if key.kind() != crate::key::KeyKind::Nar {
+            return Err(StoreError::Malformed {
+                store: self.store.url(),
+                key: format!("{}.narinfo", info.store_path.hash_part()),
+                message: format!("URL '{}' is not a NAR", info.url),
+            });
+        }
+        Ok(key)
+    }
+
+    /// The uncompressed NAR of a path, verified against its narinfo as it
+    /// streams: reading to the end fails if hash or size differ.
+    pub async fn nar(&self, info: &NarInfo) -> Result<ByteStream> {
+        let key = self.nar_key(info)?;
+        let compression = Compression::from_name(&info.compression).ok_or_else(|| StoreError::Malformed {
+            store: self.store.url(),
+            key: format!("{}.narinfo", info.store_path.hash_part()),
+            message: format!("unsupported compression '{}'", info.compression),
+        })?;
+        let raw = self.store.get(&key).await?.ok_or_else(|| StoreError::NotFound {
+            store: self.store.url(),
+            path: format!("{} (its NAR {key})", info.store_path),
+        })?;
+        let plain = compression.decoder(raw);
+        Ok(Box::pin(VerifyingReader::new(
+            plain,
+            info.nar_hash.clone(),
+            info.nar_size,
+            format!("NAR of '{}' from '{}'", info.store_path, self.store.url()),
+        )))
+    }
+
+    /// Stores a path from its NAR stream: compress and hash into a staging
+    /// file, upload the NAR, then sign and write the narinfo. Nothing is
+    /// written when the stream fails or does not match `meta.expected`.
+    pub async fn add_path<R: AsyncRead + Unpin + Send>(&self, meta: PathMeta, nar: R) -> Result<NarInfo> {
+        if !self.store.writable() {
+            return Err(StoreError::ReadOnly { store: self.store.url() });
+        }
+        let what = format!("NAR of '{}'", meta.path);
+        let staged = stage_nar(nar, self.opts.compression, &self.opts.temp_dir, &what).await?;
+        if let Some((hash, size)) = &meta.expected {
+            if staged.nar_size != *size {
+                return Err(StoreError::Mismatch {
+                    what: "NAR size",
+                    path: meta.path.to_string(),
+                    expected: size.to_string(),
+                    got: staged.nar_size.to_string(),
+                });
+            }
+            if &staged.nar_hash != hash {
+                return Err(StoreError::Mismatch {
+                    what: "NAR hash",
+                    path: meta.path.to_string(),
+                    expected: hash.to_nix_base32_prefixed(),
+                    got: staged.nar_hash.to_nix_base32_prefixed(),
+                });
+            }
+        }
+        let key = staged.key()?;
+        if !self.store.exists(&key).await? {
+            self.store.put_file(&key, &staged.file).await?;
+        }
+        let mut info = NarInfo {
+            store_path: meta.path,
+            url: key.to_string(),
+            compression: staged.compression.name().to_string(),
+            file_hash: Some(staged.file_hash.clone()),
+            file_size: staged.file_size,
+            nar_hash: staged.nar_hash.clone(),
+            nar_size: staged.nar_size,
+            references: meta.references,
+            deriver: meta.deriver,
+            system: meta.system,
+            sigs: meta.sigs,
+            ca: meta.ca,
+        };
+        self.put_narinfo(&mut info).await?;
+        Ok(info)
+    }
+
+    /// Signs `info` with the configured keys and writes it. The caller
+    /// guarantees its NAR is already stored.
+    pub async fn put_narinfo(&self, info: &mut NarInfo) -> Result<()> {
+        let path = info.store_path.to_string();
+        let fmt_err = |e: kiln_nix::narinfo::NarInfoError| StoreError::Format {
+            context: format!("writing narinfo of '{path}'"),
+            message: e.to_string(),
+        };
+        for k in &self.opts.secret_keys {
+            info.sign(k).map_err(fmt_err)?;
+        }
+        let text = info.to_narinfo_string().map_err(fmt_err)?;
+        let hash_part = info.store_path.hash_part();
+        self.store.put_bytes(&Key::narinfo(&hash_part)?, Bytes::from(text)).await?;
+        self.remember(&hash_part);
+        Ok(())
+    }
+
+    /// The narinfos of the closure of `roots`, dependencies before the
+    /// paths that refer to them.
+    pub async fn closure(&self, roots: &[StorePath]) -> Result<Vec<NarInfo>> {
+        let mut infos: HashMap<StorePath, NarInfo> = HashMap::new();
+        let mut frontier: Vec<StorePath> = roots.to_vec();
+        let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
+        while !frontier.is_empty() {
+            let fetched: Vec<NarInfo> = stream::iter(frontier.drain(..).map(|p| async move { self.require_info(&p).await }))
+                .buffer_unordered(self.opts.concurrency.max(1))
+                .try_collect()
+                .await?;
+            for info in fetched {
+                for r in &info.references {
+                    if seen.insert(r.clone()) {
+                        frontier.push(r.clone());
+                    }
+                }
+                infos.insert(info.store_path.clone(), info);
+            }
+        }
+        Ok(topo_sort(infos))
+    }
+
+    /// Stores a build log for a derivation.
+    pub async fn put_log(&self, drv: &StorePath, log: Bytes) -> Result<()> {
+        self.store.put_bytes(&Key::log(&drv.base_name())?, log).await
+    }
+
+    /// A derivation's build log, if stored.
+    pub async fn get_log(&self, drv: &StorePath) -> Result<Option<Vec<u8>>> {
+        get_small(self.store.as_ref(), &Key::log(&drv.base_name())?, MAX_LOG_SIZE).await
+    }
+}
+
+/// Orders narinfos so that every path comes after its references.
+fn topo_sort(mut infos: HashMap<StorePath, NarInfo>) -> Vec<NarInfo> {
+    let mut names: Vec<StorePath> = infos.keys().cloned().collect();
+    names.sort();
+    let mut done: HashSet<StorePath> = HashSet::new();
+    let mut order = Vec::with_capacity(names.len());
+    for root in names {
+        // Iterative depth-first post-order; a self-reference is skipped and
+        // a (malformed) cycle cannot loop because visited paths are marked.
+        let mut stack = vec![(root, false)];
+        while let Some((p, expanded)) = stack.pop() {
+            if expanded {
+                order.push(p);
+                continue;
+            }
+            if !done.insert(p.clone()) {
+                continue;
+            }
+            stack.push((p.clone(), true));
+            if let Some(info) = infos.get(&p) {
+                for r in info.references.iter().rev() {
+                    if r != &p && !done.contains(r) {
+                        stack.push((r.clone(), false));
+                    }
+                }
+            }
+        }
+    }
+    order.into_iter().filter_map(|p| infos.remove(&p)).collect()
+}
