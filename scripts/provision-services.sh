@@ -206,7 +206,7 @@ start_garage() {
         port_open "$port" && die "port $port is taken by a process this script did not start"
     done
     log "starting garage server (log: $GARAGE_LOG)"
-    setsid nohup "$GARAGE" -c "$GARAGE_CONF" server >>"$GARAGE_LOG" 2>&1 </dev/null &
+    setsid nohup "$GARAGE" -c "$GARAGE_CONF" server >>"$GARAGE_LOG" 2>&1 </dev/null 9>&- &
     echo $! >"$GARAGE_PID"
     wait_for 60 gcli status || die "garage did not come up; see $GARAGE_LOG"
     wait_for 30 port_open "$S3_PORT" || die "garage S3 API not listening on :$S3_PORT"
@@ -276,7 +276,7 @@ main() {
     as_root chown "$(id -u):$(id -g)" "$STATE_DIR"
     # Serialise concurrent provisioning runs on this machine.
     exec 9>"$STATE_DIR/provision.lock"
-    flock -w 600 9 || die "another provisioning run holds $STATE_DIR/provision.lock"
+    flock -w 300 9 || die "another provisioning run holds $STATE_DIR/provision.lock"
     write_garage_config
     start_garage
     apply_layout

@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// `../shared` beside the checkout (or `$KILN_SHARED`).
@@ -147,7 +150,10 @@ impl S3Env {
 
     /// `host:port` of the endpoint URL, for a reachability probe.
     pub fn endpoint_authority(&self) -> Option<&str> {
-        let rest = self.endpoint.split_once("://").map_or(&*self.endpoint, |(_, r)| r);
+        let rest = self
+            .endpoint
+            .split_once("://")
+            .map_or(&*self.endpoint, |(_, r)| r);
         let authority = rest.split('/').next().filter(|a| !a.is_empty())?;
         authority.contains(':').then_some(authority)
     }
@@ -230,7 +236,10 @@ mod tests {
         pairs[0].1 = "  ";
         let err = S3Env::from_lookup(lookup(&pairs)).unwrap_err();
         assert_eq!(err, vec!["KILN_S3_ENDPOINT", "KILN_S3_BUCKET"]);
-        assert_eq!(S3Env::from_lookup(|_| None).unwrap_err(), S3_ENV_VARS.to_vec());
+        assert_eq!(
+            S3Env::from_lookup(|_| None).unwrap_err(),
+            S3_ENV_VARS.to_vec()
+        );
     }
 
     #[test]

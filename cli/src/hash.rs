@@ -70,14 +70,16 @@ pub fn run(cmd: HashCommand) -> anyhow::Result<ExitCode> {
         } else {
             hash_file(path, args.algo)?
         };
-        writeln!(out, "{}", hash.encode(args.encoding(), false)).context("writing to standard output")?;
+        writeln!(out, "{}", hash.encode(args.encoding(), false))
+            .context("writing to standard output")?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Hashes a file's contents, streaming it.
 fn hash_file(path: &Path, algo: HashAlgo) -> anyhow::Result<Hash> {
-    let mut file = File::open(path).with_context(|| format!("opening file '{}'", path.display()))?;
+    let mut file =
+        File::open(path).with_context(|| format!("opening file '{}'", path.display()))?;
     let mut hasher = Hasher::new(algo);
     let mut buf = vec![0u8; 256 * 1024];
     loop {

@@ -33,8 +33,14 @@ pub fn run(cmd: NarCommand) -> anyhow::Result<ExitCode> {
             out.flush().context("writing to standard output")?;
         }
         NarCommand::Restore { dir } => {
-            let input = File::from(io::stdin().as_fd().try_clone_to_owned().context("opening standard input")?);
-            nar::unpack(input, &dir).with_context(|| format!("restoring into '{}'", dir.display()))?;
+            let input = File::from(
+                io::stdin()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .context("opening standard input")?,
+            );
+            nar::unpack(input, &dir)
+                .with_context(|| format!("restoring into '{}'", dir.display()))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -44,6 +50,9 @@ pub fn run(cmd: NarCommand) -> anyhow::Result<ExitCode> {
 /// buffering, and `Stdout`'s line buffering would scan binary data for
 /// newlines.
 pub fn raw_stdout() -> anyhow::Result<File> {
-    let fd = io::stdout().as_fd().try_clone_to_owned().context("opening standard output")?;
+    let fd = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .context("opening standard output")?;
     Ok(File::from(fd))
 }

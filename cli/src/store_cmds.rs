@@ -218,7 +218,8 @@ pub fn run_path_info(args: PathInfoArgs) -> Result<ExitCode> {
         }
         if args.json {
             let list: Vec<PathInfoJson> = infos.iter().map(to_json).collect();
-            println!("{}", serde_json::to_string(&list)?);
+            // Nix prints the JSON without a final newline.
+            print!("{}", serde_json::to_string(&list)?);
         } else {
             for i in &infos {
                 println!("{}", i.store_path);

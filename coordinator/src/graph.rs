@@ -216,7 +216,18 @@ impl Graph {
             }
             node.priority = node.priority.max(j.priority);
         }
-        fx.push(Effect::Emit(job, Event::Discovered { drv_path: drv.to_string() }));
+        let inputs = node
+            .info
+            .as_ref()
+            .map(|i| i.input_drvs.keys().cloned().collect())
+            .unwrap_or_default();
+        fx.push(Effect::Emit(
+            job,
+            Event::Discovered {
+                drv_path: drv.to_string(),
+                inputs,
+            },
+        ));
     }
 
     /// Tells a job that joined late how an already-finished node ended.

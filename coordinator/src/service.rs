@@ -171,7 +171,12 @@ impl Coordinator {
             }
             Message::EvalRoot(root) => {
                 if let Some(j) = self.jobs.get_mut(&root.job_id) {
-                    j.roots.push(root);
+                    j.roots.push(root.clone());
+                    let ev = Event::Root {
+                        attr_path: root.attr_path,
+                        drv_path: root.drv_path,
+                    };
+                    self.emit(root.job_id, ev).await?;
                 }
             }
             Message::EvalFinished(f) => match f.error {

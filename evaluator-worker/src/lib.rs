@@ -212,3 +212,62 @@ impl Evaluator {
 }
 
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn eval(src: &str) -> std::result::Result<String, String> {
+        let src = src.to_string();
+        with_big_stack(move || {
+            let e = Evaluator::new(Options::default());
+            let v = e.eval_string(&src, Path::new("/")).map_err(|err| e.format_error(&err, false))?;
+            e.print(&v, true).map_err(|err| e.format_error(&err, false))
+        })
+        .expect("no panic")
+    }
+
+    #[test]
+    fn language_basics() {
+        assert_eq!(eval("let x = 1; in with { x = 2; y = 3; }; [ x y ]").unwrap(), "[ 1 3 ]");
+        assert_eq!(eval("with { a = 1; }; with { a = 2; }; a").unwrap(), "2");
+        assert_eq!(eval("rec { a = b; b = 2; inherit (x) c; x = { c = 3; }; }.c").unwrap(), "3");
+        assert_eq!(eval("({ a, b ? a + 1, ... }@args: [ a b args.z ]) { a = 1; z = 0; }").unwrap(), "[ 1 2 0 ]");
+        assert_eq!(eval("''\n  a\n    b ''${x}\n''").unwrap(), "\"a\\n  b \\${x}\\n\"");
+        assert_eq!(eval("{ a.b = 1; a.c = 2; }").unwrap(), "{ a = { b = 1; c = 2; }; }");
+        assert_eq!(eval("9223372036854775807 + 1").unwrap(), "-9223372036854775808");
+        assert_eq!(eval("[ (1 / 2) (1.0 / 2) (2 < 2.5) ]").unwrap(), "[ 0 0.5 true ]");
+    }
+
+    #[test]
+    fn deep_but_finite_recursion() {
+        assert_eq!(eval("builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x) 100000)").unwrap(), "4999950000");
+        assert_eq!(eval("let f = n: if n == 0 then 0 else 1 + f (n - 1); in f 10000").unwrap(), "10000");
+    }
+
+    #[test]
+    fn runaway_recursion_is_an_error() {
+        let e = eval("let x = x; in x").unwrap_err();
+        assert!(e.starts_with("error: infinite recursion encountered"), "{e}");
+        assert!(e.contains("at «string»:1:9:"), "{e}");
+        let e = eval("let f = n: 1 + f n; in f 1").unwrap_err();
+        assert!(e.contains("stack overflow"), "{e}");
+    }
+
+    #[test]
+    fn parse_errors_name_the_position() {
+        let e = eval("1 +").unwrap_err();
+        assert!(e.contains("at «string»:1:"), "{e}");
+        let e = eval("undefinedThing").unwrap_err();
+        assert!(e.starts_with("error: undefined variable 'undefinedThing'"), "{e}");
+    }
+
+    #[test]
+    fn derivation_paths_match_nix() {
+        // Values from nix-instantiate 2.8.
+        let v = eval(r#"(derivation { name = "a"; builder = "b"; system = "c"; }).drvPath"#).unwrap();
+        assert_eq!(v, "\"/nix/store/arhvjaf6zmlyn8vh8fgn55rpwnxq0n7l-a.drv\"");
+        let v = eval(r#"(derivation { name = "a"; builder = "b"; system = "c"; }).outPath"#).unwrap();
+        assert_eq!(v, "\"/nix/store/s6glliw064sgl7vix22p91cxsx7ml1rf-a\"");
+    }
+}

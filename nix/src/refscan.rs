@@ -67,7 +67,9 @@ impl RefScanner {
             let part = <[u8; HASH_PART_LEN]>::try_from(h)
                 .ok()
                 .filter(|p| p.iter().all(|&c| IS_BASE32[c as usize]))
-                .ok_or_else(|| RefScanError::InvalidHashPart(String::from_utf8_lossy(h).into_owned()))?;
+                .ok_or_else(|| {
+                    RefScanError::InvalidHashPart(String::from_utf8_lossy(h).into_owned())
+                })?;
             wanted.insert(part);
         }
         Ok(RefScanner {
@@ -85,7 +87,8 @@ impl RefScanner {
         if !self.tail.is_empty() {
             // Matches that start in the tail and end in this chunk.
             let old = self.tail.len();
-            self.tail.extend_from_slice(&data[..data.len().min(HASH_PART_LEN - 1)]);
+            self.tail
+                .extend_from_slice(&data[..data.len().min(HASH_PART_LEN - 1)]);
             let joint = std::mem::take(&mut self.tail);
             self.search(&joint);
             self.tail = joint;
@@ -105,7 +108,10 @@ impl RefScanner {
 
     /// The hash parts found so far, sorted.
     pub fn found(&self) -> Vec<String> {
-        self.found.iter().map(|h| String::from_utf8_lossy(h).into_owned()).collect()
+        self.found
+            .iter()
+            .map(|h| String::from_utf8_lossy(h).into_owned())
+            .collect()
     }
 
     /// Whether `hash_part` was found so far.
@@ -171,7 +177,11 @@ mod tests {
         assert_eq!(scan(&[text.as_bytes()]), vec![A.to_string(), B.to_string()]);
         for cut in 0..text.len() {
             let (l, r) = text.as_bytes().split_at(cut);
-            assert_eq!(scan(&[l, r]), vec![A.to_string(), B.to_string()], "cut at {cut}");
+            assert_eq!(
+                scan(&[l, r]),
+                vec![A.to_string(), B.to_string()],
+                "cut at {cut}"
+            );
         }
         let bytes: Vec<&[u8]> = text.as_bytes().chunks(1).collect();
         assert_eq!(scan(&bytes), vec![A.to_string(), B.to_string()]);

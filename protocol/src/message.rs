@@ -305,7 +305,14 @@ pub struct DrvSummary {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    Discovered { drv_path: String },
+    Discovered {
+        drv_path: String,
+        /// Its input derivations, so front ends can show dependency paths.
+        #[serde(default)]
+        inputs: Vec<String>,
+    },
+    /// A root attribute of the job evaluated to this derivation.
+    Root { attr_path: String, drv_path: String },
     Cached { drv_path: String },
     Queued { drv_path: String },
     Started { drv_path: String, builder_id: String },

@@ -15,8 +15,10 @@ pub mod error;
 pub mod gateway;
 pub mod ingest;
 pub mod key;
+pub mod realise;
 pub mod url;
 
 pub use backend::{ByteStream, Store};
+pub use bytes::Bytes;
 pub use error::{Result, StoreError};
 pub use key::Key;

@@ -15,7 +15,8 @@ fn nar_dir() -> PathBuf {
 }
 
 fn read_json(path: &Path) -> serde_json::Value {
-    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
@@ -27,7 +28,10 @@ fn listing(dir: &Path) -> Vec<(PathBuf, bool)> {
         for e in fs::read_dir(&d).unwrap() {
             let p = e.unwrap().path();
             let meta = fs::symlink_metadata(&p).unwrap();
-            out.push((p.strip_prefix(dir).unwrap().to_path_buf(), meta.file_type().is_symlink()));
+            out.push((
+                p.strip_prefix(dir).unwrap().to_path_buf(),
+                meta.file_type().is_symlink(),
+            ));
             if meta.is_dir() {
                 todo.push(p);
             }
@@ -58,10 +62,17 @@ fn good_archives_round_trip_with_recorded_hashes() {
         let bytes = fs::read(dir.join(name)).unwrap();
         let want_hash = Hash::parse_any_prefixed(exp["narHash"].as_str().unwrap()).unwrap();
         let want_sri = Hash::parse_any_prefixed(exp["narHashSRI"].as_str().unwrap()).unwrap();
-        assert_eq!(want_hash, want_sri, "{name}: expected.json disagrees with itself");
+        assert_eq!(
+            want_hash, want_sri,
+            "{name}: expected.json disagrees with itself"
+        );
         let want_size = exp["narSize"].as_u64().unwrap();
         assert_eq!(bytes.len() as u64, want_size, "{name}: size");
-        assert_eq!(Hash::of(HashAlgo::Sha256, &bytes), want_hash, "{name}: hash of the file");
+        assert_eq!(
+            Hash::of(HashAlgo::Sha256, &bytes),
+            want_hash,
+            "{name}: hash of the file"
+        );
 
         // Parse and re-serialise.
         let copied = nar::copy(&bytes[..], Vec::new()).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -82,7 +93,8 @@ fn refused_for_the_right_reason(name: &str, e: &ReadError) -> bool {
     use ReadError as E;
     match name {
         "bad-magic.nar" => matches!(e, E::BadMagic),
-        "dot-entry.nar" | "dotdot-entry.nar" | "empty-name.nar" | "nul-in-name.nar" | "slash-in-name.nar" => {
+        "dot-entry.nar" | "dotdot-entry.nar" | "empty-name.nar" | "nul-in-name.nar"
+        | "slash-in-name.nar" => {
             matches!(e, E::Name { .. })
         }
         "duplicate.nar" | "unsorted.nar" => matches!(e, E::Unsorted { .. }),
@@ -110,8 +122,14 @@ fn bad_archives_are_refused_and_leave_nothing() {
         match nar::copy(&bytes[..], Vec::new()) {
             Ok(_) => panic!("{name} ({why}) was accepted by copy"),
             Err(CopyError::Read(e)) => {
-                assert!(refused_for_the_right_reason(name, &e), "{name} ({why}): wrong error: {e}");
-                assert!(e.to_string().contains("at byte "), "{name}: no offset in '{e}'");
+                assert!(
+                    refused_for_the_right_reason(name, &e),
+                    "{name} ({why}): wrong error: {e}"
+                );
+                assert!(
+                    e.to_string().contains("at byte "),
+                    "{name}: no offset in '{e}'"
+                );
             }
             Err(e) => panic!("{name}: not a read error: {e}"),
         }
@@ -127,22 +145,39 @@ fn bad_archives_are_refused_and_leave_nothing() {
         match nar::unpack(&bytes[..], &target) {
             Ok(()) => panic!("{name} ({why}) was restored"),
             Err(UnpackError::Read(e)) => {
-                assert!(refused_for_the_right_reason(name, &e), "{name} ({why}): wrong error: {e}")
+                assert!(
+                    refused_for_the_right_reason(name, &e),
+                    "{name} ({why}): wrong error: {e}"
+                )
             }
             Err(e) => panic!("{name}: unexpected error: {e}"),
         }
         let after = listing(sandbox.path());
         assert_eq!(before, after, "{name}: restore left something behind");
-        assert!(after.iter().all(|(_, is_link)| !is_link), "{name}: a symlink was created");
+        assert!(
+            after.iter().all(|(_, is_link)| !is_link),
+            "{name}: a symlink was created"
+        );
         assert_eq!(fs::read(parent.join("sentinel")).unwrap(), b"keep");
 
         // Same with an existing empty target directory: it stays, empty.
         fs::create_dir(&target).unwrap();
-        assert!(nar::unpack(&bytes[..], &target).is_err(), "{name}: restored into empty dir");
-        assert_eq!(fs::read_dir(&target).unwrap().count(), 0, "{name}: left files in the target");
+        assert!(
+            nar::unpack(&bytes[..], &target).is_err(),
+            "{name}: restored into empty dir"
+        );
+        assert_eq!(
+            fs::read_dir(&target).unwrap().count(),
+            0,
+            "{name}: left files in the target"
+        );
         let mut with_target = before.clone();
         with_target.push((PathBuf::from("parent/out"), false));
         with_target.sort();
-        assert_eq!(listing(sandbox.path()), with_target, "{name}: wrote outside the target");
+        assert_eq!(
+            listing(sandbox.path()),
+            with_target,
+            "{name}: wrote outside the target"
+        );
     }
 }

@@ -6,7 +6,7 @@ use kiln_evaluator::run::{eval_request, AutoArg, Request};
 use std::path::{Path, PathBuf};
 
 /// Cases that must pass (raised as the evaluator improves; never above the real count).
-const MIN_EVAL_OKAY: usize = 0;
+const MIN_EVAL_OKAY: usize = 95;
 const MIN_EVAL_FAIL: usize = 17;
 
 #[derive(Debug)]

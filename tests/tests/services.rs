@@ -48,7 +48,10 @@ fn amqp_authority_strips_credentials_and_vhost() {
 async fn rabbitmq_handshake_and_message_round_trip() {
     let url = amqp_url();
     let authority = amqp_authority(&url);
-    if !require_service(&format!("RabbitMQ at {authority}"), tcp_port_open(&authority)) {
+    if !require_service(
+        &format!("RabbitMQ at {authority}"),
+        tcp_port_open(&authority),
+    ) {
         return;
     }
 
@@ -59,7 +62,10 @@ async fn rabbitmq_handshake_and_message_round_trip() {
     .await
     .unwrap_or_else(|_| panic!("AMQP handshake with {authority} timed out"))
     .unwrap_or_else(|e| panic!("AMQP handshake with {authority} failed: {e}"));
-    assert!(connection.status().connected(), "connection to {authority} not open");
+    assert!(
+        connection.status().connected(),
+        "connection to {authority} not open"
+    );
 
     let channel = connection
         .create_channel()
@@ -95,10 +101,7 @@ async fn rabbitmq_handshake_and_message_round_trip() {
     let mut received = None;
     for _ in 0..50 {
         received = channel
-            .basic_get(
-                queue_name.as_str().into(),
-                BasicGetOptions { no_ack: true },
-            )
+            .basic_get(queue_name.as_str().into(), BasicGetOptions { no_ack: true })
             .await
             .unwrap_or_else(|e| panic!("basic.get on {queue_name}: {e}"));
         if received.is_some() {
@@ -109,8 +112,14 @@ async fn rabbitmq_handshake_and_message_round_trip() {
     let message = received.unwrap_or_else(|| panic!("message never arrived on {queue_name}"));
     assert_eq!(message.delivery.data, payload);
 
-    channel.close(200, "done".into()).await.expect("closing channel");
-    connection.close(200, "done".into()).await.expect("closing connection");
+    channel
+        .close(200, "done".into())
+        .await
+        .expect("closing channel");
+    connection
+        .close(200, "done".into())
+        .await
+        .expect("closing connection");
 }
 
 #[tokio::test]
@@ -149,7 +158,11 @@ async fn garage_s3_put_get_delete() {
         .await
         .unwrap_or_else(|e| panic!("reading body of s3://{}/{key}: {e}", env.bucket))
         .into_bytes();
-    assert!(data == body, "s3://{}/{key} came back different", env.bucket);
+    assert!(
+        data == body,
+        "s3://{}/{key} came back different",
+        env.bucket
+    );
 
     client
         .delete_object()

@@ -261,6 +261,21 @@ fn serde_round_trip() {
     let json = serde_json::to_string(&drv).unwrap();
     assert!(json.contains("\"inputAddressed\""), "{json}");
     assert_eq!(serde_json::from_str::<Derivation>(&json).unwrap(), drv);
+    // eval/fixed.nix `dependsOnA`: store paths as map keys.
+    let depends = concat!(
+        r#"Derive([("out","/nix/store/vgam69gq3gkmn6vi15z9iyvm5wmwh4is-depends","","")],"#,
+        r#"[("/nix/store/58yh5adkh52983fvayykccy1viq8br66-fod.drv",["out"])],[],"x86_64-linux","/bin/sh",[],"#,
+        r#"[("builder","/bin/sh"),("name","depends"),("out","/nix/store/vgam69gq3gkmn6vi15z9iyvm5wmwh4is-depends"),"#,
+        r#"("src","/nix/store/lnpgaw3h64fdzcy9g0afhzkr8wappy4b-fod"),("system","x86_64-linux")])"#
+    );
+    let drv = Derivation::parse_aterm(depends.as_bytes()).unwrap();
+    assert_eq!(drv.to_aterm(), depends);
+    let json = serde_json::to_string(&drv).unwrap();
+    assert!(
+        json.contains(r#""/nix/store/58yh5adkh52983fvayykccy1viq8br66-fod.drv":["out"]"#),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_str::<Derivation>(&json).unwrap(), drv);
     let fixed = DerivationOutput::fixed(
         "x",
         FixedOutputHash {

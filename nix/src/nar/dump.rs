@@ -73,23 +73,38 @@ pub fn dump_path_with<W: Write>(
 }
 
 fn write_err(path: &Path, source: WriteError) -> DumpError {
-    DumpError::Write { path: path.to_path_buf(), source }
+    DumpError::Write {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> DumpError + 'a {
-    move |source| DumpError::Io { action, path: path.to_path_buf(), source }
+    move |source| DumpError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Work left to do in the iterative walk.
 enum Step {
     /// Serialise the node at `path`, named `name` in its parent.
-    Node { path: PathBuf, name: Option<Vec<u8>>, depth: usize },
+    Node {
+        path: PathBuf,
+        name: Option<Vec<u8>>,
+        depth: usize,
+    },
     /// Close the directory opened earlier.
     Leave,
 }
 
 fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
-    let mut todo = vec![Step::Node { path: root.to_path_buf(), name: None, depth: 0 }];
+    let mut todo = vec![Step::Node {
+        path: root.to_path_buf(),
+        name: None,
+        depth: 0,
+    }];
     while let Some(step) = todo.pop() {
         let (path, name, depth) = match step {
             Step::Leave => {
@@ -103,7 +118,12 @@ fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
         let ft = meta.file_type();
         if ft.is_dir() {
             if depth >= MAX_DEPTH {
-                return Err(write_err(&path, WriteError::TooDeep { path: path.display().to_string() }));
+                return Err(write_err(
+                    &path,
+                    WriteError::TooDeep {
+                        path: path.display().to_string(),
+                    },
+                ));
             }
             let mut names = Vec::new();
             for entry in fs::read_dir(&path).map_err(io_err("reading directory", &path))? {
@@ -115,7 +135,11 @@ fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
             todo.push(Step::Leave);
             for n in names.into_iter().rev() {
                 let child = path.join(std::ffi::OsStr::from_bytes(&n));
-                todo.push(Step::Node { path: child, name: Some(n), depth: depth + 1 });
+                todo.push(Step::Node {
+                    path: child,
+                    name: Some(n),
+                    depth: depth + 1,
+                });
             }
         } else if ft.is_symlink() {
             let target = fs::read_link(&path).map_err(io_err("reading symlink", &path))?;
@@ -124,7 +148,10 @@ fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
         } else if ft.is_file() {
             dump_file(&path, name, w)?;
         } else {
-            return Err(DumpError::UnsupportedType { path, kind: kind_of(ft) });
+            return Err(DumpError::UnsupportedType {
+                path,
+                kind: kind_of(ft),
+            });
         }
     }
     Ok(())
@@ -132,7 +159,11 @@ fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
 
 /// Streams one regular file, trusting only what `fstat` says about the file
 /// actually opened (it may have been replaced since `lstat`).
-fn dump_file<W: Write>(path: &Path, name: Option<&[u8]>, w: &mut NarWriter<W>) -> Result<(), DumpError> {
+fn dump_file<W: Write>(
+    path: &Path,
+    name: Option<&[u8]>,
+    w: &mut NarWriter<W>,
+) -> Result<(), DumpError> {
     let mut file: File = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -140,13 +171,17 @@ fn dump_file<W: Write>(path: &Path, name: Option<&[u8]>, w: &mut NarWriter<W>) -
         .map_err(io_err("opening file", path))?;
     let meta = file.metadata().map_err(io_err("getting status of", path))?;
     if !meta.file_type().is_file() {
-        return Err(DumpError::Changed { path: path.to_path_buf() });
+        return Err(DumpError::Changed {
+            path: path.to_path_buf(),
+        });
     }
     let executable = meta.permissions().mode() & 0o100 != 0;
     match w.file(name, executable, meta.len(), &mut file) {
         Ok(()) => Ok(()),
         Err(WriteError::Contents { source, .. }) => Err(io_err("reading file", path)(source)),
-        Err(WriteError::ShortContents { .. }) => Err(DumpError::Changed { path: path.to_path_buf() }),
+        Err(WriteError::ShortContents { .. }) => Err(DumpError::Changed {
+            path: path.to_path_buf(),
+        }),
         Err(e) => Err(write_err(path, e)),
     }
 }
@@ -183,13 +218,17 @@ mod tests {
 
         let mut expect = NarWriter::new(Vec::new()).unwrap();
         expect.start_directory(None).unwrap();
-        expect.file(Some(b"B"), false, 7, &mut &b"big bee"[..]).unwrap();
+        expect
+            .file(Some(b"B"), false, 7, &mut &b"big bee"[..])
+            .unwrap();
         expect.file(Some(b"b"), false, 3, &mut &b"bee"[..]).unwrap();
         expect.start_directory(Some(b"sub")).unwrap();
         expect.start_directory(Some(b"empty")).unwrap();
         expect.end_directory().unwrap();
         expect.symlink(Some(b"link"), b"../b").unwrap();
-        expect.file(Some(b"run"), true, 10, &mut &b"#!/bin/sh\n"[..]).unwrap();
+        expect
+            .file(Some(b"run"), true, 10, &mut &b"#!/bin/sh\n"[..])
+            .unwrap();
         expect.end_directory().unwrap();
         expect.end_directory().unwrap();
         let expect = expect.finish().unwrap();
@@ -209,7 +248,10 @@ mod tests {
         // SAFETY: `c` is a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
         let err = dump_path(t.path(), io::sink()).unwrap_err();
-        assert!(matches!(err, DumpError::UnsupportedType { kind: "FIFO", .. }));
+        assert!(matches!(
+            err,
+            DumpError::UnsupportedType { kind: "FIFO", .. }
+        ));
         assert!(err.to_string().contains("pipe"), "{err}");
     }
 

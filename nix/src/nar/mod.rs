@@ -173,13 +173,20 @@ mod round_trip {
     }
 
     fn name() -> impl Strategy<Value = Vec<u8>> {
-        proptest::collection::vec(any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0), 1..6)
-            .prop_filter("not . or ..", |n| n != b"." && n != b"..")
+        proptest::collection::vec(
+            any::<u8>().prop_filter("no / or NUL", |b| *b != b'/' && *b != 0),
+            1..6,
+        )
+        .prop_filter("not . or ..", |n| n != b"." && n != b"..")
     }
 
     fn tree() -> impl Strategy<Value = Tree> {
         let leaf = prop_oneof![
-            (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..300)).prop_map(|(x, c)| Tree::File(x, c)),
+            (
+                any::<bool>(),
+                proptest::collection::vec(any::<u8>(), 0..300)
+            )
+                .prop_map(|(x, c)| Tree::File(x, c)),
             proptest::collection::vec(1u8..=255, 1..40).prop_map(Tree::Symlink),
         ];
         leaf.prop_recursive(4, 40, 6, |inner| {
@@ -187,7 +194,11 @@ mod round_trip {
         })
     }
 
-    fn emit<W: io::Write>(w: &mut NarWriter<W>, name: Option<&[u8]>, t: &Tree) -> Result<(), WriteError> {
+    fn emit<W: io::Write>(
+        w: &mut NarWriter<W>,
+        name: Option<&[u8]>,
+        t: &Tree,
+    ) -> Result<(), WriteError> {
         match t {
             Tree::File(x, c) => w.file(name, *x, c.len() as u64, &mut &c[..]),
             Tree::Symlink(target) => w.symlink(name, target),

@@ -39,7 +39,9 @@ pub enum ReadError {
     },
     #[error("malformed NAR at byte {offset}: unknown node type '{found}'")]
     UnknownType { offset: u64, found: String },
-    #[error("malformed NAR at byte {offset}: {what} of {len} bytes is longer than the {max} allowed")]
+    #[error(
+        "malformed NAR at byte {offset}: {what} of {len} bytes is longer than the {max} allowed"
+    )]
     TooLong {
         offset: u64,
         what: &'static str,
@@ -99,7 +101,10 @@ pub enum Event<'a> {
     /// The innermost open directory ends.
     EndDirectory,
     /// A symlink.
-    Symlink { name: Option<Vec<u8>>, target: Vec<u8> },
+    Symlink {
+        name: Option<Vec<u8>>,
+        target: Vec<u8>,
+    },
     /// A regular file; read its contents from `contents` before calling
     /// [`NarReader::next`] again (whatever is left unread is skipped).
     File {
@@ -114,7 +119,9 @@ pub enum Event<'a> {
 enum State {
     Start,
     /// Inside a file's contents (the count is left in `Pos`).
-    InFile { size: u64 },
+    InFile {
+        size: u64,
+    },
     /// A node just ended.
     NodeDone,
     /// Inside a directory, before an entry or its end.
@@ -215,7 +222,9 @@ impl<R: Read> NarReader<R> {
         loop {
             match self.state {
                 State::Start => {
-                    let magic = self.string(MAGIC.len(), "magic").map_err(|_| ReadError::BadMagic)?;
+                    let magic = self
+                        .string(MAGIC.len(), "magic")
+                        .map_err(|_| ReadError::BadMagic)?;
                     if magic != MAGIC {
                         return Err(ReadError::BadMagic);
                     }
@@ -259,22 +268,27 @@ impl<R: Read> NarReader<R> {
                     self.expect(b"name", "'name'")?;
                     let at = self.pos.offset;
                     let name = self.string(MAX_NAME_LEN, "entry name")?;
-                    let dir = self.dir_path();
                     if let Err(reason) = check_name(&name) {
-                        return Err(ReadError::Name { offset: at, dir, name: show(&name), reason });
+                        return Err(ReadError::Name {
+                            offset: at,
+                            dir: self.dir_path(),
+                            name: show(&name),
+                            reason,
+                        });
                     }
-                    let frame = self.stack.last_mut().ok_or(ReadError::AfterError)?;
-                    if let Some(prev) = &frame.last {
+                    if let Some(prev) = self.stack.last().and_then(|f| f.last.as_ref()) {
                         if name <= *prev {
                             return Err(ReadError::Unsorted {
                                 offset: at,
-                                dir,
+                                dir: self.dir_path(),
                                 name: show(&name),
                                 prev: show(prev),
                             });
                         }
                     }
-                    frame.last = Some(name.clone());
+                    if let Some(frame) = self.stack.last_mut() {
+                        frame.last = Some(name.clone());
+                    }
                     self.expect(b"node", "'node'")?;
                     return self.node(Some(name)).map(|()| true);
                 }
@@ -295,7 +309,11 @@ impl<R: Read> NarReader<R> {
             Pending::File(name, executable, size) => Event::File {
                 name,
                 executable,
-                contents: FileContents { r: &mut self.r, pos: &mut self.pos, size },
+                contents: FileContents {
+                    r: &mut self.r,
+                    pos: &mut self.pos,
+                    size,
+                },
             },
         }
     }
@@ -337,7 +355,11 @@ impl<R: Read> NarReader<R> {
                 };
                 if let Some(reason) = reason {
                     let path = self.path_of(name.as_deref());
-                    return Err(ReadError::Target { offset: at, path, reason });
+                    return Err(ReadError::Target {
+                        offset: at,
+                        path,
+                        reason,
+                    });
                 }
                 self.expect(b")", "')' closing the symlink node")?;
                 self.state = State::NodeDone;
@@ -347,21 +369,31 @@ impl<R: Read> NarReader<R> {
                 if self.stack.len() >= MAX_DEPTH {
                     return Err(ReadError::TooDeep { offset: at });
                 }
-                self.stack.push(Frame { name: name.clone().unwrap_or_default(), last: None });
+                self.stack.push(Frame {
+                    name: name.clone().unwrap_or_default(),
+                    last: None,
+                });
                 self.state = State::InDir;
                 self.pending = Pending::Directory(name);
             }
-            _ => return Err(ReadError::UnknownType { offset: at, found: show(&ty) }),
+            _ => {
+                return Err(ReadError::UnknownType {
+                    offset: at,
+                    found: show(&ty),
+                })
+            }
         }
         Ok(())
     }
 
     fn read_exact(&mut self, buf: &mut [u8], what: &'static str) -> Result<(), ReadError> {
         let offset = self.pos.offset;
-        self.r.read_exact(buf).map_err(|source| match source.kind() {
-            io::ErrorKind::UnexpectedEof => ReadError::Truncated { offset, what },
-            _ => ReadError::Io { offset, source },
-        })?;
+        self.r
+            .read_exact(buf)
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::UnexpectedEof => ReadError::Truncated { offset, what },
+                _ => ReadError::Io { offset, source },
+            })?;
         self.pos.offset += buf.len() as u64;
         Ok(())
     }
@@ -389,7 +421,12 @@ impl<R: Read> NarReader<R> {
         let at = self.pos.offset;
         let len = self.u64(what)?;
         if len > max as u64 {
-            return Err(ReadError::TooLong { offset: at, what, len, max });
+            return Err(ReadError::TooLong {
+                offset: at,
+                what,
+                len,
+                max,
+            });
         }
         let mut s = vec![0u8; len as usize];
         self.read_exact(&mut s, what)?;
@@ -420,12 +457,21 @@ impl<R: Read> NarReader<R> {
     }
 
     fn unexpected(&self, offset: u64, expected: &'static str, found: &[u8]) -> ReadError {
-        ReadError::Unexpected { offset, expected, found: format!("'{}'", show(found)) }
+        ReadError::Unexpected {
+            offset,
+            expected,
+            found: format!("'{}'", show(found)),
+        }
     }
 
     /// Skips what the consumer left unread of the current file.
     fn skip_contents(&mut self) -> Result<(), ReadError> {
-        FileContents { r: &mut self.r, pos: &mut self.pos, size: 0 }.finish()
+        FileContents {
+            r: &mut self.r,
+            pos: &mut self.pos,
+            size: 0,
+        }
+        .finish()
     }
 
     fn dir_path(&self) -> String {
@@ -453,7 +499,11 @@ pub struct FileContents<'a> {
 
 impl std::fmt::Debug for FileContents<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "FileContents {{ size: {}, left: {} }}", self.size, self.pos.file_left)
+        write!(
+            f,
+            "FileContents {{ size: {}, left: {} }}",
+            self.size, self.pos.file_left
+        )
     }
 }
 
@@ -496,7 +546,10 @@ impl Read for FileContents<'_> {
         }
         let n = self.r.read(&mut buf[..want])?;
         if n == 0 {
-            let e = ReadError::Truncated { offset: self.pos.offset, what: "file contents" };
+            let e = ReadError::Truncated {
+                offset: self.pos.offset,
+                what: "file contents",
+            };
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, e));
         }
         self.pos.offset += n as u64;
@@ -506,126 +559,4 @@ impl Read for FileContents<'_> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Builds a NAR-like stream from raw strings.
-    fn raw(tokens: &[&[u8]]) -> Vec<u8> {
-        let mut v = Vec::new();
-        for t in tokens {
-            v.extend_from_slice(&(t.len() as u64).to_le_bytes());
-            v.extend_from_slice(t);
-            v.resize(v.len() + padding(t.len() as u64), 0);
-        }
-        v
-    }
-
-    fn dir_with(entries: &[&[u8]]) -> Vec<u8> {
-        let mut t: Vec<&[u8]> = vec![MAGIC, b"(", b"type", b"directory"];
-        for e in entries {
-            t.extend_from_slice(&[b"entry", b"(", b"name", e, b"node"]);
-            t.extend_from_slice(&[b"(", b"type", b"symlink", b"target", b"x", b")", b")"]);
-        }
-        t.push(b")");
-        raw(&t)
-    }
-
-    /// Drains every event, reading all file contents.
-    fn parse(nar: &[u8]) -> Result<usize, ReadError> {
-        let mut r = NarReader::new(nar);
-        let mut n = 0;
-        while let Some(ev) = r.next()? {
-            if let Event::File { contents, .. } = ev {
-                contents.finish()?;
-            }
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    #[test]
-    fn accepts_a_sorted_directory() {
-        assert_eq!(parse(&dir_with(&[b"a", b"b", b"ba"])).unwrap(), 5);
-        assert_eq!(parse(&dir_with(&[])).unwrap(), 2);
-    }
-
-    #[test]
-    fn refuses_bad_names_with_offsets() {
-        let e = parse(&dir_with(&[b".."])).unwrap_err();
-        assert!(matches!(e, ReadError::Name { offset: 128, reason: NameError::Dot, .. }), "{e}");
-        assert!(e.to_string().contains("at byte 128"), "{e}");
-        for (name, reason) in [
-            (&b""[..], NameError::Empty),
-            (b".", NameError::Dot),
-            (b"a/b", NameError::Slash),
-            (b"a\0b", NameError::Nul),
-        ] {
-            match parse(&dir_with(&[name])) {
-                Err(ReadError::Name { reason: r, .. }) => assert_eq!(r, reason),
-                other => panic!("{other:?}"),
-            }
-        }
-        let long = vec![b'n'; MAX_NAME_LEN + 1];
-        assert!(matches!(parse(&dir_with(&[&long])), Err(ReadError::TooLong { .. })));
-        assert!(matches!(parse(&dir_with(&[b"b", b"a"])), Err(ReadError::Unsorted { .. })));
-        assert!(matches!(parse(&dir_with(&[b"a", b"a"])), Err(ReadError::Unsorted { .. })));
-    }
-
-    #[test]
-    fn refuses_structure_errors() {
-        assert!(matches!(parse(&raw(&[b"nix-archive-2"])), Err(ReadError::BadMagic)));
-        let ok = raw(&[MAGIC, b"(", b"type", b"regular", b"contents", b"hi", b")"]);
-        assert_eq!(parse(&ok).unwrap(), 1);
-        let mut trailing = ok.clone();
-        trailing.push(0);
-        assert!(matches!(parse(&trailing), Err(ReadError::Trailing { offset }) if offset == ok.len() as u64));
-        for cut in 0..ok.len() {
-            assert!(matches!(parse(&ok[..cut]), Err(ReadError::Truncated { .. } | ReadError::BadMagic)), "{cut}");
-        }
-        let mut bad_pad = ok.clone();
-        bad_pad[ok.len() - 17] = 1; // last padding byte of "hi"
-        assert!(matches!(parse(&bad_pad), Err(ReadError::Padding { .. })));
-        let sym_exec = raw(&[MAGIC, b"(", b"type", b"symlink", b"target", b"x", b"executable", b"", b")"]);
-        let e = parse(&sym_exec).unwrap_err();
-        assert!(e.to_string().contains("found 'executable'"), "{e}");
-        let unknown = raw(&[MAGIC, b"(", b"type", b"fifo", b")"]);
-        assert!(matches!(parse(&unknown), Err(ReadError::UnknownType { offset: 56, .. })));
-        let empty_target = raw(&[MAGIC, b"(", b"type", b"symlink", b"target", b"", b")"]);
-        assert!(matches!(parse(&empty_target), Err(ReadError::Target { .. })));
-    }
-
-    #[test]
-    fn huge_lengths_do_not_allocate() {
-        let mut nar = raw(&[MAGIC, b"(", b"type", b"regular", b"contents"]);
-        nar.extend_from_slice(&(1u64 << 62).to_le_bytes());
-        nar.extend_from_slice(b"abc");
-        assert!(matches!(parse(&nar), Err(ReadError::Truncated { what: "file contents", .. })));
-        let mut nar = raw(&[MAGIC, b"(", b"type"]);
-        nar.extend_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(parse(&nar), Err(ReadError::Unexpected { .. })));
-    }
-
-    #[test]
-    fn poisoned_after_error() {
-        let mut r = NarReader::new(&b"garbage"[..]);
-        assert!(r.next().is_err());
-        assert!(matches!(r.next(), Err(ReadError::AfterError)));
-    }
-
-    #[test]
-    fn unread_contents_are_skipped() {
-        let nar = raw(&[MAGIC, b"(", b"type", b"regular", b"executable", b"", b"contents", b"0123456789", b")"]);
-        let mut r = NarReader::new(&nar[..]);
-        match r.next().unwrap() {
-            Some(Event::File { executable: true, mut contents, .. }) => {
-                let mut b = [0u8; 3];
-                contents.read_exact(&mut b).unwrap();
-                assert_eq!(&b, b"012");
-                assert_eq!(contents.remaining(), 7);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(r.next().unwrap().is_none());
-        assert_eq!(r.offset(), nar.len() as u64);
-    }
-}
+mod tests;

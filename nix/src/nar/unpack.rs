@@ -131,13 +131,17 @@ impl Unpacker<'_> {
                     self.check_root_kind("symlink")?;
                     let path = self.path_of(name.as_deref());
                     let name = self.cname(name)?;
-                    let target =
-                        CString::new(target).map_err(|_| UnpackError::InvalidTarget(path.clone()))?;
+                    let target = CString::new(target)
+                        .map_err(|_| UnpackError::InvalidTarget(path.clone()))?;
                     let fd = self.dir_fd()?;
                     symlink_at(&target, fd, &name).map_err(io_err("creating symlink", &path))?;
                     self.created_root |= root;
                 }
-                Event::File { name, executable, contents } => {
+                Event::File {
+                    name,
+                    executable,
+                    contents,
+                } => {
                     self.check_root_kind("regular file")?;
                     let path = self.path_of(name.as_deref());
                     let name = self.cname(name)?;
@@ -165,10 +169,15 @@ impl Unpacker<'_> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ReadError::from_contents_error(e, 0).into()),
             };
-            file.write_all(&self.buf[..n]).map_err(io_err("writing file", path))?;
+            file.write_all(&self.buf[..n])
+                .map_err(io_err("writing file", path))?;
         }
         if executable {
-            let mode = file.metadata().map_err(io_err("getting status of", path))?.permissions().mode();
+            let mode = file
+                .metadata()
+                .map_err(io_err("getting status of", path))?
+                .permissions()
+                .mode();
             file.set_permissions(fs::Permissions::from_mode(mode | 0o111))
                 .map_err(io_err("making executable", path))?;
         }
@@ -178,7 +187,10 @@ impl Unpacker<'_> {
     /// An existing empty target can only receive a directory.
     fn check_root_kind(&self, kind: &'static str) -> Result<(), UnpackError> {
         if self.levels.is_empty() && self.existing {
-            return Err(UnpackError::RootNotDirectory(self.target.to_path_buf(), kind));
+            return Err(UnpackError::RootNotDirectory(
+                self.target.to_path_buf(),
+                kind,
+            ));
         }
         Ok(())
     }
@@ -206,7 +218,10 @@ impl Unpacker<'_> {
             return Ok(&self.parent_fd);
         };
         if self.levels[top].fd.is_none() {
-            let held = (0..top).rev().find(|&i| self.levels[i].fd.is_some()).unwrap_or(0);
+            let held = (0..top)
+                .rev()
+                .find(|&i| self.levels[i].fd.is_some())
+                .unwrap_or(0);
             for i in held + 1..=top {
                 let path = self.path_at(i);
                 let fd = match &self.levels[i - 1].fd {
@@ -217,7 +232,10 @@ impl Unpacker<'_> {
                 self.levels[i].fd = Some(fd);
             }
         }
-        self.levels[top].fd.as_ref().ok_or_else(|| UnpackError::InvalidTarget(self.target.to_path_buf()))
+        self.levels[top]
+            .fd
+            .as_ref()
+            .ok_or_else(|| UnpackError::InvalidTarget(self.target.to_path_buf()))
     }
 
     /// The on-disk path of level `i`, for messages.
@@ -259,7 +277,11 @@ impl Unpacker<'_> {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> UnpackError + 'a {
-    move |source| UnpackError::Io { action, path: path.to_path_buf(), source }
+    move |source| UnpackError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Splits the target into its parent directory and final name.
@@ -291,7 +313,12 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
 fn open_dir(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: `c` is NUL-terminated; a non-negative result is a fresh fd we own.
-    let fd = cvt(unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) })?;
+    let fd = cvt(unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
     // SAFETY: `fd` was just returned by open and is owned by nobody else.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
@@ -327,7 +354,14 @@ fn symlink_at(target: &CStr, dir: &OwnedFd, name: &CStr) -> io::Result<()> {
 fn stat_at(dir: &OwnedFd, name: &CStr) -> io::Result<Option<libc::mode_t>> {
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: valid fd and string; `st` is written on success.
-    let r = unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), libc::AT_SYMLINK_NOFOLLOW) };
+    let r = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
     match cvt(r) {
         // SAFETY: fstatat succeeded, so `st` is initialised.
         Ok(_) => Ok(Some(unsafe { st.assume_init() }.st_mode)),
@@ -361,16 +395,32 @@ mod tests {
         let nar = sample();
         unpack(&nar[..], &out).unwrap();
         assert_eq!(fs::read(out.join("sub/data")).unwrap(), b"hello");
-        assert_eq!(fs::read_link(out.join("escape")).unwrap(), Path::new("../.."));
-        assert_ne!(fs::metadata(out.join("exe")).unwrap().permissions().mode() & 0o111, 0);
-        assert_eq!(fs::metadata(out.join("sub/data")).unwrap().permissions().mode() & 0o100, 0);
+        assert_eq!(
+            fs::read_link(out.join("escape")).unwrap(),
+            Path::new("../..")
+        );
+        assert_ne!(
+            fs::metadata(out.join("exe")).unwrap().permissions().mode() & 0o111,
+            0
+        );
+        assert_eq!(
+            fs::metadata(out.join("sub/data"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o100,
+            0
+        );
         assert_eq!(write_path(&out, Vec::new()).unwrap(), nar);
         // An existing empty directory is accepted, a non-empty one is not.
         let empty = t.path().join("empty");
         fs::create_dir(&empty).unwrap();
         unpack(&nar[..], &empty).unwrap();
         assert_eq!(write_path(&empty, Vec::new()).unwrap(), nar);
-        assert!(matches!(unpack(&nar[..], &out), Err(UnpackError::TargetExists(_))));
+        assert!(matches!(
+            unpack(&nar[..], &out),
+            Err(UnpackError::TargetExists(_))
+        ));
     }
 
     #[test]
@@ -381,7 +431,10 @@ mod tests {
         let link = t.path().join("link");
         symlink(&victim, &link).unwrap();
         let nar = sample();
-        assert!(matches!(unpack(&nar[..], &link), Err(UnpackError::TargetExists(_))));
+        assert!(matches!(
+            unpack(&nar[..], &link),
+            Err(UnpackError::TargetExists(_))
+        ));
         assert_eq!(fs::read_dir(&victim).unwrap().count(), 0);
     }
 
@@ -392,13 +445,19 @@ mod tests {
         let cut = &nar[..nar.len() - 30];
         let out = t.path().join("out");
         let e = unpack(cut, &out).unwrap_err();
-        assert!(matches!(e, UnpackError::Read(ReadError::Truncated { .. })), "{e}");
+        assert!(
+            matches!(e, UnpackError::Read(ReadError::Truncated { .. })),
+            "{e}"
+        );
         assert!(!out.exists());
         let mut trailing = nar.clone();
         trailing.extend_from_slice(&[0; 8]);
         let empty = t.path().join("empty");
         fs::create_dir(&empty).unwrap();
-        assert!(matches!(unpack(&trailing[..], &empty), Err(UnpackError::Read(ReadError::Trailing { .. }))));
+        assert!(matches!(
+            unpack(&trailing[..], &empty),
+            Err(UnpackError::Read(ReadError::Trailing { .. }))
+        ));
         assert_eq!(fs::read_dir(&empty).unwrap().count(), 0);
         assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
     }
@@ -414,8 +473,14 @@ mod tests {
         assert_eq!(fs::read(&out).unwrap(), b"abc");
         let dir = t.path().join("d");
         fs::create_dir(&dir).unwrap();
-        assert!(matches!(unpack(&nar[..], &dir), Err(UnpackError::RootNotDirectory(..))));
-        assert!(matches!(unpack(&nar[..], Path::new("/")), Err(UnpackError::InvalidTarget(_))));
+        assert!(matches!(
+            unpack(&nar[..], &dir),
+            Err(UnpackError::RootNotDirectory(..))
+        ));
+        assert!(matches!(
+            unpack(&nar[..], Path::new("/")),
+            Err(UnpackError::InvalidTarget(_))
+        ));
     }
 
     #[test]

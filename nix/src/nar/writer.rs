@@ -32,7 +32,11 @@ pub enum WriteError {
     #[error("invalid symlink target for '{path}': {reason}")]
     Target { path: String, reason: &'static str },
     #[error("file '{path}' was declared as {expected} bytes but its contents ended after {got}")]
-    ShortContents { path: String, expected: u64, got: u64 },
+    ShortContents {
+        path: String,
+        expected: u64,
+        got: u64,
+    },
     #[error("reading the contents of '{path}'")]
     Contents {
         path: String,
@@ -95,7 +99,9 @@ impl<W: Write> NarWriter<W> {
     /// [`end_directory`](Self::end_directory).
     pub fn start_directory(&mut self, name: Option<&[u8]>) -> Result<(), WriteError> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(WriteError::TooDeep { path: self.path_of(name) });
+            return Err(WriteError::TooDeep {
+                path: self.path_of(name),
+            });
         }
         self.begin_node(name)?;
         self.tokens(&[b"type", b"directory"])?;
@@ -109,7 +115,9 @@ impl<W: Write> NarWriter<W> {
     /// Closes the innermost open directory.
     pub fn end_directory(&mut self) -> Result<(), WriteError> {
         if self.stack.pop().is_none() {
-            return Err(WriteError::Misuse("end_directory without an open directory"));
+            return Err(WriteError::Misuse(
+                "end_directory without an open directory",
+            ));
         }
         self.end_node()
     }
@@ -126,7 +134,10 @@ impl<W: Write> NarWriter<W> {
             None
         };
         if let Some(reason) = reason {
-            return Err(WriteError::Target { path: self.path_of(name), reason });
+            return Err(WriteError::Target {
+                path: self.path_of(name),
+                reason,
+            });
         }
         self.begin_node(name)?;
         self.tokens(&[b"type", b"symlink", b"target", target])?;
@@ -166,7 +177,10 @@ impl<W: Write> NarWriter<W> {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(source) => {
-                    return Err(WriteError::Contents { path: self.path_of(name), source })
+                    return Err(WriteError::Contents {
+                        path: self.path_of(name),
+                        source,
+                    })
                 }
             };
             self.out.write_all(&self.buf[..n])?;
@@ -179,9 +193,13 @@ impl<W: Write> NarWriter<W> {
     /// Checks that the root node is complete, flushes and returns the output.
     pub fn finish(self) -> Result<W, WriteError> {
         if !self.root_started || !self.stack.is_empty() {
-            return Err(WriteError::Misuse("finish before the root node is complete"));
+            return Err(WriteError::Misuse(
+                "finish before the root node is complete",
+            ));
         }
-        self.out.into_inner().map_err(|e| WriteError::Io(e.into_error()))
+        self.out
+            .into_inner()
+            .map_err(|e| WriteError::Io(e.into_error()))
     }
 
     /// Writes what precedes a node: the entry header inside a directory.
@@ -267,7 +285,8 @@ mod tests {
     }
 
     fn golden(name: &str) -> Option<Vec<u8>> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/nar");
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/conformance/nar");
         std::fs::read(dir.join(name)).ok()
     }
 
@@ -296,20 +315,34 @@ mod tests {
     #[test]
     fn refuses_misuse() {
         let mut w = NarWriter::new(Vec::new()).unwrap();
-        assert!(matches!(w.symlink(Some(b"x"), b"y"), Err(WriteError::Misuse(_))));
+        assert!(matches!(
+            w.symlink(Some(b"x"), b"y"),
+            Err(WriteError::Misuse(_))
+        ));
         w.start_directory(None).unwrap();
         assert!(matches!(w.symlink(None, b"y"), Err(WriteError::Misuse(_))));
-        assert!(matches!(w.symlink(Some(b".."), b"y"), Err(WriteError::Name { .. })));
-        assert!(matches!(w.symlink(Some(b"b"), b""), Err(WriteError::Target { .. })));
+        assert!(matches!(
+            w.symlink(Some(b".."), b"y"),
+            Err(WriteError::Name { .. })
+        ));
+        assert!(matches!(
+            w.symlink(Some(b"b"), b""),
+            Err(WriteError::Target { .. })
+        ));
         w.symlink(Some(b"b"), b"y").unwrap();
         let e = w.symlink(Some(b"a"), b"y").unwrap_err();
         assert_eq!(
             e.to_string(),
             "entry 'a' in directory '/' does not sort after the previous entry 'b'"
         );
-        assert!(matches!(w.symlink(Some(b"b"), b"y"), Err(WriteError::Unsorted { .. })));
+        assert!(matches!(
+            w.symlink(Some(b"b"), b"y"),
+            Err(WriteError::Unsorted { .. })
+        ));
         w.start_directory(Some(b"c")).unwrap();
-        let e = w.file(Some(b"f"), true, 10, &mut &b"short"[..]).unwrap_err();
+        let e = w
+            .file(Some(b"f"), true, 10, &mut &b"short"[..])
+            .unwrap_err();
         assert_eq!(
             e.to_string(),
             "file '/c/f' was declared as 10 bytes but its contents ended after 5"

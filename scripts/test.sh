@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Kiln's test command: provision the services (scripts/provision-services.sh),
+# export their settings, build once and run every test in the workspace.
+# Exits non-zero when provisioning, the build or any test fails.
+#
+# Extra arguments are passed to `cargo test` (e.g. `-p kiln-nix`).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STATE_DIR=${KILN_CI_STATE:-/var/lib/kiln-ci}
+LOG_DIR=${KILN_TEST_LOG_DIR:-$ROOT/target/test-logs}
+cd "$ROOT"
+
+log() { printf '[%s] test: %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+T0=$SECONDS
+
+log "provisioning services"
+bash "$ROOT/scripts/provision-services.sh"
+
+# Service settings for the tests.
+set -a
+# shellcheck disable=SC1091
+. "$STATE_DIR/s3.env"
+set +a
+if [ -d "$ROOT/../shared" ]; then
+    KILN_SHARED=$(cd "$ROOT/../shared" && pwd)
+    export KILN_SHARED
+else
+    log "warning: $ROOT/../shared not found; conformance tests will not find their data"
+fi
+log "KILN_SHARED=${KILN_SHARED:-<unset>} S3=$KILN_S3_ENDPOINT/$KILN_S3_BUCKET CI=${CI:-<unset>}"
+
+mkdir -p "$LOG_DIR"
+BUILD_LOG="$LOG_DIR/build.log"
+TEST_LOG="$LOG_DIR/test.log"
+
+log "building all test targets (log: $BUILD_LOG)"
+T1=$SECONDS
+if ! cargo test --workspace --no-run "$@" >"$BUILD_LOG" 2>&1; then
+    grep -E '^error|^ *--> ' "$BUILD_LOG" | head -n 60 >&2 || true
+    log "FAILED: build did not compile after $((SECONDS - T1))s (full log: $BUILD_LOG)"
+    exit 1
+fi
+log "build done in $((SECONDS - T1))s"
+
+log "running tests (log: $TEST_LOG)"
+T2=$SECONDS
+set +e
+cargo test --workspace --no-fail-fast "$@" 2>&1 | tee "$TEST_LOG"
+STATUS=${PIPESTATUS[0]}
+set -e
+
+# Summary: totals over every test binary, then each failing test by name.
+awk '
+    /^test result:/ {
+        for (i = 1; i <= NF; i++) {
+            if ($(i + 1) ~ /^passed;?$/) pass += $i
+            if ($(i + 1) ~ /^failed;?$/) fail += $i
+            if ($(i + 1) ~ /^ignored;?$/) ign += $i
+        }
+        bins++
+    }
+    END { printf "SUMMARY: %d passed, %d failed, %d ignored in %d test binaries\n", pass, fail, ign, bins }
+' "$TEST_LOG" >&2
+FAILED=$(grep -E '^test .* \.\.\. FAILED$' "$TEST_LOG" | sed -E 's/^test (.*) \.\.\. FAILED$/  \1/' || true)
+if [ -n "$FAILED" ]; then
+    log "failing tests:"
+    printf '%s\n' "$FAILED" >&2
+fi
+# Cargo lists the test binaries that failed (or did not run) after "error:".
+sed -n '/^error: \([0-9]* targets\? failed\|test failed\)/,$p' "$TEST_LOG" >&2
+log "tests took $((SECONDS - T2))s; total $((SECONDS - T0))s"
+if [ "$STATUS" -ne 0 ]; then
+    log "FAILED (cargo test exit status $STATUS)"
+    exit "$STATUS"
+fi
+log "ALL TESTS PASSED"
