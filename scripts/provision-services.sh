@@ -62,7 +62,7 @@ random_hex() { od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'; }
 # --- 1. System packages -----------------------------------------------------
 
 pkg_installed() {
-    dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null | grep -qx installed
+    [ "$(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null)" = installed ]
 }
 
 install_packages() {
@@ -185,7 +185,7 @@ garage_pid_alive() {
     local pid
     pid=$(cat "$GARAGE_PID" 2>/dev/null) || return 1
     [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null &&
-        tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q 'garage.* server'
+        [[ "$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" == *garage*" server"* ]]
 }
 
 start_garage() {
@@ -218,7 +218,11 @@ apply_layout() {
     local node_id
     node_id=$(gcli node id -q 2>/dev/null | cut -d@ -f1)
     [ -n "$node_id" ] || die "could not read the garage node id"
-    if gcli layout show 2>/dev/null | grep -q "^${node_id:0:16}.*dc1"; then
+    local layout
+    layout=$(gcli layout show 2>/dev/null || true)
+    # (grep reads a variable, not a pipe: with pipefail, `grep -q` closing a
+    # pipe early would make the check fail at random.)
+    if grep -q "^${node_id:0:16}.*dc1" <<<"$layout"; then
         log "layout already assigns node ${node_id:0:16}"
         return
     fi

@@ -40,17 +40,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             system: "x86_64-linux".into(),
             builder: bb.clone(),
             args: vec!["sh".into(), "-c".into(), format!("echo {i} > $out")],
-            env: [("builder", bb.as_str()), ("name", name.as_str()), ("out", ""), ("system", "x86_64-linux")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            env: [
+                ("builder", bb.as_str()),
+                ("name", name.as_str()),
+                ("out", ""),
+                ("system", "x86_64-linux"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
         };
         drv.fill_output_paths(&name, |_| None)?;
         let path = drv.drv_path(&name)?.to_absolute_path();
         drvs.push((path, drv));
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let mut config = BuilderConfig::new(tmp.join("scratch"));
     config.max_jobs = jobs;
     let builder = Arc::new(Builder::new(config));
@@ -62,8 +69,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         for (path, drv) in drvs {
             let (b, inputs, out_dir) = (builder.clone(), inputs.clone(), out_dir.clone());
             tasks.push(tokio::spawn(async move {
-                let opts = BuildOptions { out_dir, ..Default::default() };
-                b.build(&path, &drv, &inputs, &opts).await.map(|r| r.setup_time)
+                let opts = BuildOptions {
+                    out_dir,
+                    ..Default::default()
+                };
+                b.build(&path, &drv, &inputs, &opts)
+                    .await
+                    .map(|r| r.setup_time)
             }));
         }
         let mut v = Vec::new();

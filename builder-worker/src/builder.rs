@@ -12,10 +12,10 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::env::{build_env, EnvError, EnvParams};
 use crate::outputs::{self, BuiltOutput, OutputError};
 use crate::recipe::{Recipe, RecipeError};
-use kiln_nix::derivation::Derivation;
 use crate::rootfs::{self, RootfsError, BUILD_DIR};
 use crate::run::{self, CancelToken, Stop, Supervision};
 use crate::sandbox::{self, SandboxError, SandboxSpec};
+use kiln_nix::derivation::Derivation;
 
 /// Settings shared by every build of a [`Builder`].
 #[derive(Debug, Clone)]
@@ -190,7 +190,11 @@ impl Builder {
     /// A builder with `config`.
     pub fn new(config: BuilderConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_jobs.max(1)));
-        Builder { config, slots, counter: AtomicU64::new(0) }
+        Builder {
+            config,
+            slots,
+            counter: AtomicU64::new(0),
+        }
     }
 
     /// Its configuration.
@@ -211,7 +215,10 @@ impl Builder {
         inputs: &BTreeMap<String, PathBuf>,
         options: &BuildOptions,
     ) -> Result<BuildOutputs, BuildError> {
-        let recipe = Recipe::from_derivation(drv).map_err(|source| BuildError::Recipe { drv: drv_path.into(), source })?;
+        let recipe = Recipe::from_derivation(drv).map_err(|source| BuildError::Recipe {
+            drv: drv_path.into(),
+            source,
+        })?;
         self.build_recipe(drv_path, &recipe, inputs, options).await
     }
 
@@ -239,14 +246,22 @@ impl Builder {
         let io = |action: &str| {
             let drv = drv.clone();
             let action = action.to_string();
-            move |source| BuildError::Io { drv, action, source }
+            move |source| BuildError::Io {
+                drv,
+                action,
+                source,
+            }
         };
 
         let started = Instant::now();
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let base = drv_path.rsplit('/').next().unwrap_or("drv");
-        let scratch_path = self.config.scratch_dir.join(format!("{}-{n}-{base}", std::process::id()));
-        std::fs::create_dir_all(&self.config.scratch_dir).map_err(io("creating the scratch directory"))?;
+        let scratch_path = self
+            .config
+            .scratch_dir
+            .join(format!("{}-{n}-{base}", std::process::id()));
+        std::fs::create_dir_all(&self.config.scratch_dir)
+            .map_err(io("creating the scratch directory"))?;
         rootfs::remove_tree(&scratch_path).map_err(io("clearing the scratch directory"))?;
         let scratch = Scratch(scratch_path);
 
@@ -260,7 +275,9 @@ impl Builder {
             lines: options.log_lines.clone(),
             cancel: options.cancel.clone(),
         };
-        let outcome = run::supervise(child, &sup).await.map_err(io("supervising the builder"))?;
+        let outcome = run::supervise(child, &sup)
+            .await
+            .map_err(io("supervising the builder"))?;
         let status = match outcome.result {
             Ok(st) => st,
             Err(Stop::Timeout(after)) => return Err(BuildError::Timeout { drv, after }),
@@ -269,7 +286,11 @@ impl Builder {
             Err(Stop::Cancelled) => return Err(cancelled()),
         };
         if status != 0 {
-            return Err(BuildError::BuilderFailed { drv, status: run::describe_status(status), log: outcome.log });
+            return Err(BuildError::BuilderFailed {
+                drv,
+                status: run::describe_status(status),
+                log: outcome.log,
+            });
         }
 
         let job = outputs::Job {
@@ -284,7 +305,11 @@ impl Builder {
             .await
             .map_err(|e| io("processing outputs")(std::io::Error::other(e)))??;
         drop(scratch);
-        Ok(BuildOutputs { outputs, log: outcome.log, setup_time })
+        Ok(BuildOutputs {
+            outputs,
+            log: outcome.log,
+            setup_time,
+        })
     }
 
     /// Lays out the root, writes the build files and starts the builder.
@@ -297,13 +322,35 @@ impl Builder {
     ) -> Result<(sandbox::SandboxChild, rootfs::Rootfs), BuildError> {
         let fixed = recipe.is_fixed_output();
         let outs = recipe.output_paths();
-        let params = EnvParams { drv_env: &recipe.env, outputs: &outs, store_dir: &self.config.store_dir, cores: self.config.cores, fixed_output: fixed };
-        let env = build_env(&params, |k| std::env::var(k).ok()).map_err(|source| BuildError::Env { drv: drv.into(), source })?;
-        let root = rootfs::prepare(&scratch.join("root"), &self.config.store_dir, inputs.iter().map(|(k, v)| (k.as_str(), v.as_path())), fixed)
-            .map_err(|source| BuildError::Rootfs { drv: drv.into(), source })?;
+        let params = EnvParams {
+            drv_env: &recipe.env,
+            outputs: &outs,
+            store_dir: &self.config.store_dir,
+            cores: self.config.cores,
+            fixed_output: fixed,
+        };
+        let env =
+            build_env(&params, |k| std::env::var(k).ok()).map_err(|source| BuildError::Env {
+                drv: drv.into(),
+                source,
+            })?;
+        let root = rootfs::prepare(
+            &scratch.join("root"),
+            &self.config.store_dir,
+            inputs.iter().map(|(k, v)| (k.as_str(), v.as_path())),
+            fixed,
+        )
+        .map_err(|source| BuildError::Rootfs {
+            drv: drv.into(),
+            source,
+        })?;
         for (name, data) in &env.files {
             let p = root.build_dir.join(name);
-            std::fs::write(&p, data).map_err(|source| BuildError::Io { drv: drv.into(), action: format!("writing '{}'", p.display()), source })?;
+            std::fs::write(&p, data).map_err(|source| BuildError::Io {
+                drv: drv.into(),
+                action: format!("writing '{}'", p.display()),
+                source,
+            })?;
         }
         let mut args = vec![recipe.builder.clone().into_bytes()];
         args.extend(recipe.args.iter().map(|a| a.clone().into_bytes()));
@@ -317,7 +364,10 @@ impl Builder {
             args,
             env: env.envp(),
         };
-        let child = sandbox::spawn(&spec).map_err(|source| BuildError::Sandbox { drv: drv.into(), source })?;
+        let child = sandbox::spawn(&spec).map_err(|source| BuildError::Sandbox {
+            drv: drv.into(),
+            source,
+        })?;
         Ok((child, root))
     }
 }

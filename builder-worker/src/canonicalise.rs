@@ -29,8 +29,15 @@ pub enum CanonicaliseError {
     },
 }
 
-fn io_err<'a>(path: &'a Path, action: &'static str) -> impl FnOnce(io::Error) -> CanonicaliseError + 'a {
-    move |source| CanonicaliseError::Io { path: path.to_path_buf(), action, source }
+fn io_err<'a>(
+    path: &'a Path,
+    action: &'static str,
+) -> impl FnOnce(io::Error) -> CanonicaliseError + 'a {
+    move |source| CanonicaliseError::Io {
+        path: path.to_path_buf(),
+        action,
+        source,
+    }
 }
 
 /// The permissions Nix gives an entry with mode `mode`: 0555 when the owner
@@ -53,10 +60,23 @@ fn cpath(p: &Path) -> Result<CString, CanonicaliseError> {
 
 fn set_mtime_one(p: &Path) -> Result<(), CanonicaliseError> {
     let c = cpath(p)?;
-    let t = libc::timespec { tv_sec: 1, tv_nsec: 0 };
+    let t = libc::timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
     let times = [t, t];
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW) } == -1 {
-        return Err(io_err(p, "setting modification time")(io::Error::last_os_error()));
+    if unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } == -1
+    {
+        return Err(io_err(p, "setting modification time")(
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -73,7 +93,10 @@ fn remove_xattrs(p: &Path) -> Result<(), CanonicaliseError> {
         }
         return Err(io_err(p, "listing extended attributes")(e));
     }
-    for name in buf[..n as usize].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in buf[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+    {
         if name == b"security.selinux" {
             continue;
         }
@@ -102,7 +125,8 @@ pub fn canonicalise(path: &Path) -> Result<(), CanonicaliseError> {
             let mode = md.permissions().mode() & 0o7777;
             let want = canonical_mode(mode);
             if mode != want {
-                fs::set_permissions(&p, fs::Permissions::from_mode(want)).map_err(io_err(&p, "setting permissions"))?;
+                fs::set_permissions(&p, fs::Permissions::from_mode(want))
+                    .map_err(io_err(&p, "setting permissions"))?;
             }
         }
         if ft.is_dir() {
@@ -150,6 +174,9 @@ mod tests {
         let c = CString::new(fifo.as_os_str().as_bytes()).unwrap();
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
         let err = canonicalise(t.path()).unwrap_err();
-        assert_eq!(err.to_string(), format!("file '{}' has an unsupported type", fifo.display()));
+        assert_eq!(
+            err.to_string(),
+            format!("file '{}' has an unsupported type", fifo.display())
+        );
     }
 }

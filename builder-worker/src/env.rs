@@ -32,7 +32,10 @@ pub struct BuildEnv {
 impl BuildEnv {
     /// `NAME=value` strings for `execve`.
     pub fn envp(&self) -> Vec<Vec<u8>> {
-        self.vars.iter().map(|(k, v)| format!("{k}={v}").into_bytes()).collect()
+        self.vars
+            .iter()
+            .map(|(k, v)| format!("{k}={v}").into_bytes())
+            .collect()
     }
 }
 
@@ -53,7 +56,10 @@ pub struct EnvParams<'a> {
 
 /// Builds the environment for one derivation; `host_env` looks up host
 /// variables named in `impureEnvVars` (fixed-output only).
-pub fn build_env(p: &EnvParams<'_>, host_env: impl Fn(&str) -> Option<String>) -> Result<BuildEnv, EnvError> {
+pub fn build_env(
+    p: &EnvParams<'_>,
+    host_env: impl Fn(&str) -> Option<String>,
+) -> Result<BuildEnv, EnvError> {
     let mut env = BuildEnv::default();
     let v = &mut env.vars;
     v.insert("PATH".into(), "/path-not-set".into());
@@ -66,10 +72,17 @@ pub fn build_env(p: &EnvParams<'_>, host_env: impl Fn(&str) -> Option<String>) -
         if p.drv_env.contains_key("exportReferencesGraph") {
             return Err(EnvError::Unsupported("exportReferencesGraph"));
         }
-        let pass_as_file: Vec<&str> = p.drv_env.get("passAsFile").map(|s| s.split_ascii_whitespace().collect()).unwrap_or_default();
+        let pass_as_file: Vec<&str> = p
+            .drv_env
+            .get("passAsFile")
+            .map(|s| s.split_ascii_whitespace().collect())
+            .unwrap_or_default();
         for (k, val) in p.drv_env {
             if pass_as_file.contains(&k.as_str()) {
-                let name = format!(".attr-{}", Hash::of(HashAlgo::Sha256, k.as_bytes()).to_base32());
+                let name = format!(
+                    ".attr-{}",
+                    Hash::of(HashAlgo::Sha256, k.as_bytes()).to_base32()
+                );
                 v.insert(format!("{k}Path"), format!("{BUILD_DIR}/{name}"));
                 env.files.push((name, val.clone().into_bytes()));
             } else {
@@ -85,12 +98,19 @@ pub fn build_env(p: &EnvParams<'_>, host_env: impl Fn(&str) -> Option<String>) -
         let impure: Vec<String> = match structured {
             Some(json) => match serde_json::from_str::<Value>(json) {
                 Ok(Value::Object(o)) => match o.get("impureEnvVars") {
-                    Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect(),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect(),
                     _ => Vec::new(),
                 },
                 _ => Vec::new(),
             },
-            None => p.drv_env.get("impureEnvVars").map(|s| s.split_ascii_whitespace().map(str::to_string).collect()).unwrap_or_default(),
+            None => p
+                .drv_env
+                .get("impureEnvVars")
+                .map(|s| s.split_ascii_whitespace().map(str::to_string).collect())
+                .unwrap_or_default(),
         };
         for name in impure {
             let val = host_env(&name).unwrap_or_default();
@@ -109,11 +129,17 @@ pub fn build_env(p: &EnvParams<'_>, host_env: impl Fn(&str) -> Option<String>) -
         if obj.contains_key("exportReferencesGraph") {
             return Err(EnvError::Unsupported("exportReferencesGraph"));
         }
-        let outs = p.outputs.iter().map(|(k, path)| (k.clone(), Value::String(path.clone()))).collect();
+        let outs = p
+            .outputs
+            .iter()
+            .map(|(k, path)| (k.clone(), Value::String(path.clone())))
+            .collect();
         obj.insert("outputs".into(), Value::Object(outs));
         let value = Value::Object(obj);
-        env.files.push((".attrs.json".into(), value.to_string().into_bytes()));
-        env.files.push((".attrs.sh".into(), attrs_sh(&value).into_bytes()));
+        env.files
+            .push((".attrs.json".into(), value.to_string().into_bytes()));
+        env.files
+            .push((".attrs.sh".into(), attrs_sh(&value).into_bytes()));
     }
     Ok(env)
 }
@@ -131,7 +157,10 @@ fn simple(v: &Value) -> Option<String> {
         Value::Number(n) => {
             if let Some(i) = n.as_i64() {
                 Some(i.to_string())
-            } else if let Some(f) = n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < i32::MAX as f64) {
+            } else if let Some(f) = n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() < i32::MAX as f64)
+            {
                 Some((f as i64).to_string())
             } else {
                 None
@@ -145,7 +174,8 @@ fn simple(v: &Value) -> Option<String> {
 
 fn is_shell_name(k: &str) -> bool {
     let mut chars = k.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 /// The `.attrs.sh` file: one `declare` per attribute whose name is a shell
@@ -167,7 +197,10 @@ pub fn attrs_sh(json: &Value) -> String {
                 out.push_str(&format!("declare -a {k}=({body})\n"));
             }
         } else if let Value::Object(map) = v {
-            let parts: Option<Vec<String>> = map.iter().map(|(k2, v2)| simple(v2).map(|s| format!("[{}]={s} ", shell_escape(k2)))).collect();
+            let parts: Option<Vec<String>> = map
+                .iter()
+                .map(|(k2, v2)| simple(v2).map(|s| format!("[{}]={s} ", shell_escape(k2))))
+                .collect();
             if let Some(parts) = parts {
                 out.push_str(&format!("declare -A {k}=({})\n", parts.concat()));
             }
@@ -180,19 +213,47 @@ pub fn attrs_sh(json: &Value) -> String {
 mod tests {
     use super::*;
 
-    fn params<'a>(env: &'a BTreeMap<String, String>, outs: &'a BTreeMap<String, String>) -> EnvParams<'a> {
-        EnvParams { drv_env: env, outputs: outs, store_dir: "/nix/store", cores: 4, fixed_output: false }
+    fn params<'a>(
+        env: &'a BTreeMap<String, String>,
+        outs: &'a BTreeMap<String, String>,
+    ) -> EnvParams<'a> {
+        EnvParams {
+            drv_env: env,
+            outputs: outs,
+            store_dir: "/nix/store",
+            cores: 4,
+            fixed_output: false,
+        }
     }
 
     #[test]
     fn plain_environment_has_nix_variables() {
-        let env: BTreeMap<_, _> = [("out".to_string(), "/nix/store/x-y".to_string()), ("custom".into(), "v".into())].into();
+        let env: BTreeMap<_, _> = [
+            ("out".to_string(), "/nix/store/x-y".to_string()),
+            ("custom".into(), "v".into()),
+        ]
+        .into();
         let outs = BTreeMap::new();
         let e = build_env(&params(&env, &outs), |_| None).unwrap();
         let keys: Vec<_> = e.vars.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["HOME", "NIX_BUILD_CORES", "NIX_BUILD_TOP", "NIX_LOG_FD", "NIX_STORE", "PATH", "PWD", "TEMP", "TEMPDIR", "TERM", "TMP", "TMPDIR", "custom", "out"]
+            [
+                "HOME",
+                "NIX_BUILD_CORES",
+                "NIX_BUILD_TOP",
+                "NIX_LOG_FD",
+                "NIX_STORE",
+                "PATH",
+                "PWD",
+                "TEMP",
+                "TEMPDIR",
+                "TERM",
+                "TMP",
+                "TMPDIR",
+                "custom",
+                "out"
+            ]
         );
         assert_eq!(e.vars["NIX_BUILD_CORES"], "4");
         assert!(e.files.is_empty());
@@ -200,18 +261,35 @@ mod tests {
 
     #[test]
     fn pass_as_file_matches_nix_file_name() {
-        let env: BTreeMap<_, _> = [("big".to_string(), "data".to_string()), ("passAsFile".into(), "big".into())].into();
+        let env: BTreeMap<_, _> = [
+            ("big".to_string(), "data".to_string()),
+            ("passAsFile".into(), "big".into()),
+        ]
+        .into();
         let outs = BTreeMap::new();
         let e = build_env(&params(&env, &outs), |_| None).unwrap();
         // Name observed in the conformance corpus's pass-as-file output.
-        assert_eq!(e.vars["bigPath"], "/build/.attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a");
+        assert_eq!(
+            e.vars["bigPath"],
+            "/build/.attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a"
+        );
         assert!(!e.vars.contains_key("big"));
-        assert_eq!(e.files, vec![(".attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a".to_string(), b"data".to_vec())]);
+        assert_eq!(
+            e.files,
+            vec![(
+                ".attr-1lak0mvllw8rv9i9ygkglvhqsq19qi9ynl4bi7gbf69ab5nzw89a".to_string(),
+                b"data".to_vec()
+            )]
+        );
     }
 
     #[test]
     fn structured_attrs_write_json_and_sh() {
-        let env: BTreeMap<_, _> = [("__json".to_string(), r#"{"b":[1,"x"],"a":{"k":"it's"},"n":null,"t":true,"bad-name":1}"#.to_string())].into();
+        let env: BTreeMap<_, _> = [(
+            "__json".to_string(),
+            r#"{"b":[1,"x"],"a":{"k":"it's"},"n":null,"t":true,"bad-name":1}"#.to_string(),
+        )]
+        .into();
         let outs: BTreeMap<_, _> = [("out".to_string(), "/nix/store/p-q".to_string())].into();
         let e = build_env(&params(&env, &outs), |_| None).unwrap();
         assert!(!e.vars.contains_key("__json"));
@@ -228,7 +306,8 @@ mod tests {
 
     #[test]
     fn impure_env_vars_only_for_fixed_output() {
-        let env: BTreeMap<_, _> = [("impureEnvVars".to_string(), "http_proxy FOO".to_string())].into();
+        let env: BTreeMap<_, _> =
+            [("impureEnvVars".to_string(), "http_proxy FOO".to_string())].into();
         let outs = BTreeMap::new();
         let mut p = params(&env, &outs);
         let host = |k: &str| (k == "http_proxy").then(|| "proxy".to_string());

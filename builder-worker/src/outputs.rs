@@ -143,7 +143,11 @@ impl<A: Write, B: Write> Write for Tee<A, B> {
 }
 
 fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> OutputError + 'a {
-    move |source| OutputError::Io { action, path: path.to_path_buf(), source }
+    move |source| OutputError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Hash of a flat file's contents.
@@ -160,19 +164,35 @@ pub fn finish(job: &Job) -> Result<BTreeMap<String, BuiltOutput>, OutputError> {
     // Candidates: the input closure and every output of this build, by
     // hash part.
     let mut candidates: BTreeMap<String, String> = BTreeMap::new();
-    for p in job.inputs.iter().chain(job.outputs.values().map(|o| &o.path)) {
-        let sp = StorePath::from_absolute_path(p).map_err(|_| OutputError::BadPath { drv: drv.clone(), what: "a reference candidate".into(), path: p.clone() })?;
+    for p in job
+        .inputs
+        .iter()
+        .chain(job.outputs.values().map(|o| &o.path))
+    {
+        let sp = StorePath::from_absolute_path(p).map_err(|_| OutputError::BadPath {
+            drv: drv.clone(),
+            what: "a reference candidate".into(),
+            path: p.clone(),
+        })?;
         candidates.insert(sp.hash_part(), p.clone());
     }
     let mut done: BTreeMap<String, (BuiltOutput, PathBuf)> = BTreeMap::new();
     for (name, out) in &job.outputs {
         let base = out.path.rsplit('/').next().unwrap_or_default();
         if base.is_empty() || !out.path.starts_with(&job.store_dir) {
-            return Err(OutputError::BadPath { drv: drv.clone(), what: format!("output '{name}'"), path: out.path.clone() });
+            return Err(OutputError::BadPath {
+                drv: drv.clone(),
+                what: format!("output '{name}'"),
+                path: out.path.clone(),
+            });
         }
         let actual = job.built_store.join(base);
         if fs::symlink_metadata(&actual).is_err() {
-            return Err(OutputError::Missing { drv: drv.clone(), output: name.clone(), path: actual });
+            return Err(OutputError::Missing {
+                drv: drv.clone(),
+                output: name.clone(),
+                path: actual,
+            });
         }
         canonicalise(&actual)?;
         let mut scanner = RefScanner::new(candidates.keys()).map_err(|e| OutputError::Io {
@@ -180,13 +200,21 @@ pub fn finish(job: &Job) -> Result<BTreeMap<String, BuiltOutput>, OutputError> {
             path: actual.clone(),
             source: io::Error::other(e.to_string()),
         })?;
-        let extra_algo = out.fixed.as_ref().filter(|f| out.is_recursive() && f.hash.algo() != HashAlgo::Sha256).map(|f| f.hash.algo());
+        let extra_algo = out
+            .fixed
+            .as_ref()
+            .filter(|f| out.is_recursive() && f.hash.algo() != HashAlgo::Sha256)
+            .map(|f| f.hash.algo());
         let mut extra = extra_algo.map(Hasher::new);
         let (_, digest) = {
             let sink = Tee(&mut scanner, ExtraHash(extra.as_mut()));
             dump_path(&actual, sink)?
         };
-        let references: BTreeSet<String> = scanner.found().iter().filter_map(|h| candidates.get(h).cloned()).collect();
+        let references: BTreeSet<String> = scanner
+            .found()
+            .iter()
+            .filter_map(|h| candidates.get(h).cloned())
+            .collect();
         if let Some(fixed) = &out.fixed {
             let got = if out.is_recursive() {
                 match extra {
@@ -194,22 +222,39 @@ pub fn finish(job: &Job) -> Result<BTreeMap<String, BuiltOutput>, OutputError> {
                     None => digest.hash.clone(),
                 }
             } else {
-                let md = fs::symlink_metadata(&actual).map_err(io_err("reading metadata of", &actual))?;
+                let md = fs::symlink_metadata(&actual)
+                    .map_err(io_err("reading metadata of", &actual))?;
                 use std::os::unix::fs::PermissionsExt;
                 if !md.is_file() || md.permissions().mode() & 0o100 != 0 {
-                    return Err(OutputError::NotFlat { path: out.path.clone() });
+                    return Err(OutputError::NotFlat {
+                        path: out.path.clone(),
+                    });
                 }
                 flat_hash(&actual, fixed.hash.algo())?
             };
             if got != fixed.hash {
-                return Err(OutputError::HashMismatch { drv: drv.clone(), specified: fixed.hash.to_sri(), got: got.to_sri() });
+                return Err(OutputError::HashMismatch {
+                    drv: drv.clone(),
+                    specified: fixed.hash.to_sri(),
+                    got: got.to_sri(),
+                });
             }
             let foreign: Vec<&String> = references.iter().filter(|r| **r != out.path).collect();
             if let Some(example) = foreign.first() {
-                return Err(OutputError::FixedOutputReferences { drv: drv.clone(), count: foreign.len(), example: (*example).clone() });
+                return Err(OutputError::FixedOutputReferences {
+                    drv: drv.clone(),
+                    count: foreign.len(),
+                    example: (*example).clone(),
+                });
             }
         }
-        let built = BuiltOutput { path: out.path.clone(), nar_hash: digest.hash, nar_size: digest.size, references, location: PathBuf::new() };
+        let built = BuiltOutput {
+            path: out.path.clone(),
+            nar_hash: digest.hash,
+            nar_size: digest.size,
+            references,
+            location: PathBuf::new(),
+        };
         done.insert(name.clone(), (built, actual));
     }
     check_cycles(drv, &job.outputs, &done)?;
@@ -249,11 +294,13 @@ fn move_path(src: &Path, dst: &Path) -> Result<(), OutputError> {
     let mode = md.permissions().mode();
     let fix = md.is_dir() && mode & 0o200 == 0 && unsafe { libc::geteuid() } != 0;
     if fix {
-        fs::set_permissions(src, fs::Permissions::from_mode(mode | 0o200)).map_err(io_err("making writable", src))?;
+        fs::set_permissions(src, fs::Permissions::from_mode(mode | 0o200))
+            .map_err(io_err("making writable", src))?;
     }
     fs::rename(src, dst).map_err(io_err("moving output to", dst))?;
     if fix {
-        fs::set_permissions(dst, fs::Permissions::from_mode(mode)).map_err(io_err("restoring permissions of", dst))?;
+        fs::set_permissions(dst, fs::Permissions::from_mode(mode))
+            .map_err(io_err("restoring permissions of", dst))?;
     }
     Ok(())
 }
@@ -265,10 +312,18 @@ fn check_cycles(
     outputs: &BTreeMap<String, OutputRecipe>,
     built: &BTreeMap<String, (BuiltOutput, PathBuf)>,
 ) -> Result<(), OutputError> {
-    let by_path: BTreeMap<&str, &str> = outputs.iter().map(|(n, o)| (o.path.as_str(), n.as_str())).collect();
+    let by_path: BTreeMap<&str, &str> = outputs
+        .iter()
+        .map(|(n, o)| (o.path.as_str(), n.as_str()))
+        .collect();
     let edges = |name: &str| -> Vec<&str> {
         built.get(name).map_or_else(Vec::new, |(b, _)| {
-            let mut e: Vec<&str> = b.references.iter().filter_map(|r| by_path.get(r.as_str()).copied()).filter(|n| *n != name).collect();
+            let mut e: Vec<&str> = b
+                .references
+                .iter()
+                .filter_map(|r| by_path.get(r.as_str()).copied())
+                .filter(|n| *n != name)
+                .collect();
             e.sort_unstable();
             e
         })
@@ -287,7 +342,11 @@ fn check_cycles(
                 *i += 1;
                 let from = *node;
                 if on_path.contains(next) {
-                    return Err(OutputError::Cycle { drv: drv.into(), output: next.into(), from: from.into() });
+                    return Err(OutputError::Cycle {
+                        drv: drv.into(),
+                        output: next.into(),
+                        from: from.into(),
+                    });
                 }
                 if visited.insert(next) {
                     on_path.insert(next);

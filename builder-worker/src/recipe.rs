@@ -10,7 +10,9 @@ use kiln_nix::store_path::FileIngestionMethod;
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     /// An output without a path (floating content-addressed derivations).
-    #[error("output '{0}' has no output path; floating content-addressed derivations are not supported")]
+    #[error(
+        "output '{0}' has no output path; floating content-addressed derivations are not supported"
+    )]
     NoPath(String),
 }
 
@@ -26,7 +28,9 @@ pub struct OutputRecipe {
 impl OutputRecipe {
     /// Whether the declared hash is of the NAR (`outputHashMode = "recursive"`).
     pub fn is_recursive(&self) -> bool {
-        self.fixed.as_ref().is_some_and(|f| f.method == FileIngestionMethod::Recursive)
+        self.fixed
+            .as_ref()
+            .is_some_and(|f| f.method == FileIngestionMethod::Recursive)
     }
 }
 
@@ -55,9 +59,21 @@ impl Recipe {
                 DerivationOutput::Fixed { path, hash } => (path, Some(hash.clone())),
                 DerivationOutput::Deferred => return Err(RecipeError::NoPath(name.clone())),
             };
-            outputs.insert(name.clone(), OutputRecipe { path: path.to_absolute_path(), fixed });
+            outputs.insert(
+                name.clone(),
+                OutputRecipe {
+                    path: path.to_absolute_path(),
+                    fixed,
+                },
+            );
         }
-        Ok(Recipe { outputs, builder: drv.builder.clone(), args: drv.args.clone(), env: drv.env.clone(), system: drv.system.clone() })
+        Ok(Recipe {
+            outputs,
+            builder: drv.builder.clone(),
+            args: drv.args.clone(),
+            env: drv.env.clone(),
+            system: drv.system.clone(),
+        })
     }
 
     /// Whether this is a fixed-output derivation (network allowed, hash
@@ -68,7 +84,10 @@ impl Recipe {
 
     /// Output name → path.
     pub fn output_paths(&self) -> BTreeMap<String, String> {
-        self.outputs.iter().map(|(k, o)| (k.clone(), o.path.clone())).collect()
+        self.outputs
+            .iter()
+            .map(|(k, o)| (k.clone(), o.path.clone()))
+            .collect()
     }
 }
 
@@ -84,7 +103,10 @@ mod tests {
         let r = Recipe::from_derivation(&drv).unwrap();
         assert!(r.is_fixed_output());
         assert!(r.outputs["out"].is_recursive());
-        assert_eq!(r.output_paths()["out"], "/nix/store/4wcg8hvlf3hgp4rbxvq6kxxwq29ffmkx-recursive");
+        assert_eq!(
+            r.output_paths()["out"],
+            "/nix/store/4wcg8hvlf3hgp4rbxvq6kxxwq29ffmkx-recursive"
+        );
         assert_eq!(r.args, ["-c", "x"]);
     }
 }

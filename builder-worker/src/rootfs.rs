@@ -34,7 +34,15 @@ pub const NSSWITCH: &str = "hosts: files dns\nservices: files\n";
 
 /// Device nodes bound from the host, in Nix's order (`/dev/kvm` only when the
 /// host has it).
-const DEVICES: &[&str] = &["/dev/full", "/dev/kvm", "/dev/null", "/dev/random", "/dev/tty", "/dev/urandom", "/dev/zero"];
+const DEVICES: &[&str] = &[
+    "/dev/full",
+    "/dev/kvm",
+    "/dev/null",
+    "/dev/random",
+    "/dev/tty",
+    "/dev/urandom",
+    "/dev/zero",
+];
 
 /// Host files a fixed-output derivation may see.
 const FOD_ETC: &[&str] = &["/etc/resolv.conf", "/etc/services", "/etc/hosts"];
@@ -53,12 +61,20 @@ pub struct RootfsError {
 }
 
 fn ctx<T>(r: io::Result<T>, action: &'static str, path: &Path) -> Result<T, RootfsError> {
-    r.map_err(|source| RootfsError { action, path: path.to_path_buf(), source })
+    r.map_err(|source| RootfsError {
+        action,
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn mkdir(p: &Path, mode: u32) -> Result<(), RootfsError> {
     ctx(fs::create_dir_all(p), "create directory", p)?;
-    ctx(fs::set_permissions(p, fs::Permissions::from_mode(mode)), "set permissions of", p)
+    ctx(
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)),
+        "set permissions of",
+        p,
+    )
 }
 
 fn write(p: &Path, data: &str) -> Result<(), RootfsError> {
@@ -70,7 +86,13 @@ fn mount_point(source: &Path, target: &Path) -> Result<bool, RootfsError> {
     let md = match fs::metadata(source) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(RootfsError { action: "inspect", path: source.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(RootfsError {
+                action: "inspect",
+                path: source.to_path_buf(),
+                source: e,
+            })
+        }
     };
     if md.is_dir() {
         ctx(fs::create_dir_all(target), "create mount point", target)?;
@@ -125,20 +147,32 @@ pub fn prepare<'a>(
         write(&etc.join("nsswitch.conf"), NSSWITCH)?;
         for f in FOD_ETC {
             if mount_point(Path::new(f), &rel(f))? {
-                binds.push(Bind { source: f.into(), target: f.into(), read_only: true });
+                binds.push(Bind {
+                    source: f.into(),
+                    target: f.into(),
+                    read_only: true,
+                });
             }
         }
     } else {
         write(&etc.join("hosts"), HOSTS)?;
     }
-    ctx(fs::set_permissions(&etc, fs::Permissions::from_mode(0o555)), "set permissions of", &etc)?;
+    ctx(
+        fs::set_permissions(&etc, fs::Permissions::from_mode(0o555)),
+        "set permissions of",
+        &etc,
+    )?;
 
     let dev = rel("dev");
     mkdir(&dev.join("shm"), 0o755)?;
     mkdir(&dev.join("pts"), 0o755)?;
     for d in DEVICES {
         if mount_point(Path::new(d), &rel(d))? {
-            binds.push(Bind { source: d.into(), target: d.into(), read_only: false });
+            binds.push(Bind {
+                source: d.into(),
+                target: d.into(),
+                read_only: false,
+            });
         }
     }
     for (link, target) in [
@@ -161,9 +195,18 @@ pub fn prepare<'a>(
                 source: io::Error::from(io::ErrorKind::NotFound),
             });
         }
-        binds.push(Bind { source: host.to_path_buf(), target: store_path.into(), read_only: true });
+        binds.push(Bind {
+            source: host.to_path_buf(),
+            target: store_path.into(),
+            read_only: true,
+        });
     }
-    Ok(Rootfs { root: root.to_path_buf(), build_dir, store_dir: store, binds })
+    Ok(Rootfs {
+        root: root.to_path_buf(),
+        build_dir,
+        store_dir: store,
+        binds,
+    })
 }
 
 /// Removes `path` recursively, first making directories writable (outputs
@@ -212,12 +255,24 @@ mod tests {
         let input = t.path().join("in");
         fs::create_dir(&input).unwrap();
         let root = t.path().join("root");
-        let r = prepare(&root, "/nix/store", [("/nix/store/abc-in", input.as_path())], false).unwrap();
-        let mut names: Vec<_> = fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let r = prepare(
+            &root,
+            "/nix/store",
+            [("/nix/store/abc-in", input.as_path())],
+            false,
+        )
+        .unwrap();
+        let mut names: Vec<_> = fs::read_dir(&root)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         assert_eq!(names, ["build", "dev", "etc", "nix", "proc", "tmp"]);
         assert!(root.join("nix/store/abc-in").is_dir());
-        assert!(r.binds.iter().any(|b| b.target == Path::new("/nix/store/abc-in") && b.read_only));
+        assert!(r
+            .binds
+            .iter()
+            .any(|b| b.target == Path::new("/nix/store/abc-in") && b.read_only));
         assert_eq!(fs::read_to_string(root.join("etc/hosts")).unwrap(), HOSTS);
         remove_tree(&root).unwrap();
         assert!(!root.exists());
@@ -226,7 +281,13 @@ mod tests {
     #[test]
     fn missing_input_is_reported() {
         let t = tempfile::tempdir().unwrap();
-        let err = prepare(&t.path().join("r"), "/nix/store", [("/nix/store/x-y", t.path().join("nope").as_path())], false).unwrap_err();
+        let err = prepare(
+            &t.path().join("r"),
+            "/nix/store",
+            [("/nix/store/x-y", t.path().join("nope").as_path())],
+            false,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 }

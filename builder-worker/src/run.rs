@@ -95,7 +95,9 @@ struct Guard {
 
 impl Guard {
     fn child(&self) -> io::Result<&SandboxChild> {
-        self.child.as_ref().ok_or_else(|| io::Error::other("child already reaped"))
+        self.child
+            .as_ref()
+            .ok_or_else(|| io::Error::other("child already reaped"))
     }
 
     /// Reaps the child once its pidfd reported the exit.
@@ -117,7 +119,9 @@ impl Drop for Guard {
 
 fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     let flags = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) };
-    if flags == -1 || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1 {
+    if flags == -1
+        || unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) } == -1
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -127,7 +131,8 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
 fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the `OwnedFd` stays open, and refers to the same description,
     // for as long as the `AsyncFd` owning it exists.
-    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|e| io::Error::other(e.to_string()))
+    unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }
+        .map_err(|e| io::Error::other(e.to_string()))
 }
 
 async fn send_line(s: &Supervision, line: &[u8]) {
@@ -226,7 +231,9 @@ pub async fn supervise(child: SandboxChild, s: &Supervision) -> io::Result<Outco
         let c = guard.child.take();
         if let Some(c) = c {
             let pid = c.pid;
-            tokio::task::spawn_blocking(move || sandbox::reap(pid)).await.map_err(io::Error::other)?;
+            tokio::task::spawn_blocking(move || sandbox::reap(pid))
+                .await
+                .map_err(io::Error::other)?;
         }
     }
     Ok(Outcome { result: stop, log })
@@ -238,7 +245,9 @@ pub fn describe_status(status: i32) -> String {
         format!("failed with exit code {}", libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
-        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }.to_string_lossy().into_owned();
+        let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }
+            .to_string_lossy()
+            .into_owned();
         format!("failed due to signal {sig} ({name})")
     } else {
         "died abnormally".into()

@@ -134,10 +134,19 @@ impl SandboxChild {
 
 /// One system call the child performs, with every argument pre-built.
 enum Step {
-    WriteFile { path: CString, data: Vec<u8> },
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+    },
     LoopbackUp,
     Hostname,
-    Mount { src: Option<CString>, target: CString, fstype: Option<CString>, flags: libc::c_ulong, data: Option<CString> },
+    Mount {
+        src: Option<CString>,
+        target: CString,
+        fstype: Option<CString>,
+        flags: libc::c_ulong,
+        data: Option<CString>,
+    },
     Chdir(CString),
     Mkdir(CString),
     PivotRoot,
@@ -164,7 +173,10 @@ struct Plan {
 }
 
 fn cstr(what: &str, bytes: &[u8]) -> Result<CString, SandboxError> {
-    CString::new(bytes).map_err(|source| SandboxError::Nul { what: what.to_string(), source })
+    CString::new(bytes).map_err(|source| SandboxError::Nul {
+        what: what.to_string(),
+        source,
+    })
 }
 
 fn cpath(p: &Path) -> Result<CString, SandboxError> {
@@ -177,7 +189,10 @@ fn locked_flags(path: &Path) -> Result<libc::c_ulong, SandboxError> {
     let c = cpath(path)?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } == -1 {
-        return Err(SandboxError::Source { path: path.to_path_buf(), source: io::Error::last_os_error() });
+        return Err(SandboxError::Source {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
     }
     let f = st.f_flag;
     let mut out = 0;
@@ -205,13 +220,25 @@ impl Plan {
         let mut steps: Vec<(Step, String)> = Vec::new();
         let mut push = |s: Step, d: String| steps.push((s, d));
 
-        push(Step::WriteFile { path: cstr("setgroups", b"/proc/self/setgroups")?, data: b"deny".to_vec() }, "write /proc/self/setgroups".into());
         push(
-            Step::WriteFile { path: cstr("uid_map", b"/proc/self/uid_map")?, data: format!("{SANDBOX_UID} {uid} 1").into_bytes() },
+            Step::WriteFile {
+                path: cstr("setgroups", b"/proc/self/setgroups")?,
+                data: b"deny".to_vec(),
+            },
+            "write /proc/self/setgroups".into(),
+        );
+        push(
+            Step::WriteFile {
+                path: cstr("uid_map", b"/proc/self/uid_map")?,
+                data: format!("{SANDBOX_UID} {uid} 1").into_bytes(),
+            },
             "write /proc/self/uid_map".into(),
         );
         push(
-            Step::WriteFile { path: cstr("gid_map", b"/proc/self/gid_map")?, data: format!("{SANDBOX_GID} {gid} 1").into_bytes() },
+            Step::WriteFile {
+                path: cstr("gid_map", b"/proc/self/gid_map")?,
+                data: format!("{SANDBOX_GID} {gid} 1").into_bytes(),
+            },
             "write /proc/self/gid_map".into(),
         );
         if spec.private_network {
@@ -219,18 +246,36 @@ impl Plan {
         }
         push(Step::Hostname, "set host and domain name".into());
         push(
-            Step::Mount { src: None, target: cstr("/", b"/")?, fstype: None, flags: libc::MS_PRIVATE | libc::MS_REC, data: None },
+            Step::Mount {
+                src: None,
+                target: cstr("/", b"/")?,
+                fstype: None,
+                flags: libc::MS_PRIVATE | libc::MS_REC,
+                data: None,
+            },
             "make / private".into(),
         );
         let root_c = cpath(root)?;
         push(
-            Step::Mount { src: Some(root_c.clone()), target: root_c.clone(), fstype: None, flags: libc::MS_BIND, data: None },
+            Step::Mount {
+                src: Some(root_c.clone()),
+                target: root_c.clone(),
+                fstype: None,
+                flags: libc::MS_BIND,
+                data: None,
+            },
             format!("bind {} onto itself", root.display()),
         );
         for b in &spec.binds {
             let target = cpath(&inside(&b.target))?;
             push(
-                Step::Mount { src: Some(cpath(&b.source)?), target: target.clone(), fstype: None, flags: libc::MS_BIND | libc::MS_REC, data: None },
+                Step::Mount {
+                    src: Some(cpath(&b.source)?),
+                    target: target.clone(),
+                    fstype: None,
+                    flags: libc::MS_BIND | libc::MS_REC,
+                    data: None,
+                },
                 format!("bind {} to {}", b.source.display(), b.target.display()),
             );
             if b.read_only {
@@ -248,7 +293,13 @@ impl Plan {
             }
         }
         push(
-            Step::Mount { src: Some(cstr("none", b"none")?), target: cpath(&root.join("proc"))?, fstype: Some(cstr("proc", b"proc")?), flags: 0, data: None },
+            Step::Mount {
+                src: Some(cstr("none", b"none")?),
+                target: cpath(&root.join("proc"))?,
+                fstype: Some(cstr("proc", b"proc")?),
+                flags: 0,
+                data: None,
+            },
             "mount /proc".into(),
         );
         push(
@@ -257,7 +308,10 @@ impl Plan {
                 target: cpath(&root.join("dev/shm"))?,
                 fstype: Some(cstr("tmpfs", b"tmpfs")?),
                 flags: 0,
-                data: Some(cstr("shm size", format!("size={}", spec.shm_size).as_bytes())?),
+                data: Some(cstr(
+                    "shm size",
+                    format!("size={}", spec.shm_size).as_bytes(),
+                )?),
             },
             "mount /dev/shm".into(),
         );
@@ -272,26 +326,52 @@ impl Plan {
             "mount /dev/pts".into(),
         );
         push(Step::Chdir(root_c), format!("chdir {}", root.display()));
-        push(Step::Mkdir(cstr("real-root", b"real-root")?), "mkdir real-root".into());
+        push(
+            Step::Mkdir(cstr("real-root", b"real-root")?),
+            "mkdir real-root".into(),
+        );
         push(Step::PivotRoot, "pivot_root".into());
         push(Step::ChrootDot, "chroot .".into());
         push(Step::DetachOldRoot, "unmount the old root".into());
         push(Step::RmdirOldRoot, "remove real-root".into());
         push(Step::SetIds, "switch to uid 1000 / gid 100".into());
-        push(Step::Chdir(cpath(&spec.cwd)?), format!("chdir {}", spec.cwd.display()));
+        push(
+            Step::Chdir(cpath(&spec.cwd)?),
+            format!("chdir {}", spec.cwd.display()),
+        );
         push(Step::Stdio, "set up standard file descriptors".into());
         push(Step::CloseFds, "close inherited file descriptors".into());
         push(Step::CoreLimit, "disable core dumps".into());
-        push(Step::Exec, format!("execute '{}'", String::from_utf8_lossy(&spec.program)));
+        push(
+            Step::Exec,
+            format!("execute '{}'", String::from_utf8_lossy(&spec.program)),
+        );
 
         let program = cstr("builder", &spec.program)?;
-        let argv = spec.args.iter().map(|a| cstr("builder argument", a)).collect::<Result<Vec<_>, _>>()?;
-        let envp = spec.env.iter().map(|e| cstr("environment variable", e)).collect::<Result<Vec<_>, _>>()?;
+        let argv = spec
+            .args
+            .iter()
+            .map(|a| cstr("builder argument", a))
+            .collect::<Result<Vec<_>, _>>()?;
+        let envp = spec
+            .env
+            .iter()
+            .map(|e| cstr("environment variable", e))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut argv_ptrs: Vec<_> = argv.iter().map(|a| a.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());
         let mut envp_ptrs: Vec<_> = envp.iter().map(|a| a.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
-        Ok(Plan { steps, program, _argv: argv, _envp: envp, argv_ptrs, envp_ptrs, dev_null: cstr("/dev/null", b"/dev/null")?, log_fd })
+        Ok(Plan {
+            steps,
+            program,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+            dev_null: cstr("/dev/null", b"/dev/null")?,
+            log_fd,
+        })
     }
 }
 
@@ -333,12 +413,19 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
             let dom = b"(none)";
             libc::setdomainname(dom.as_ptr().cast(), dom.len())
         }
-        Step::Mount { src, target, fstype, flags, data } => libc::mount(
+        Step::Mount {
+            src,
+            target,
+            fstype,
+            flags,
+            data,
+        } => libc::mount(
             src.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             target.as_ptr(),
             fstype.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
             *flags,
-            data.as_ref().map_or(std::ptr::null(), |s| s.as_ptr().cast()),
+            data.as_ref()
+                .map_or(std::ptr::null(), |s| s.as_ptr().cast()),
         ),
         Step::Chdir(p) => libc::chdir(p.as_ptr()),
         Step::Mkdir(p) => libc::mkdir(p.as_ptr(), 0),
@@ -351,10 +438,12 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
         Step::DetachOldRoot => libc::umount2(b"real-root\0".as_ptr().cast(), libc::MNT_DETACH),
         Step::RmdirOldRoot => libc::rmdir(b"real-root\0".as_ptr().cast()),
         Step::SetIds => {
-            if libc::setgid(SANDBOX_GID) == -1 {
+            // Raw system calls: glibc's setgid/setuid synchronise with other
+            // threads (and take locks) that do not exist in this child.
+            if libc::syscall(libc::SYS_setgid, SANDBOX_GID) == -1 {
                 return -1;
             }
-            libc::setuid(SANDBOX_UID)
+            libc::syscall(libc::SYS_setuid, SANDBOX_UID) as libc::c_int
         }
         Step::Stdio => {
             let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDONLY);
@@ -369,14 +458,24 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
             }
             0
         }
-        Step::CloseFds => {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) as libc::c_int
-        }
+        Step::CloseFds => libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        ) as libc::c_int,
         Step::CoreLimit => {
-            let lim = libc::rlimit { rlim_cur: 0, rlim_max: libc::RLIM_INFINITY };
+            let lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: libc::RLIM_INFINITY,
+            };
             libc::setrlimit(libc::RLIMIT_CORE, &lim)
         }
-        Step::Exec => libc::execve(plan.program.as_ptr(), plan.argv_ptrs.as_ptr(), plan.envp_ptrs.as_ptr()),
+        Step::Exec => libc::execve(
+            plan.program.as_ptr(),
+            plan.argv_ptrs.as_ptr(),
+            plan.envp_ptrs.as_ptr(),
+        ),
     }
 }
 
@@ -398,7 +497,10 @@ unsafe fn child_main(plan: &Plan, report_fd: RawFd) -> ! {
 fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
     let mut fds = [0; 2];
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } == -1 {
-        return Err(SandboxError::Host { call: "pipe2", source: io::Error::last_os_error() });
+        return Err(SandboxError::Host {
+            call: "pipe2",
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
@@ -409,7 +511,11 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
     let (log_r, log_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
     let plan = Plan::new(spec, log_w.as_raw_fd())?;
-    let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS;
+    let mut flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
     if spec.private_network {
         flags |= libc::CLONE_NEWNET;
     }
@@ -426,7 +532,10 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
         )
     };
     if pid == -1 {
-        return Err(SandboxError::Host { call: "clone", source: io::Error::last_os_error() });
+        return Err(SandboxError::Host {
+            call: "clone",
+            source: io::Error::last_os_error(),
+        });
     }
     if pid == 0 {
         unsafe { child_main(&plan, rep_w.as_raw_fd()) }
@@ -447,18 +556,31 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
         reap(pid);
         let idx = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]) as usize;
         let errno = i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]);
-        let step = plan.steps.get(idx).map_or_else(|| format!("step {idx}"), |s| s.1.clone());
-        return Err(SandboxError::Setup { step, source: io::Error::from_raw_os_error(errno) });
+        let step = plan
+            .steps
+            .get(idx)
+            .map_or_else(|| format!("step {idx}"), |s| s.1.clone());
+        return Err(SandboxError::Setup {
+            step,
+            source: io::Error::from_raw_os_error(errno),
+        });
     }
     if pidfd == -1 {
         let e = io::Error::last_os_error();
         unsafe { libc::kill(pid, libc::SIGKILL) };
         reap(pid);
-        return Err(SandboxError::Host { call: "pidfd_open", source: e });
+        return Err(SandboxError::Host {
+            call: "pidfd_open",
+            source: e,
+        });
     }
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
     drop(plan);
-    Ok(SandboxChild { pid, pidfd, log: log_r })
+    Ok(SandboxChild {
+        pid,
+        pidfd,
+        log: log_r,
+    })
 }
 
 /// Waits for `pid` and returns its raw wait status.

@@ -27,7 +27,10 @@ struct Env {
 fn setup() -> Option<Env> {
     let host = Path::new("/bin/busybox");
     if !host.exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but /bin/busybox is missing");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but /bin/busybox is missing"
+        );
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -35,15 +38,31 @@ fn setup() -> Option<Env> {
     std::fs::create_dir_all(bb.join("bin")).unwrap();
     std::fs::copy(host, bb.join("bin/busybox")).unwrap();
     let builder = Builder::new(BuilderConfig::new(dir.path().join("scratch")));
-    Some(Env { inputs: [(BUSYBOX.to_string(), bb)].into(), builder, dir })
+    Some(Env {
+        inputs: [(BUSYBOX.to_string(), bb)].into(),
+        builder,
+        dir,
+    })
 }
 
 fn recipe(script: &str) -> Recipe {
     let bb = format!("{BUSYBOX}/bin/busybox");
     Recipe {
-        outputs: [("out".to_string(), OutputRecipe { path: OUT.into(), fixed: None })].into(),
+        outputs: [(
+            "out".to_string(),
+            OutputRecipe {
+                path: OUT.into(),
+                fixed: None,
+            },
+        )]
+        .into(),
         builder: bb.clone(),
-        args: vec!["sh".into(), "-e".into(), "-c".into(), format!("{bb} --install -s /tmp; export PATH=/tmp\n{script}")],
+        args: vec![
+            "sh".into(),
+            "-e".into(),
+            "-c".into(),
+            format!("{bb} --install -s /tmp; export PATH=/tmp\n{script}"),
+        ],
         env: [("out".to_string(), OUT.to_string())].into(),
         system: "x86_64-linux".into(),
     }
@@ -51,12 +70,21 @@ fn recipe(script: &str) -> Recipe {
 
 impl Env {
     fn options(&self) -> BuildOptions {
-        BuildOptions { out_dir: self.dir.path().join("out"), ..Default::default() }
+        BuildOptions {
+            out_dir: self.dir.path().join("out"),
+            ..Default::default()
+        }
     }
 
-    async fn build(&self, r: &Recipe, o: &BuildOptions) -> Result<kiln_builder::builder::BuildOutputs, BuildError> {
+    async fn build(
+        &self,
+        r: &Recipe,
+        o: &BuildOptions,
+    ) -> Result<kiln_builder::builder::BuildOutputs, BuildError> {
         let res = self.builder.build_recipe(DRV, r, &self.inputs, o).await;
-        let left: Vec<_> = std::fs::read_dir(self.dir.path().join("scratch")).unwrap().collect();
+        let left: Vec<_> = std::fs::read_dir(self.dir.path().join("scratch"))
+            .unwrap()
+            .collect();
         assert!(left.is_empty(), "scratch directory left behind: {left:?}");
         res
     }
@@ -65,9 +93,17 @@ impl Env {
 #[tokio::test]
 async fn non_zero_exit_is_reported_like_nix() {
     let Some(env) = setup() else { return };
-    let err = env.build(&recipe("echo about to fail >&2; exit 3"), &env.options()).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("builder for '{DRV}' failed with exit code 3"));
-    let BuildError::BuilderFailed { log, .. } = err else { panic!() };
+    let err = env
+        .build(&recipe("echo about to fail >&2; exit 3"), &env.options())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("builder for '{DRV}' failed with exit code 3")
+    );
+    let BuildError::BuilderFailed { log, .. } = err else {
+        panic!()
+    };
     assert_eq!(log, b"about to fail\n");
 }
 
@@ -75,8 +111,17 @@ async fn non_zero_exit_is_reported_like_nix() {
 async fn log_is_streamed_line_by_line_and_kept() {
     let Some(env) = setup() else { return };
     let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let opts = BuildOptions { log_lines: Some(tx), ..env.options() };
-    let res = env.build(&recipe("echo one; echo two >&2; printf three; echo x > $out"), &opts).await.unwrap();
+    let opts = BuildOptions {
+        log_lines: Some(tx),
+        ..env.options()
+    };
+    let res = env
+        .build(
+            &recipe("echo one; echo two >&2; printf three; echo x > $out"),
+            &opts,
+        )
+        .await
+        .unwrap();
     drop(opts);
     let mut lines = Vec::new();
     while let Some(l) = rx.recv().await {
@@ -91,20 +136,41 @@ async fn log_is_streamed_line_by_line_and_kept() {
 async fn timeout_and_silence_kill_the_build() {
     let Some(env) = setup() else { return };
     let t = Instant::now();
-    let opts = BuildOptions { timeout: Some(Duration::from_secs(1)), ..env.options() };
-    let err = env.build(&recipe("while true; do echo tick; sleep 0.1; done"), &opts).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("building of '{DRV}' timed out after 1 seconds"));
+    let opts = BuildOptions {
+        timeout: Some(Duration::from_secs(1)),
+        ..env.options()
+    };
+    let err = env
+        .build(&recipe("while true; do echo tick; sleep 0.1; done"), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("building of '{DRV}' timed out after 1 seconds")
+    );
     assert!(t.elapsed() < Duration::from_secs(5));
-    let opts = BuildOptions { max_silent_time: Some(Duration::from_secs(1)), ..env.options() };
-    let err = env.build(&recipe("echo hi; sleep 30"), &opts).await.unwrap_err();
-    assert_eq!(err.to_string(), format!("building of '{DRV}' timed out after 1 seconds of silence"));
+    let opts = BuildOptions {
+        max_silent_time: Some(Duration::from_secs(1)),
+        ..env.options()
+    };
+    let err = env
+        .build(&recipe("echo hi; sleep 30"), &opts)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!("building of '{DRV}' timed out after 1 seconds of silence")
+    );
 }
 
 #[tokio::test]
 async fn cancellation_kills_the_process_tree() {
     let Some(env) = setup() else { return };
     let cancel = CancelToken::new();
-    let opts = BuildOptions { cancel: Some(cancel.clone()), ..env.options() };
+    let opts = BuildOptions {
+        cancel: Some(cancel.clone()),
+        ..env.options()
+    };
     let marker = format!("{}", 200000 + std::process::id());
     let c2 = cancel.clone();
     tokio::spawn(async move {
@@ -112,12 +178,19 @@ async fn cancellation_kills_the_process_tree() {
         c2.cancel();
     });
     let t = Instant::now();
-    let err = env.build(&recipe(&format!("sleep {marker} & sleep {marker}")), &opts).await.unwrap_err();
+    let err = env
+        .build(&recipe(&format!("sleep {marker} & sleep {marker}")), &opts)
+        .await
+        .unwrap_err();
     assert!(matches!(err, BuildError::Cancelled { .. }), "{err}");
     assert!(t.elapsed() < Duration::from_secs(5));
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        assert!(!cmd.split(|b| *b == 0).any(|a| a == marker.as_bytes()), "process left: {}", String::from_utf8_lossy(&cmd));
+        assert!(
+            !cmd.split(|b| *b == 0).any(|a| a == marker.as_bytes()),
+            "process left: {}",
+            String::from_utf8_lossy(&cmd)
+        );
     }
 }
 
@@ -136,10 +209,25 @@ async fn outputs_are_canonicalised() {
 #[tokio::test]
 async fn missing_output_and_fifo_fail_like_nix() {
     let Some(env) = setup() else { return };
-    let err = env.build(&recipe("true"), &env.options()).await.unwrap_err();
-    assert!(err.to_string().starts_with(&format!("builder for '{DRV}' failed to produce output path for output 'out' at '")), "{err}");
-    let err = env.build(&recipe("mkdir $out; mkfifo $out/pipe"), &env.options()).await.unwrap_err();
-    assert!(err.to_string().starts_with("file '") && err.to_string().ends_with("/pipe' has an unsupported type"), "{err}");
+    let err = env
+        .build(&recipe("true"), &env.options())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with(&format!(
+            "builder for '{DRV}' failed to produce output path for output 'out' at '"
+        )),
+        "{err}"
+    );
+    let err = env
+        .build(&recipe("mkdir $out; mkfifo $out/pipe"), &env.options())
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().starts_with("file '")
+            && err.to_string().ends_with("/pipe' has an unsupported type"),
+        "{err}"
+    );
 }
 
 fn fixed(r: &mut Recipe, method: FileIngestionMethod, hash: Hash) {
@@ -153,8 +241,14 @@ async fn fixed_output_hashes_are_verified() {
     let Some(env) = setup() else { return };
     for algo in [HashAlgo::Sha1, HashAlgo::Sha256, HashAlgo::Sha512] {
         let mut r = recipe("echo hello > $out");
-        fixed(&mut r, FileIngestionMethod::Flat, Hash::of(algo, b"hello\n"));
-        env.build(&r, &env.options()).await.unwrap_or_else(|e| panic!("{algo:?}: {e}"));
+        fixed(
+            &mut r,
+            FileIngestionMethod::Flat,
+            Hash::of(algo, b"hello\n"),
+        );
+        env.build(&r, &env.options())
+            .await
+            .unwrap_or_else(|e| panic!("{algo:?}: {e}"));
     }
     // Recursive sha1: the hash of the NAR of a one-file directory.
     let mut r = recipe("echo hello > $out");
@@ -164,7 +258,11 @@ async fn fixed_output_hashes_are_verified() {
         kiln_nix::nar::write_path(&ok.outputs["out"].location, &mut v).unwrap();
         v
     };
-    fixed(&mut r, FileIngestionMethod::Recursive, Hash::of(HashAlgo::Sha1, &nar));
+    fixed(
+        &mut r,
+        FileIngestionMethod::Recursive,
+        Hash::of(HashAlgo::Sha1, &nar),
+    );
     env.build(&r, &env.options()).await.unwrap();
     // A mismatch names both hashes.
     let mut r = recipe("echo not matching > $out");
@@ -172,5 +270,12 @@ async fn fixed_output_hashes_are_verified() {
     fixed(&mut r, FileIngestionMethod::Flat, wanted.clone());
     let err = env.build(&r, &env.options()).await.unwrap_err().to_string();
     let got = Hash::of(HashAlgo::Sha256, b"not matching\n");
-    assert_eq!(err, format!("hash mismatch in fixed-output derivation '{DRV}':\n  specified: {}\n  got:       {}", wanted.to_sri(), got.to_sri()));
+    assert_eq!(
+        err,
+        format!(
+            "hash mismatch in fixed-output derivation '{DRV}':\n  specified: {}\n  got:       {}",
+            wanted.to_sri(),
+            got.to_sri()
+        )
+    );
 }

@@ -14,7 +14,10 @@ fn busybox() -> Option<PathBuf> {
 #[tokio::test]
 async fn shell_runs_as_nix_build_user() {
     let Some(bb) = busybox() else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "busybox is required under CI");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "busybox is required under CI"
+        );
         return;
     };
     let t = tempfile::tempdir().unwrap();
@@ -22,7 +25,13 @@ async fn shell_runs_as_nix_build_user() {
     std::fs::create_dir_all(&bbdir).unwrap();
     std::fs::copy(&bb, bbdir.join("busybox")).unwrap();
     let store_bb = "/nix/store/00000000000000000000000000000000-busybox";
-    let root = rootfs::prepare(&t.path().join("root"), "/nix/store", [(store_bb, t.path().join("busybox").as_path())], false).unwrap();
+    let root = rootfs::prepare(
+        &t.path().join("root"),
+        "/nix/store",
+        [(store_bb, t.path().join("busybox").as_path())],
+        false,
+    )
+    .unwrap();
     let prog = format!("{store_bb}/bin/busybox");
     let spec = SandboxSpec {
         root: root.root.clone(),

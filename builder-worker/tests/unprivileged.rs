@@ -20,24 +20,52 @@ async fn build_in(dir: &Path) {
     let builder = Builder::new(BuilderConfig::new(dir.join("scratch")));
     let b = format!("{BUSYBOX}/bin/busybox");
     let recipe = Recipe {
-        outputs: [("out".to_string(), OutputRecipe { path: OUT.into(), fixed: None })].into(),
+        outputs: [(
+            "out".to_string(),
+            OutputRecipe {
+                path: OUT.into(),
+                fixed: None,
+            },
+        )]
+        .into(),
         builder: b.clone(),
-        args: vec!["sh".into(), "-c".into(), format!("{{ {b} id -u; {b} id -g; {b} hostname; {b} cat /etc/group; }} > $out")],
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            format!("{{ {b} id -u; {b} id -g; {b} hostname; {b} cat /etc/group; }} > $out"),
+        ],
         env: [("out".to_string(), OUT.to_string())].into(),
         system: "x86_64-linux".into(),
     };
     let inputs: BTreeMap<String, PathBuf> = [(BUSYBOX.to_string(), bb)].into();
-    let opts = BuildOptions { out_dir: dir.join("out"), ..Default::default() };
-    let res = builder.build_recipe("/nix/store/22222222222222222222222222222222-id.drv", &recipe, &inputs, &opts).await.unwrap();
+    let opts = BuildOptions {
+        out_dir: dir.join("out"),
+        ..Default::default()
+    };
+    let res = builder
+        .build_recipe(
+            "/nix/store/22222222222222222222222222222222-id.drv",
+            &recipe,
+            &inputs,
+            &opts,
+        )
+        .await
+        .unwrap();
     let out = std::fs::read_to_string(&res.outputs["out"].location).unwrap();
-    assert_eq!(out, "1000\n100\nlocalhost\nroot:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n");
+    assert_eq!(
+        out,
+        "1000\n100\nlocalhost\nroot:x:0:\nnixbld:!:100:\nnogroup:x:65534:\n"
+    );
     kiln_builder::rootfs::remove_tree(&dir.join("out")).unwrap();
 }
 
 #[tokio::test]
 async fn builds_as_an_ordinary_user() {
     if !Path::new("/bin/busybox").exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true but /bin/busybox is missing");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but /bin/busybox is missing"
+        );
         return;
     }
     if let Ok(dir) = std::env::var(INNER) {
@@ -63,6 +91,10 @@ async fn builds_as_an_ordinary_user() {
         .output()
         .expect("setpriv (util-linux) is needed to test as an ordinary user when running as root");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && stdout.contains("1 passed"), "as nobody: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "as nobody: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     kiln_builder::rootfs::remove_tree(t.path()).unwrap();
 }

@@ -51,7 +51,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.eval && !args.parse {
-        anyhow::bail!("instantiating derivations (without --eval) is not implemented yet; use --eval");
+        anyhow::bail!(
+            "instantiating derivations (without --eval) is not implemented yet; use --eval"
+        );
     }
     let mut req = Request {
         file: args.file,
@@ -68,10 +70,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     for pair in args.arg.chunks(2) {
-        req.args.push((pair[0].clone(), AutoArg::Expr(pair[1].clone())));
+        req.args
+            .push((pair[0].clone(), AutoArg::Expr(pair[1].clone())));
     }
     for pair in args.argstr.chunks(2) {
-        req.args.push((pair[0].clone(), AutoArg::Str(pair[1].clone())));
+        req.args
+            .push((pair[0].clone(), AutoArg::Str(pair[1].clone())));
     }
     let result = kiln_evaluator::with_big_stack(move || eval_request(&req))
         .map_err(|_| anyhow::anyhow!("the evaluator panicked"))?;

@@ -100,7 +100,8 @@ fn env(name: &str) -> Option<String> {
 }
 
 fn read_token(path: &PathBuf) -> Result<String> {
-    let t = std::fs::read_to_string(path).with_context(|| format!("reading token file '{}'", path.display()))?;
+    let t = std::fs::read_to_string(path)
+        .with_context(|| format!("reading token file '{}'", path.display()))?;
     let t = t.trim().to_string();
     if t.is_empty() {
         bail!("token file '{}' is empty", path.display());
@@ -117,7 +118,9 @@ fn parse_path(s: &str) -> Result<StorePath> {
 fn secret_keys(files: &[PathBuf]) -> Result<Vec<SecretKey>> {
     files
         .iter()
-        .map(|f| SecretKey::from_file(f).with_context(|| format!("loading secret key '{}'", f.display())))
+        .map(|f| {
+            SecretKey::from_file(f).with_context(|| format!("loading secret key '{}'", f.display()))
+        })
         .collect()
 }
 
@@ -137,9 +140,17 @@ async fn open_cache(url: &str, opts: &StoreOpts, cache_opts: CacheOptions) -> Re
 
 /// Runs `kiln copy`.
 pub fn run_copy(args: CopyArgs) -> Result<ExitCode> {
-    let compression = Compression::from_name(&args.compression)
-        .with_context(|| format!("unknown compression '{}' (zstd, xz or none)", args.compression))?;
-    let paths = args.paths.iter().map(|p| parse_path(p)).collect::<Result<Vec<_>>>()?;
+    let compression = Compression::from_name(&args.compression).with_context(|| {
+        format!(
+            "unknown compression '{}' (zstd, xz or none)",
+            args.compression
+        )
+    })?;
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| parse_path(p))
+        .collect::<Result<Vec<_>>>()?;
     let keys = secret_keys(&args.secret_key_files)?;
     runtime()?.block_on(async {
         let from = open_cache(&args.from, &args.opts, CacheOptions::default()).await?;
@@ -188,7 +199,11 @@ struct PathInfoJson {
 }
 
 fn to_json(info: &NarInfo) -> PathInfoJson {
-    let mut references: Vec<String> = info.references.iter().map(StorePath::to_absolute_path).collect();
+    let mut references: Vec<String> = info
+        .references
+        .iter()
+        .map(StorePath::to_absolute_path)
+        .collect();
     references.sort();
     PathInfoJson {
         path: info.store_path.to_absolute_path(),
@@ -206,7 +221,11 @@ fn to_json(info: &NarInfo) -> PathInfoJson {
 
 /// Runs `kiln path-info`.
 pub fn run_path_info(args: PathInfoArgs) -> Result<ExitCode> {
-    let paths = args.paths.iter().map(|p| parse_path(p)).collect::<Result<Vec<_>>>()?;
+    let paths = args
+        .paths
+        .iter()
+        .map(|p| parse_path(p))
+        .collect::<Result<Vec<_>>>()?;
     runtime()?.block_on(async {
         let cache = open_cache(&args.store, &args.opts, CacheOptions::default()).await?;
         let mut infos = Vec::with_capacity(paths.len());
@@ -232,7 +251,13 @@ pub fn run_path_info(args: PathInfoArgs) -> Result<ExitCode> {
 /// Runs `kiln store-gateway` until SIGINT or SIGTERM.
 pub fn run_gateway(args: GatewayArgs) -> Result<ExitCode> {
     let keys = secret_keys(&args.secret_key_files)?;
-    let tokens = args.upload_token_file.as_ref().map(read_token).transpose()?.into_iter().collect();
+    let tokens = args
+        .upload_token_file
+        .as_ref()
+        .map(read_token)
+        .transpose()?
+        .into_iter()
+        .collect();
     runtime()?.block_on(async {
         let store = StoreUrl::parse(&args.store)?.open(env, None).await?;
         let cache = BinaryCache::new(
@@ -246,8 +271,14 @@ pub fn run_gateway(args: GatewayArgs) -> Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("listening on {}", args.listen))?;
-        eprintln!("kiln store-gateway: serving '{}' on http://{}", args.store, listener.local_addr()?);
-        serve(listener, state, shutdown_signal()).await.context("serving")?;
+        eprintln!(
+            "kiln store-gateway: serving '{}' on http://{}",
+            args.store,
+            listener.local_addr()?
+        );
+        serve(listener, state, shutdown_signal())
+            .await
+            .context("serving")?;
         Ok(ExitCode::SUCCESS)
     })
 }

@@ -55,7 +55,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     /// An error of kind `kind` with no position.
     pub fn new(kind: ErrorKind) -> Self {
-        Error { kind, pos: None, trace: Vec::new() }
+        Error {
+            kind,
+            pos: None,
+            trace: Vec::new(),
+        }
     }
     /// A generic evaluation error.
     pub fn eval(msg: impl Into<String>) -> Self {

@@ -22,7 +22,10 @@ pub struct Env {
 impl Env {
     /// A frame with `vals` under `up`.
     pub fn new(vals: Vec<Value>, up: Option<Rc<Env>>) -> Rc<Env> {
-        Rc::new(Env { vals: RefCell::new(vals), up })
+        Rc::new(Env {
+            vals: RefCell::new(vals),
+            up,
+        })
     }
 }
 
@@ -39,8 +42,14 @@ impl SearchPathEntry {
     /// Parse `[NAME=]PATH`.
     pub fn parse(s: &str) -> SearchPathEntry {
         match s.split_once('=') {
-            Some((p, path)) => SearchPathEntry { prefix: p.to_string(), path: path.to_string() },
-            None => SearchPathEntry { prefix: String::new(), path: s.to_string() },
+            Some((p, path)) => SearchPathEntry {
+                prefix: p.to_string(),
+                path: path.to_string(),
+            },
+            None => SearchPathEntry {
+                prefix: String::new(),
+                path: s.to_string(),
+            },
         }
     }
 }
@@ -69,6 +78,8 @@ pub struct Eval {
     pub(crate) drv_hashes: RefCell<HashMap<String, kiln_nix::hash::Hash>>,
     /// Output names of every derivation instantiated so far, by `.drv` path.
     pub(crate) drv_outputs: RefCell<HashMap<String, Vec<String>>>,
+    /// References (input sources and derivations) of every derivation instantiated so far.
+    pub(crate) drv_refs: RefCell<HashMap<String, Vec<String>>>,
 }
 
 impl Eval {
@@ -88,6 +99,7 @@ impl Eval {
             print_trace: true,
             drv_hashes: RefCell::new(HashMap::new()),
             drv_outputs: RefCell::new(HashMap::new()),
+            drv_refs: RefCell::new(HashMap::new()),
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);
@@ -95,17 +107,27 @@ impl Eval {
     }
 
     pub(crate) fn add_global(&mut self, name: &str, v: Value) {
-        self.global_names.insert(Symbol::from(name), self.globals.len() as u32);
+        self.global_names
+            .insert(Symbol::from(name), self.globals.len() as u32);
         self.globals.push(v);
     }
 
     /// Parse and lower `text`; `path` is the file it came from (for relative paths).
-    pub fn parse(&self, text: &str, name: String, path: Option<PathBuf>, base_dir: &str, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
+    pub fn parse(
+        &self,
+        text: &str,
+        name: String,
+        path: Option<PathBuf>,
+        base_dir: &str,
+        outer: Option<Vec<Symbol>>,
+    ) -> Result<Rc<Expr>> {
         let text: Rc<str> = Rc::from(text);
         let src = Source::new(name, path, text.clone());
         let file = self.sources.borrow_mut().add(src);
         let sources = self.sources.borrow();
-        let src = sources.get(file).ok_or_else(|| Error::eval("source table corrupted"))?;
+        let src = sources
+            .get(file)
+            .ok_or_else(|| Error::eval("source table corrupted"))?;
         let mut l = Lowerer::new(file, src, Rc::from(base_dir), &self.global_names, outer);
         l.parse_and_lower(&text)
     }
@@ -117,9 +139,15 @@ impl Eval {
             p = p.join("default.nix");
         }
         let text = std::fs::read_to_string(&p).map_err(|e| {
-            Error::new(ErrorKind::Io { msg: format!("opening file: {e}:"), path: p.display().to_string() })
+            Error::new(ErrorKind::Io {
+                msg: format!("opening file: {e}:"),
+                path: p.display().to_string(),
+            })
         })?;
-        let dir = p.parent().map(|d| d.display().to_string()).unwrap_or_else(|| "/".into());
+        let dir = p
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_else(|| "/".into());
         self.parse(&text, p.display().to_string(), Some(p.clone()), &dir, outer)
     }
 
@@ -171,7 +199,10 @@ impl Eval {
                 }
             }
             Expr::Global(g) => self.globals[*g as usize].clone(),
-            Expr::Lambda(def) => Value::Lambda(Rc::new(Closure { def: def.clone(), env: env.clone() })),
+            Expr::Lambda(def) => Value::Lambda(Rc::new(Closure {
+                def: def.clone(),
+                env: env.clone(),
+            })),
             _ => Value::Thunk(Thunk::new(env.clone(), e.clone())),
         }
     }
@@ -211,7 +242,12 @@ impl Eval {
                 }
                 Err(Error::new(ErrorKind::UndefinedVariable(name.as_str().to_string())).at(*pos))
             }
-            Expr::Select { e: subject, path, default, pos } => {
+            Expr::Select {
+                e: subject,
+                path,
+                default,
+                pos,
+            } => {
                 let mut v = self.eval(env, subject)?;
                 for key in path {
                     let name = self.attr_name(env, key, *pos)?;
@@ -231,7 +267,9 @@ impl Eval {
                         None => match default {
                             Some(d) => return self.eval(env, d),
                             None => {
-                                return Err(Error::eval(format!("attribute '{}' missing", name.s)).at(*pos))
+                                return Err(
+                                    Error::eval(format!("attribute '{}' missing", name.s)).at(*pos)
+                                )
                             }
                         },
                     }
@@ -241,8 +279,18 @@ impl Eval {
             Expr::HasAttr { e: subject, path } => {
                 let mut v = self.eval(env, subject)?;
                 for (i, key) in path.iter().enumerate() {
-                    let name = self.attr_name(env, key, Pos { file: 0, line: 0, col: 0 })?;
-                    let Value::Attrs(a) = &v else { return Ok(Value::Bool(false)) };
+                    let name = self.attr_name(
+                        env,
+                        key,
+                        Pos {
+                            file: 0,
+                            line: 0,
+                            col: 0,
+                        },
+                    )?;
+                    let Value::Attrs(a) = &v else {
+                        return Ok(Value::Bool(false));
+                    };
                     match a.get(&name.s) {
                         Some(x) => {
                             if i + 1 < path.len() {
@@ -255,8 +303,13 @@ impl Eval {
                 Ok(Value::Bool(true))
             }
             Expr::Attrs(def) => self.eval_attrs(env, def),
-            Expr::List(items) => Ok(Value::list(items.iter().map(|i| self.thunk(env, i)).collect())),
-            Expr::Lambda(def) => Ok(Value::Lambda(Rc::new(Closure { def: def.clone(), env: env.clone() }))),
+            Expr::List(items) => Ok(Value::list(
+                items.iter().map(|i| self.thunk(env, i)).collect(),
+            )),
+            Expr::Lambda(def) => Ok(Value::Lambda(Rc::new(Closure {
+                def: def.clone(),
+                env: env.clone(),
+            }))),
             Expr::Apply { f, arg, pos } => {
                 let fv = self.eval(env, f)?;
                 let a = self.thunk(env, arg);
@@ -270,14 +323,24 @@ impl Eval {
                 let new_env = Env::new(vec![self.thunk(env, ns)], Some(env.clone()));
                 self.eval(&new_env, body)
             }
-            Expr::If { cond, then, els, pos } => {
+            Expr::If {
+                cond,
+                then,
+                els,
+                pos,
+            } => {
                 if self.eval_bool(env, cond, *pos)? {
                     self.eval(env, then)
                 } else {
                     self.eval(env, els)
                 }
             }
-            Expr::Assert { cond, body, text, pos } => {
+            Expr::Assert {
+                cond,
+                body,
+                text,
+                pos,
+            } => {
                 if self.eval_bool(env, cond, *pos)? {
                     self.eval(env, body)
                 } else {
@@ -290,8 +353,17 @@ impl Eval {
                 crate::ops::arith(self, BinOp::Sub, &Value::Int(0), &v, *pos)
             }
             Expr::Bin { op, l, r, pos } => self.eval_bin(env, *op, l, r, *pos),
-            Expr::Concat { parts, is_string, pos } => self.eval_concat(env, parts, *is_string, *pos),
-            Expr::PathInterp { kind, parts, base, pos } => {
+            Expr::Concat {
+                parts,
+                is_string,
+                pos,
+            } => self.eval_concat(env, parts, *is_string, *pos),
+            Expr::PathInterp {
+                kind,
+                parts,
+                base,
+                pos,
+            } => {
                 let mut s = String::new();
                 for p in parts {
                     let v = self.eval(env, p)?;
@@ -315,11 +387,28 @@ impl Eval {
     /// `{ file, line, column }` for `pos`, or null.
     pub fn pos_value(&self, pos: Option<Pos>) -> Value {
         let Some(pos) = pos else { return Value::Null };
-        let file = self.sources.borrow().get(pos.file).map(|s| s.name.clone()).unwrap_or_default();
+        let file = self
+            .sources
+            .borrow()
+            .get(pos.file)
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
         let attrs = vec![
-            Attr { name: "column".into(), value: Value::Int(pos.col as i64), pos: None },
-            Attr { name: "file".into(), value: Value::string(file), pos: None },
-            Attr { name: "line".into(), value: Value::Int(pos.line as i64), pos: None },
+            Attr {
+                name: "column".into(),
+                value: Value::Int(pos.col as i64),
+                pos: None,
+            },
+            Attr {
+                name: "file".into(),
+                value: Value::string(file),
+                pos: None,
+            },
+            Attr {
+                name: "line".into(),
+                value: Value::Int(pos.line as i64),
+                pos: None,
+            },
         ];
         Value::Attrs(Rc::new(Attrs::from_sorted(attrs)))
     }
@@ -331,7 +420,11 @@ impl Eval {
                 let v = self.eval(env, e)?;
                 match v {
                     Value::Str(s) => Ok(s),
-                    other => Err(Error::eval(format!("value is {} while a string was expected", other.type_desc())).at(pos)),
+                    other => Err(Error::eval(format!(
+                        "value is {} while a string was expected",
+                        other.type_desc()
+                    ))
+                    .at(pos)),
                 }
             }
         }
@@ -340,15 +433,32 @@ impl Eval {
     fn eval_bool(&self, env: &Rc<Env>, e: &Rc<Expr>, pos: Pos) -> Result<bool> {
         match self.eval(env, e)? {
             Value::Bool(b) => Ok(b),
-            other => Err(Error::eval(format!("value is {} while a Boolean was expected", other.type_desc())).at(pos)),
+            other => Err(Error::eval(format!(
+                "value is {} while a Boolean was expected",
+                other.type_desc()
+            ))
+            .at(pos)),
         }
     }
 
-    fn eval_bin(&self, env: &Rc<Env>, op: BinOp, l: &Rc<Expr>, r: &Rc<Expr>, pos: Pos) -> Result<Value> {
+    fn eval_bin(
+        &self,
+        env: &Rc<Env>,
+        op: BinOp,
+        l: &Rc<Expr>,
+        r: &Rc<Expr>,
+        pos: Pos,
+    ) -> Result<Value> {
         match op {
-            BinOp::And => Ok(Value::Bool(self.eval_bool(env, l, pos)? && self.eval_bool(env, r, pos)?)),
-            BinOp::Or => Ok(Value::Bool(self.eval_bool(env, l, pos)? || self.eval_bool(env, r, pos)?)),
-            BinOp::Impl => Ok(Value::Bool(!self.eval_bool(env, l, pos)? || self.eval_bool(env, r, pos)?)),
+            BinOp::And => Ok(Value::Bool(
+                self.eval_bool(env, l, pos)? && self.eval_bool(env, r, pos)?,
+            )),
+            BinOp::Or => Ok(Value::Bool(
+                self.eval_bool(env, l, pos)? || self.eval_bool(env, r, pos)?,
+            )),
+            BinOp::Impl => Ok(Value::Bool(
+                !self.eval_bool(env, l, pos)? || self.eval_bool(env, r, pos)?,
+            )),
             _ => {
                 let a = self.eval(env, l)?;
                 let b = self.eval(env, r)?;
@@ -357,7 +467,13 @@ impl Eval {
         }
     }
 
-    fn eval_concat(&self, env: &Rc<Env>, parts: &[Rc<Expr>], is_string: bool, pos: Pos) -> Result<Value> {
+    fn eval_concat(
+        &self,
+        env: &Rc<Env>,
+        parts: &[Rc<Expr>],
+        is_string: bool,
+        pos: Pos,
+    ) -> Result<Value> {
         let mut out = NixString::plain(String::new());
         for p in parts {
             let v = self.eval(env, p)?;
@@ -378,7 +494,13 @@ impl Eval {
         let vals: Vec<Value> = def
             .attrs
             .iter()
-            .map(|a| if a.in_rec_env { self.thunk(&new_env, &a.value) } else { self.thunk(env, &a.value) })
+            .map(|a| {
+                if a.in_rec_env {
+                    self.thunk(&new_env, &a.value)
+                } else {
+                    self.thunk(env, &a.value)
+                }
+            })
             .collect();
         *new_env.vals.borrow_mut() = vals;
         new_env
@@ -387,7 +509,11 @@ impl Eval {
     fn eval_attrs(&self, env: &Rc<Env>, def: &AttrsDef) -> Result<Value> {
         let (mut entries, scope): (Vec<Attr>, Rc<Env>) = if def.rec {
             let new_env = self.rec_env(env, def);
-            let extra = match def.attrs.iter().position(|a| a.name.as_str() == "__overrides") {
+            let extra = match def
+                .attrs
+                .iter()
+                .position(|a| a.name.as_str() == "__overrides")
+            {
                 Some(i) => self.apply_overrides(def, &new_env, i)?,
                 None => Vec::new(),
             };
@@ -396,7 +522,11 @@ impl Eval {
                 .attrs
                 .iter()
                 .zip(vals)
-                .map(|(a, v)| Attr { name: a.name.clone(), value: v, pos: Some(a.pos) })
+                .map(|(a, v)| Attr {
+                    name: a.name.clone(),
+                    value: v,
+                    pos: Some(a.pos),
+                })
                 .collect();
             entries.extend(extra);
             (entries, new_env)
@@ -404,7 +534,11 @@ impl Eval {
             let entries = def
                 .attrs
                 .iter()
-                .map(|a| Attr { name: a.name.clone(), value: self.thunk(env, &a.value), pos: Some(a.pos) })
+                .map(|a| Attr {
+                    name: a.name.clone(),
+                    value: self.thunk(env, &a.value),
+                    pos: Some(a.pos),
+                })
                 .collect();
             (entries, env.clone())
         };
@@ -417,14 +551,29 @@ impl Eval {
                 Value::Null => continue,
                 Value::Str(s) => s,
                 other => {
-                    return Err(Error::eval(format!("value is {} while a string was expected", other.type_desc())).at(d.pos))
+                    return Err(Error::eval(format!(
+                        "value is {} while a string was expected",
+                        other.type_desc()
+                    ))
+                    .at(d.pos))
                 }
             };
             if let Some(prev) = entries.iter().find(|e| e.name.as_str() == name.s) {
-                let where_ = prev.pos.map(|p| self.sources.borrow().describe(p)).unwrap_or_default();
-                return Err(Error::eval(format!("dynamic attribute '{}' already defined at {}", name.s, where_)).at(d.pos));
+                let where_ = prev
+                    .pos
+                    .map(|p| self.sources.borrow().describe(p))
+                    .unwrap_or_default();
+                return Err(Error::eval(format!(
+                    "dynamic attribute '{}' already defined at {}",
+                    name.s, where_
+                ))
+                .at(d.pos));
             }
-            entries.push(Attr { name: Symbol::from(name.s.as_str()), value: self.thunk(&scope, &d.value), pos: Some(d.pos) });
+            entries.push(Attr {
+                name: Symbol::from(name.s.as_str()),
+                value: self.thunk(&scope, &d.value),
+                pos: Some(d.pos),
+            });
         }
         Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))))
     }
@@ -460,7 +609,10 @@ impl Eval {
                 if op.arity == 1 {
                     (op.f)(self, &[arg], pos).map_err(|e| e.at(pos))
                 } else {
-                    Ok(Value::PrimOpApp(Rc::new(PrimOpApp { op: op.clone(), args: vec![arg] })))
+                    Ok(Value::PrimOpApp(Rc::new(PrimOpApp {
+                        op: op.clone(),
+                        args: vec![arg],
+                    })))
                 }
             }
             Value::PrimOpApp(app) => {
@@ -469,7 +621,10 @@ impl Eval {
                 if args.len() == app.op.arity {
                     (app.op.f)(self, &args, pos).map_err(|e| e.at(pos))
                 } else {
-                    Ok(Value::PrimOpApp(Rc::new(PrimOpApp { op: app.op.clone(), args })))
+                    Ok(Value::PrimOpApp(Rc::new(PrimOpApp {
+                        op: app.op.clone(),
+                        args,
+                    })))
                 }
             }
             Value::Attrs(a) => match a.get("__functor") {
@@ -489,11 +644,18 @@ impl Eval {
     }
 
     fn not_callable(&self, v: &Value, pos: Pos) -> Error {
-        Error::eval(format!("attempt to call something which is not a function but {}", v.type_desc())).at(pos)
+        Error::eval(format!(
+            "attempt to call something which is not a function but {}",
+            v.type_desc()
+        ))
+        .at(pos)
     }
 
     fn lambda_desc(&self, def: &LambdaDef) -> String {
-        format!("anonymous function at {}", self.sources.borrow().describe(def.pos))
+        format!(
+            "anonymous function at {}",
+            self.sources.borrow().describe(def.pos)
+        )
     }
 
     fn call_lambda(&self, c: &Rc<Closure>, arg: Value, pos: Pos) -> Result<Value> {
@@ -506,7 +668,11 @@ impl Eval {
         let attrs = match &argv {
             Value::Attrs(a) => a.clone(),
             other => {
-                return Err(Error::eval(format!("value is {} while a set was expected", other.type_desc())).at(pos))
+                return Err(Error::eval(format!(
+                    "value is {} while a set was expected",
+                    other.type_desc()
+                ))
+                .at(pos))
             }
         };
         let env = Env::new(Vec::with_capacity(def.slots), Some(c.env.clone()));
@@ -554,7 +720,11 @@ impl Eval {
     pub fn expect_attrs(&self, v: &Value, pos: Pos) -> Result<Rc<Attrs>> {
         match self.force(v)? {
             Value::Attrs(a) => Ok(a),
-            other => Err(Error::eval(format!("value is {} while a set was expected", other.type_desc())).at(pos)),
+            other => Err(Error::eval(format!(
+                "value is {} while a set was expected",
+                other.type_desc()
+            ))
+            .at(pos)),
         }
     }
 
@@ -562,7 +732,11 @@ impl Eval {
     pub fn expect_list(&self, v: &Value, pos: Pos) -> Result<Rc<Vec<Value>>> {
         match self.force(v)? {
             Value::List(l) => Ok(l),
-            other => Err(Error::eval(format!("value is {} while a list was expected", other.type_desc())).at(pos)),
+            other => Err(Error::eval(format!(
+                "value is {} while a list was expected",
+                other.type_desc()
+            ))
+            .at(pos)),
         }
     }
 
@@ -570,7 +744,11 @@ impl Eval {
     pub fn expect_int(&self, v: &Value, pos: Pos) -> Result<i64> {
         match self.force(v)? {
             Value::Int(i) => Ok(i),
-            other => Err(Error::eval(format!("value is {} while an integer was expected", other.type_desc())).at(pos)),
+            other => Err(Error::eval(format!(
+                "value is {} while an integer was expected",
+                other.type_desc()
+            ))
+            .at(pos)),
         }
     }
 
@@ -578,7 +756,11 @@ impl Eval {
     pub fn expect_bool(&self, v: &Value, pos: Pos) -> Result<bool> {
         match self.force(v)? {
             Value::Bool(b) => Ok(b),
-            other => Err(Error::eval(format!("value is {} while a Boolean was expected", other.type_desc())).at(pos)),
+            other => Err(Error::eval(format!(
+                "value is {} while a Boolean was expected",
+                other.type_desc()
+            ))
+            .at(pos)),
         }
     }
 
@@ -588,7 +770,11 @@ impl Eval {
         if f.is_function() || matches!(&f, Value::Attrs(a) if a.get("__functor").is_some()) {
             Ok(f)
         } else {
-            Err(Error::eval(format!("value is {} while a function was expected", f.type_desc())).at(pos))
+            Err(Error::eval(format!(
+                "value is {} while a function was expected",
+                f.type_desc()
+            ))
+            .at(pos))
         }
     }
 
@@ -596,20 +782,33 @@ impl Eval {
     pub fn expect_string(&self, v: &Value, pos: Pos) -> Result<Rc<NixString>> {
         match self.force(v)? {
             Value::Str(s) => Ok(s),
-            other => Err(Error::eval(format!("value is {} while a string was expected", other.type_desc())).at(pos)),
+            other => Err(Error::eval(format!(
+                "value is {} while a string was expected",
+                other.type_desc()
+            ))
+            .at(pos)),
         }
     }
 
     /// Nix's `coerceToString`. `more` enables the `toString` conversions (numbers,
     /// Booleans, null, lists); `copy` copies paths to the store.
-    pub fn coerce_to_string(&self, v: &Value, pos: Pos, more: bool, copy: bool) -> Result<NixString> {
+    pub fn coerce_to_string(
+        &self,
+        v: &Value,
+        pos: Pos,
+        more: bool,
+        copy: bool,
+    ) -> Result<NixString> {
         let v = self.force(v)?;
         match &v {
             Value::Str(s) => Ok((**s).clone()),
             Value::Path(p) => {
                 if copy {
                     let sp = self.copy_path_to_store(p).map_err(|e| e.at(pos))?;
-                    Ok(NixString { s: sp.clone(), ctx: vec![Rc::from(sp.as_str())] })
+                    Ok(NixString {
+                        s: sp.clone(),
+                        ctx: vec![Rc::from(sp.as_str())],
+                    })
                 } else {
                     Ok(NixString::plain(&**p))
                 }
@@ -645,14 +844,18 @@ impl Eval {
                 }
                 Ok(out)
             }
-            other => Err(Error::eval(format!("cannot coerce {} to a string", other.type_desc())).at(pos)),
+            other => {
+                Err(Error::eval(format!("cannot coerce {} to a string", other.type_desc())).at(pos))
+            }
         }
     }
 
     /// Copy a source path into the store (cached per path), returning its store path.
     pub fn copy_path_to_store(&self, p: &str) -> Result<String> {
         let name = p.rsplit('/').next().unwrap_or("source");
-        self.store.add_path(Path::new(p), name, None).map_err(|e| Error::eval(e.to_string()))
+        self.store
+            .add_path(Path::new(p), name, None)
+            .map_err(|e| Error::eval(e.to_string()))
     }
 }
 

@@ -10,8 +10,8 @@ pub mod ir;
 pub mod lower;
 pub mod ops;
 pub mod pos;
-pub mod run;
 pub mod print;
+pub mod run;
 pub mod store;
 pub mod strlit;
 pub mod value;
@@ -27,8 +27,14 @@ use std::rc::Rc;
 pub const EVAL_STACK_SIZE: usize = 1 << 30;
 
 /// Run `f` on a new thread with a large stack (evaluation recurses deeply).
-pub fn with_big_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> std::thread::Result<T> {
-    match std::thread::Builder::new().name("kiln-eval".into()).stack_size(EVAL_STACK_SIZE).spawn(f) {
+pub fn with_big_stack<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::Result<T> {
+    match std::thread::Builder::new()
+        .name("kiln-eval".into())
+        .stack_size(EVAL_STACK_SIZE)
+        .spawn(f)
+    {
         Ok(h) => h.join(),
         Err(e) => Err(Box::new(e.to_string())),
     }
@@ -47,7 +53,10 @@ pub struct Options {
 
 /// Parse a `NIX_PATH`-style list (`a:b=c`).
 pub fn parse_nix_path(s: &str) -> Vec<SearchPathEntry> {
-    s.split(':').filter(|e| !e.is_empty()).map(SearchPathEntry::parse).collect()
+    s.split(':')
+        .filter(|e| !e.is_empty())
+        .map(SearchPathEntry::parse)
+        .collect()
 }
 
 /// A Nix evaluator.
@@ -59,7 +68,9 @@ pub struct Evaluator {
 impl Evaluator {
     /// A new evaluator.
     pub fn new(opts: Options) -> Evaluator {
-        let store = opts.store.unwrap_or_else(|| Rc::new(store::MemStore::new()));
+        let store = opts
+            .store
+            .unwrap_or_else(|| Rc::new(store::MemStore::new()));
         let mut ev = Eval::new(opts.search_path, store);
         ev.max_depth = opts.max_depth.unwrap_or(100_000);
         Evaluator { ev }
@@ -72,7 +83,13 @@ impl Evaluator {
 
     /// Parse an expression given as text; relative paths resolve against `base_dir`.
     pub fn parse_string(&self, text: &str, base_dir: &Path) -> Result<Rc<ir::Expr>> {
-        self.ev.parse(text, "«string»".into(), None, &base_dir.display().to_string(), None)
+        self.ev.parse(
+            text,
+            "«string»".into(),
+            None,
+            &base_dir.display().to_string(),
+            None,
+        )
     }
 
     /// Evaluate a parsed expression to weak head normal form.
@@ -109,7 +126,11 @@ impl Evaluator {
                 self.ev.call(&v, arg, pos)
             }
             Value::Attrs(a) if a.get("__functor").is_some() => {
-                let pos = pos::Pos { file: 0, line: 1, col: 1 };
+                let pos = pos::Pos {
+                    file: 0,
+                    line: 1,
+                    col: 1,
+                };
                 self.ev.call(&v, Value::Attrs(Rc::new(args.clone())), pos)
             }
             _ => Ok(v),
@@ -162,14 +183,33 @@ impl Evaluator {
     pub fn print_json(&self, v: &Value) -> Result<String> {
         let mut out = String::new();
         let mut ctx = Vec::new();
-        print::to_json(&self.ev, v, pos::Pos { file: 0, line: 1, col: 1 }, &mut out, &mut ctx)?;
+        print::to_json(
+            &self.ev,
+            v,
+            pos::Pos {
+                file: 0,
+                line: 1,
+                col: 1,
+            },
+            &mut out,
+            &mut ctx,
+        )?;
         Ok(out)
     }
 
     /// Print as `--xml`.
     pub fn print_xml(&self, v: &Value) -> Result<String> {
         let mut ctx = Vec::new();
-        print::to_xml(&self.ev, v, pos::Pos { file: 0, line: 1, col: 1 }, &mut ctx)
+        print::to_xml(
+            &self.ev,
+            v,
+            pos::Pos {
+                file: 0,
+                line: 1,
+                col: 1,
+            },
+            &mut ctx,
+        )
     }
 
     /// Render an error the way Nix 2.8 does: message, position, source line with
@@ -178,8 +218,13 @@ impl Evaluator {
         let mut out = format!("error: {}", err.kind);
         let sources = self.ev.sources.borrow();
         let snippet = |out: &mut String, pos: pos::Pos| {
-            let Some(src) = sources.get(pos.file) else { return };
-            out.push_str(&format!("\n\n       at {}:{}:{}:\n\n", src.name, pos.line, pos.col));
+            let Some(src) = sources.get(pos.file) else {
+                return;
+            };
+            out.push_str(&format!(
+                "\n\n       at {}:{}:{}:\n\n",
+                src.name, pos.line, pos.col
+            ));
             let width = (pos.line + 1).to_string().len();
             if pos.line > 1 {
                 if let Some(l) = src.line_text(pos.line - 1) {
@@ -188,7 +233,12 @@ impl Evaluator {
             }
             if let Some(l) = src.line_text(pos.line) {
                 out.push_str(&format!("{:>w$}| {}\n", pos.line, l, w = width + 12));
-                out.push_str(&format!("{:>w$}| {}^\n", "", " ".repeat(pos.col as usize - 1), w = width + 12));
+                out.push_str(&format!(
+                    "{:>w$}| {}^\n",
+                    "",
+                    " ".repeat(pos.col as usize - 1),
+                    w = width + 12
+                ));
             }
             if let Some(l) = src.line_text(pos.line + 1) {
                 if !l.is_empty() || src.line_text(pos.line + 2).is_some() {
@@ -211,8 +261,6 @@ impl Evaluator {
     }
 }
 
-
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,7 +269,9 @@ mod tests {
         let src = src.to_string();
         with_big_stack(move || {
             let e = Evaluator::new(Options::default());
-            let v = e.eval_string(&src, Path::new("/")).map_err(|err| e.format_error(&err, false))?;
+            let v = e
+                .eval_string(&src, Path::new("/"))
+                .map_err(|err| e.format_error(&err, false))?;
             e.print(&v, true).map_err(|err| e.format_error(&err, false))
         })
         .expect("no panic")
@@ -229,26 +279,56 @@ mod tests {
 
     #[test]
     fn language_basics() {
-        assert_eq!(eval("let x = 1; in with { x = 2; y = 3; }; [ x y ]").unwrap(), "[ 1 3 ]");
+        assert_eq!(
+            eval("let x = 1; in with { x = 2; y = 3; }; [ x y ]").unwrap(),
+            "[ 1 3 ]"
+        );
         assert_eq!(eval("with { a = 1; }; with { a = 2; }; a").unwrap(), "2");
-        assert_eq!(eval("rec { a = b; b = 2; inherit (x) c; x = { c = 3; }; }.c").unwrap(), "3");
-        assert_eq!(eval("({ a, b ? a + 1, ... }@args: [ a b args.z ]) { a = 1; z = 0; }").unwrap(), "[ 1 2 0 ]");
-        assert_eq!(eval("''\n  a\n    b ''${x}\n''").unwrap(), "\"a\\n  b \\${x}\\n\"");
-        assert_eq!(eval("{ a.b = 1; a.c = 2; }").unwrap(), "{ a = { b = 1; c = 2; }; }");
-        assert_eq!(eval("9223372036854775807 + 1").unwrap(), "-9223372036854775808");
-        assert_eq!(eval("[ (1 / 2) (1.0 / 2) (2 < 2.5) ]").unwrap(), "[ 0 0.5 true ]");
+        assert_eq!(
+            eval("rec { a = b; b = 2; inherit (x) c; x = { c = 3; }; }.c").unwrap(),
+            "3"
+        );
+        assert_eq!(
+            eval("({ a, b ? a + 1, ... }@args: [ a b args.z ]) { a = 1; z = 0; }").unwrap(),
+            "[ 1 2 0 ]"
+        );
+        assert_eq!(
+            eval("''\n  a\n    b ''${x}\n''").unwrap(),
+            "\"a\\n  b \\${x}\\n\""
+        );
+        assert_eq!(
+            eval("{ a.b = 1; a.c = 2; }").unwrap(),
+            "{ a = { b = 1; c = 2; }; }"
+        );
+        assert_eq!(
+            eval("9223372036854775807 + 1").unwrap(),
+            "-9223372036854775808"
+        );
+        assert_eq!(
+            eval("[ (1 / 2) (1.0 / 2) (2 < 2.5) ]").unwrap(),
+            "[ 0 0.5 true ]"
+        );
     }
 
     #[test]
     fn deep_but_finite_recursion() {
-        assert_eq!(eval("builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x) 100000)").unwrap(), "4999950000");
-        assert_eq!(eval("let f = n: if n == 0 then 0 else 1 + f (n - 1); in f 10000").unwrap(), "10000");
+        assert_eq!(
+            eval("builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x) 100000)").unwrap(),
+            "4999950000"
+        );
+        assert_eq!(
+            eval("let f = n: if n == 0 then 0 else 1 + f (n - 1); in f 10000").unwrap(),
+            "10000"
+        );
     }
 
     #[test]
     fn runaway_recursion_is_an_error() {
         let e = eval("let x = x; in x").unwrap_err();
-        assert!(e.starts_with("error: infinite recursion encountered"), "{e}");
+        assert!(
+            e.starts_with("error: infinite recursion encountered"),
+            "{e}"
+        );
         assert!(e.contains("at «string»:1:9:"), "{e}");
         let e = eval("let f = n: 1 + f n; in f 1").unwrap_err();
         assert!(e.contains("stack overflow"), "{e}");
@@ -259,15 +339,20 @@ mod tests {
         let e = eval("1 +").unwrap_err();
         assert!(e.contains("at «string»:1:"), "{e}");
         let e = eval("undefinedThing").unwrap_err();
-        assert!(e.starts_with("error: undefined variable 'undefinedThing'"), "{e}");
+        assert!(
+            e.starts_with("error: undefined variable 'undefinedThing'"),
+            "{e}"
+        );
     }
 
     #[test]
     fn derivation_paths_match_nix() {
         // Values from nix-instantiate 2.8.
-        let v = eval(r#"(derivation { name = "a"; builder = "b"; system = "c"; }).drvPath"#).unwrap();
+        let v =
+            eval(r#"(derivation { name = "a"; builder = "b"; system = "c"; }).drvPath"#).unwrap();
         assert_eq!(v, "\"/nix/store/arhvjaf6zmlyn8vh8fgn55rpwnxq0n7l-a.drv\"");
-        let v = eval(r#"(derivation { name = "a"; builder = "b"; system = "c"; }).outPath"#).unwrap();
+        let v =
+            eval(r#"(derivation { name = "a"; builder = "b"; system = "c"; }).outPath"#).unwrap();
         assert_eq!(v, "\"/nix/store/s6glliw064sgl7vix22p91cxsx7ml1rf-a\"");
     }
 }

@@ -88,7 +88,11 @@ impl<'a> Lowerer<'a> {
 
     fn pos_of(&self, off: rowan::TextSize) -> Pos {
         let (line, col) = self.src.line_col(u32::from(off));
-        Pos { file: self.file, line, col }
+        Pos {
+            file: self.file,
+            line,
+            col,
+        }
     }
 
     fn pos(&self, n: &impl AstNode) -> Pos {
@@ -114,7 +118,12 @@ impl<'a> Lowerer<'a> {
             return Err(self.parse_error(e, text));
         }
         let root = parse.tree();
-        let expr = root.expr().ok_or_else(|| self.err(self.pos_of(0.into()), "syntax error, unexpected end of file"))?;
+        let expr = root.expr().ok_or_else(|| {
+            self.err(
+                self.pos_of(0.into()),
+                "syntax error, unexpected end of file",
+            )
+        })?;
         self.lower(&expr)
     }
 
@@ -122,16 +131,21 @@ impl<'a> Lowerer<'a> {
         use rnix::ParseError as P;
         let end = rowan::TextSize::from(text.len() as u32);
         let (off, msg) = match e {
-            P::Unexpected(r) | P::UnexpectedExtra(r) | P::UnexpectedDoubleBind(r) => {
-                (r.start(), format!("syntax error, unexpected '{}'", snippet(text, *r)))
+            P::Unexpected(r) | P::UnexpectedExtra(r) | P::UnexpectedDoubleBind(r) => (
+                r.start(),
+                format!("syntax error, unexpected '{}'", snippet(text, *r)),
+            ),
+            P::UnexpectedWanted(_, r, _) => (
+                r.start(),
+                format!("syntax error, unexpected '{}'", snippet(text, *r)),
+            ),
+            P::UnexpectedEOF | P::UnexpectedEOFWanted(_) => {
+                (end, "syntax error, unexpected end of file".into())
             }
-            P::UnexpectedWanted(_, r, _) => {
-                (r.start(), format!("syntax error, unexpected '{}'", snippet(text, *r)))
-            }
-            P::UnexpectedEOF | P::UnexpectedEOFWanted(_) => (end, "syntax error, unexpected end of file".into()),
-            P::DuplicatedArgs(r, name) => {
-                (r.start(), format!("duplicate formal function argument '{name}'"))
-            }
+            P::DuplicatedArgs(r, name) => (
+                r.start(),
+                format!("duplicate formal function argument '{name}'"),
+            ),
             P::RecursionLimitExceeded => (0.into(), "expression nested too deeply".into()),
             other => (0.into(), format!("syntax error: {other}")),
         };
@@ -146,7 +160,11 @@ impl<'a> Lowerer<'a> {
             match scope {
                 Scope::Vars(v) => {
                     if let Some(slot) = v.iter().rposition(|s| s == name) {
-                        return Ok(Expr::Var { level, slot: slot as u32, pos });
+                        return Ok(Expr::Var {
+                            level,
+                            slot: slot as u32,
+                            pos,
+                        });
                     }
                 }
                 Scope::With => withs.push(level),
@@ -156,9 +174,15 @@ impl<'a> Lowerer<'a> {
             return Ok(Expr::Global(*g));
         }
         if withs.is_empty() {
-            return Err(Error::new(ErrorKind::UndefinedVariable(name.as_str().to_string())).at(pos));
+            return Err(
+                Error::new(ErrorKind::UndefinedVariable(name.as_str().to_string())).at(pos),
+            );
         }
-        Ok(Expr::WithVar { name: name.clone(), withs, pos })
+        Ok(Expr::WithVar {
+            name: name.clone(),
+            withs,
+            pos,
+        })
     }
 
     /// Lower an expression.
@@ -172,12 +196,16 @@ impl<'a> Lowerer<'a> {
             ast::Expr::Paren(p) => return self.lower_inner(&self.child(p.expr(), pos)?),
             ast::Expr::Root(r) => return self.lower_inner(&self.child(r.expr(), pos)?),
             ast::Expr::Literal(l) => match l.kind() {
-                ast::LiteralKind::Integer(i) => Expr::Const(Value::Int(
-                    i.value().map_err(|_| self.err(pos, format!("invalid integer '{}'", i.syntax().text())))?,
-                )),
-                ast::LiteralKind::Float(f) => Expr::Const(Value::Float(
-                    f.value().map_err(|_| self.err(pos, format!("invalid float '{}'", f.syntax().text())))?,
-                )),
+                ast::LiteralKind::Integer(i) => {
+                    Expr::Const(Value::Int(i.value().map_err(|_| {
+                        self.err(pos, format!("invalid integer '{}'", i.syntax().text()))
+                    })?))
+                }
+                ast::LiteralKind::Float(f) => {
+                    Expr::Const(Value::Float(f.value().map_err(|_| {
+                        self.err(pos, format!("invalid float '{}'", f.syntax().text()))
+                    })?))
+                }
                 ast::LiteralKind::Uri(u) => Expr::Const(Value::string(u.syntax().text())),
             },
             ast::Expr::Ident(id) => {
@@ -197,10 +225,17 @@ impl<'a> Lowerer<'a> {
                 let f = Rc::new(self.lookup(&find, pos, 0)?);
                 let np = Rc::new(self.lookup(&np, pos, 0)?);
                 let partial = Rc::new(Expr::Apply { f, arg: np, pos });
-                Expr::Apply { f: partial, arg: Rc::new(Expr::Const(Value::string(inner))), pos }
+                Expr::Apply {
+                    f: partial,
+                    arg: Rc::new(Expr::Const(Value::string(inner))),
+                    pos,
+                }
             }
             ast::Expr::List(l) => {
-                let items = l.items().map(|i| self.lower(&i)).collect::<Result<Vec<_>>>()?;
+                let items = l
+                    .items()
+                    .map(|i| self.lower(&i))
+                    .collect::<Result<Vec<_>>>()?;
                 Expr::List(items)
             }
             ast::Expr::Apply(a) => {
@@ -240,7 +275,12 @@ impl<'a> Lowerer<'a> {
                     Some(d) => Some(self.lower(&d)?),
                     None => None,
                 };
-                Expr::Select { e: subject, path, default, pos }
+                Expr::Select {
+                    e: subject,
+                    path,
+                    default,
+                    pos,
+                }
             }
             ast::Expr::HasAttr(h) => {
                 let subject = self.lower(&self.child(h.expr(), pos)?)?;
@@ -270,7 +310,12 @@ impl<'a> Lowerer<'a> {
                 let body_sym = self.sym("body");
                 let def = self.lower_pattrs(p)?;
                 let attrs = Rc::new(Expr::Attrs(def));
-                Expr::Select { e: attrs, path: vec![AttrKey::Static(body_sym)], default: None, pos }
+                Expr::Select {
+                    e: attrs,
+                    path: vec![AttrKey::Static(body_sym)],
+                    default: None,
+                    pos,
+                }
             }
             ast::Expr::With(w) => {
                 let ns = self.lower(&self.child(w.namespace(), pos)?)?;
@@ -298,7 +343,9 @@ impl<'a> Lowerer<'a> {
             .find(|t| ast::BinOpKind::from_kind(t.kind()).is_some())
             .map(|t| self.pos_of(t.text_range().start()))
             .unwrap_or(pos);
-        let kind = b.operator().ok_or_else(|| self.err(pos, "syntax error, unknown operator"))?;
+        let kind = b
+            .operator()
+            .ok_or_else(|| self.err(pos, "syntax error, unknown operator"))?;
         let op = match kind {
             K::Concat => BinOp::Concat,
             K::Update => BinOp::Update,
@@ -321,7 +368,12 @@ impl<'a> Lowerer<'a> {
         };
         let l = self.lower(&self.child(b.lhs(), pos)?)?;
         let r = self.lower(&self.child(b.rhs(), pos)?)?;
-        Ok(Expr::Bin { op, l, r, pos: op_pos })
+        Ok(Expr::Bin {
+            op,
+            l,
+            r,
+            pos: op_pos,
+        })
     }
 
     fn lower_lambda(&mut self, l: &ast::Lambda, pos: Pos) -> Result<LambdaDef> {
@@ -333,7 +385,13 @@ impl<'a> Lowerer<'a> {
                 self.scopes.push(Scope::Vars(vec![name.clone()]));
                 let body = self.child(l.body(), pos).and_then(|b| self.lower(&b));
                 self.scopes.pop();
-                Ok(LambdaDef { arg: Some(name), formals: None, body: body?, pos, slots: 1 })
+                Ok(LambdaDef {
+                    arg: Some(name),
+                    formals: None,
+                    body: body?,
+                    pos,
+                    slots: 1,
+                })
             }
             ast::Param::Pattern(pat) => {
                 let mut names = Vec::new();
@@ -386,7 +444,12 @@ impl<'a> Lowerer<'a> {
                 let (entries, body) = res?;
                 Ok(LambdaDef {
                     arg: None,
-                    formals: Some(Formals { entries, positions, ellipsis: pat.ellipsis_token().is_some(), at }),
+                    formals: Some(Formals {
+                        entries,
+                        positions,
+                        ellipsis: pat.ellipsis_token().is_some(),
+                        at,
+                    }),
                     body,
                     pos,
                     slots: nslots,
@@ -434,7 +497,12 @@ impl<'a> Lowerer<'a> {
         self.lower_parts(parts, pos, true)
     }
 
-    fn lower_parts(&mut self, parts: Vec<Part<ast::Interpol>>, pos: Pos, string: bool) -> Result<Expr> {
+    fn lower_parts(
+        &mut self,
+        parts: Vec<Part<ast::Interpol>>,
+        pos: Pos,
+        string: bool,
+    ) -> Result<Expr> {
         let mut out: Vec<Rc<Expr>> = Vec::new();
         let mut pending: Option<String> = None;
         let interpolated = parts.iter().any(|p| matches!(p, Part::Interp(_)));
@@ -455,20 +523,32 @@ impl<'a> Lowerer<'a> {
         }
         if string && out.len() == 1 && !interpolated {
             if let Expr::Const(_) = &*out[0] {
-                return Ok(Rc::try_unwrap(out.pop().expect("one part")).unwrap_or_else(|_| Expr::Const(Value::string(""))));
+                return Ok(Rc::try_unwrap(out.pop().expect("one part"))
+                    .unwrap_or_else(|_| Expr::Const(Value::string(""))));
             }
         }
         if out.is_empty() {
             return Ok(Expr::Const(Value::string("")));
         }
-        Ok(Expr::Concat { parts: out, is_string: string, pos })
+        Ok(Expr::Concat {
+            parts: out,
+            is_string: string,
+            pos,
+        })
     }
 
-    fn lower_path(&mut self, kind: PathKind, parts: Vec<ast::InterpolPart<ast::PathContent>>, pos: Pos) -> Result<Expr> {
+    fn lower_path(
+        &mut self,
+        kind: PathKind,
+        parts: Vec<ast::InterpolPart<ast::PathContent>>,
+        pos: Pos,
+    ) -> Result<Expr> {
         let mut lit_parts: Vec<Part<ast::Interpol>> = Vec::new();
         for p in parts {
             match p {
-                ast::InterpolPart::Literal(l) => lit_parts.push(Part::Lit(l.syntax().text().to_string(), false)),
+                ast::InterpolPart::Literal(l) => {
+                    lit_parts.push(Part::Lit(l.syntax().text().to_string(), false))
+                }
                 ast::InterpolPart::Interpolation(i) => lit_parts.push(Part::Interp(i)),
             }
         }
@@ -485,7 +565,12 @@ impl<'a> Lowerer<'a> {
             Expr::Concat { parts, .. } => parts,
             other => vec![Rc::new(other)],
         };
-        Ok(Expr::PathInterp { kind, parts, base: self.base_dir.clone(), pos })
+        Ok(Expr::PathInterp {
+            kind,
+            parts,
+            base: self.base_dir.clone(),
+            pos,
+        })
     }
 
     fn resolve_path(&self, kind: PathKind, s: &str) -> String {
@@ -537,7 +622,9 @@ impl<'a> Lowerer<'a> {
                 _ => return Ok(None),
             },
         };
-        if s.parts().any(|p| matches!(p, ast::InterpolPart::Interpolation(_))) {
+        if s.parts()
+            .any(|p| matches!(p, ast::InterpolPart::Interpolation(_)))
+        {
             return Ok(None);
         }
         let pos = self.pos(&s);
@@ -559,7 +646,11 @@ impl<'a> Lowerer<'a> {
     }
 
     fn collect_entries(&mut self, n: &impl HasEntry, rec: bool) -> Result<PAttrs> {
-        let mut p = PAttrs { rec, entries: Vec::new(), dynamic: Vec::new() };
+        let mut p = PAttrs {
+            rec,
+            entries: Vec::new(),
+            dynamic: Vec::new(),
+        };
         for entry in n.entries() {
             match entry {
                 ast::Entry::Inherit(inh) => {
@@ -574,7 +665,11 @@ impl<'a> Lowerer<'a> {
                         let apos = self.pos(&a);
                         let name = match self.attr_key(&a)? {
                             Ok(s) => s,
-                            Err(_) => return Err(self.err(apos, "dynamic attributes not allowed in inherit")),
+                            Err(_) => {
+                                return Err(
+                                    self.err(apos, "dynamic attributes not allowed in inherit")
+                                )
+                            }
                         };
                         if let Some(prev) = p.entries.iter().find(|e| e.name == name) {
                             return Err(self.dup(&name, apos, prev.pos));
@@ -583,7 +678,11 @@ impl<'a> Lowerer<'a> {
                             Some(f) => PValue::InheritFrom(f.clone(), name.clone(), apos),
                             None => PValue::Inherit(name.clone(), apos),
                         };
-                        p.entries.push(PEntry { name, value, pos: apos });
+                        p.entries.push(PEntry {
+                            name,
+                            value,
+                            pos: apos,
+                        });
                     }
                 }
                 ast::Entry::AttrpathValue(apv) => {
@@ -600,10 +699,25 @@ impl<'a> Lowerer<'a> {
 
     fn dup(&self, name: &Symbol, pos: Pos, prev: Pos) -> Error {
         let _ = prev;
-        self.err(pos, format!("attribute '{}' already defined at {}:{}:{}", name.as_str(), self.src.name, prev.line, prev.col))
+        self.err(
+            pos,
+            format!(
+                "attribute '{}' already defined at {}:{}:{}",
+                name.as_str(),
+                self.src.name,
+                prev.line,
+                prev.col
+            ),
+        )
     }
 
-    fn add_attr(&mut self, p: &mut PAttrs, keys: &[ast::Attr], value: ast::Expr, mut path: Vec<String>) -> Result<()> {
+    fn add_attr(
+        &mut self,
+        p: &mut PAttrs,
+        keys: &[ast::Attr],
+        value: ast::Expr,
+        mut path: Vec<String>,
+    ) -> Result<()> {
         let Some((first, rest)) = keys.split_first() else {
             return Err(self.err(self.pos(&value), "syntax error, empty attribute path"));
         };
@@ -619,7 +733,9 @@ impl<'a> Lowerer<'a> {
                 let idx = p.entries.iter().position(|e| e.name == name);
                 if rest.is_empty() {
                     let new_val = match &value {
-                        ast::Expr::AttrSet(s) => PValue::Nested(self.collect_attrs(s, s.rec_token().is_some())?),
+                        ast::Expr::AttrSet(s) => {
+                            PValue::Nested(self.collect_attrs(s, s.rec_token().is_some())?)
+                        }
                         _ => PValue::Expr(value.clone()),
                     };
                     match idx {
@@ -628,8 +744,13 @@ impl<'a> Lowerer<'a> {
                             match (&mut p.entries[i].value, new_val) {
                                 (PValue::Nested(existing), PValue::Nested(new)) => {
                                     for e in new.entries {
-                                        if let Some(prev) = existing.entries.iter().find(|x| x.name == e.name) {
-                                            let full = Symbol::from(format!("{}.{}", path.join("."), e.name.as_str()).as_str());
+                                        if let Some(prev) =
+                                            existing.entries.iter().find(|x| x.name == e.name)
+                                        {
+                                            let full = Symbol::from(
+                                                format!("{}.{}", path.join("."), e.name.as_str())
+                                                    .as_str(),
+                                            );
                                             return Err(self.dup(&full, e.pos, prev.pos));
                                         }
                                         existing.entries.push(e);
@@ -642,7 +763,11 @@ impl<'a> Lowerer<'a> {
                                 }
                             }
                         }
-                        None => p.entries.push(PEntry { name, value: new_val, pos: kpos }),
+                        None => p.entries.push(PEntry {
+                            name,
+                            value: new_val,
+                            pos: kpos,
+                        }),
                     }
                     Ok(())
                 } else {
@@ -657,7 +782,11 @@ impl<'a> Lowerer<'a> {
                         None => {
                             p.entries.push(PEntry {
                                 name,
-                                value: PValue::Nested(PAttrs { rec: false, entries: Vec::new(), dynamic: Vec::new() }),
+                                value: PValue::Nested(PAttrs {
+                                    rec: false,
+                                    entries: Vec::new(),
+                                    dynamic: Vec::new(),
+                                }),
                                 pos: kpos,
                             });
                             p.entries.len() - 1
@@ -673,7 +802,11 @@ impl<'a> Lowerer<'a> {
                 if rest.is_empty() {
                     p.dynamic.push((first.clone(), PValue::Expr(value), kpos));
                 } else {
-                    let mut inner = PAttrs { rec: false, entries: Vec::new(), dynamic: Vec::new() };
+                    let mut inner = PAttrs {
+                        rec: false,
+                        entries: Vec::new(),
+                        dynamic: Vec::new(),
+                    };
                     self.add_attr(&mut inner, rest, value, path)?;
                     p.dynamic.push((first.clone(), PValue::Nested(inner), kpos));
                 }
@@ -693,7 +826,15 @@ impl<'a> Lowerer<'a> {
             }
             PValue::InheritFrom(from, name, pos) => {
                 let from = self.lower(&from)?;
-                (Rc::new(Expr::Select { e: from, path: vec![AttrKey::Static(name)], default: None, pos }), true)
+                (
+                    Rc::new(Expr::Select {
+                        e: from,
+                        path: vec![AttrKey::Static(name)],
+                        default: None,
+                        pos,
+                    }),
+                    true,
+                )
             }
         })
     }
@@ -709,7 +850,12 @@ impl<'a> Lowerer<'a> {
             let mut attrs = Vec::with_capacity(p.entries.len());
             for e in p.entries {
                 let (value, in_rec_env) = self.lower_pvalue(e.value)?;
-                attrs.push(AttrDef { name: e.name, value, in_rec_env, pos: e.pos });
+                attrs.push(AttrDef {
+                    name: e.name,
+                    value,
+                    in_rec_env,
+                    pos: e.pos,
+                });
             }
             let mut dynamic = Vec::new();
             for (key, val, pos) in p.dynamic {
@@ -720,7 +866,11 @@ impl<'a> Lowerer<'a> {
                 let (value, _) = self.lower_pvalue(val)?;
                 dynamic.push(DynAttr { key: k, value, pos });
             }
-            Ok(AttrsDef { rec: p.rec, attrs, dynamic })
+            Ok(AttrsDef {
+                rec: p.rec,
+                attrs,
+                dynamic,
+            })
         })();
         self.in_rec = saved;
         if p.rec {
@@ -731,7 +881,9 @@ impl<'a> Lowerer<'a> {
 }
 
 fn snippet(text: &str, r: rowan::TextRange) -> String {
-    let s = text.get(usize::from(r.start())..usize::from(r.end())).unwrap_or("");
+    let s = text
+        .get(usize::from(r.start())..usize::from(r.end()))
+        .unwrap_or("");
     s.chars().take(40).collect()
 }
 

@@ -65,9 +65,9 @@ pub fn add(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Value> {
         Value::Path(p) => {
             let s = ev.coerce_to_string(b, pos, false, false)?;
             if !s.ctx.is_empty() {
-                return Err(Error::eval(format!(
-                    "a string that refers to a store path cannot be appended to a path"
-                ))
+                return Err(Error::eval(
+                    "a string that refers to a store path cannot be appended to a path",
+                )
                 .at(pos));
             }
             Ok(Value::Path(canon_path(&format!("{p}{}", s.s)).into()))
@@ -112,35 +112,17 @@ pub fn arith(_ev: &Eval, op: BinOp, a: &Value, b: &Value, pos: Pos) -> Result<Va
                 }
             }))
         }
-        (Value::Int(_) | Value::Float(_), other) => Err(Error::eval(format!(
+        (Value::Int(_) | Value::Float(_), other) if op == BinOp::Add => Err(Error::eval(format!(
             "cannot add {} to {}",
             other.type_desc(),
             a.type_desc()
         ))
-        .at(pos)
-        .with_op(op)),
-        (other, _) => Err(Error::eval(format!("value is {} while an integer was expected", other.type_desc())).at(pos)),
-    }
-}
-
-trait WithOp {
-    fn with_op(self, op: BinOp) -> Self;
-}
-
-impl WithOp for Error {
-    fn with_op(self, op: BinOp) -> Self {
-        if op == BinOp::Add {
-            return self;
-        }
-        let msg = match &self.kind {
-            crate::error::ErrorKind::Eval(m) => m.replacen("cannot add ", "value is ", 1),
-            _ => return self,
-        };
-        let msg = match msg.split_once(" to ") {
-            Some((l, _)) => format!("{l} while an integer was expected"),
-            None => msg,
-        };
-        Error { kind: crate::error::ErrorKind::Eval(msg), ..self }
+        .at(pos)),
+        (Value::Int(_) | Value::Float(_), other) | (other, _) => Err(Error::eval(format!(
+            "value is {} while an integer was expected",
+            other.type_desc()
+        ))
+        .at(pos)),
     }
 }
 
@@ -158,9 +140,9 @@ pub fn compare(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Ordering> {
     let b = ev.force(b)?;
     match (&a, &b) {
         (Value::Int(x), Value::Int(y)) => Ok(x.cmp(y)),
-        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
-            Ok(as_f64(&a).partial_cmp(&as_f64(&b)).unwrap_or(Ordering::Equal))
-        }
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => Ok(as_f64(&a)
+            .partial_cmp(&as_f64(&b))
+            .unwrap_or(Ordering::Equal)),
         (Value::Str(x), Value::Str(y)) => Ok(x.s.as_bytes().cmp(y.s.as_bytes())),
         (Value::Path(x), Value::Path(y)) => Ok(x.as_bytes().cmp(y.as_bytes())),
         (Value::List(x), Value::List(y)) => {
@@ -171,7 +153,12 @@ pub fn compare(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Ordering> {
             }
             Ok(x.len().cmp(&y.len()))
         }
-        _ => Err(Error::eval(format!("cannot compare {} with {}", a.type_desc(), b.type_desc())).at(pos)),
+        _ => Err(Error::eval(format!(
+            "cannot compare {} with {}",
+            a.type_desc(),
+            b.type_desc()
+        ))
+        .at(pos)),
     }
 }
 
@@ -192,14 +179,16 @@ pub fn equal(ev: &Eval, a: &Value, b: &Value, pos: Pos, nested: bool) -> Result<
     if nested && same_rc(a, b) {
         return Ok(true);
     }
-    let a = ev.force(a)?;
-    let b = ev.force(b)?;
+    let a = ev.force(a).map_err(|e| e.at(pos))?;
+    let b = ev.force(b).map_err(|e| e.at(pos))?;
     if nested && same_rc(&a, &b) {
         return Ok(true);
     }
     Ok(match (&a, &b) {
         (Value::Int(x), Value::Int(y)) => x == y,
-        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => as_f64(&a) == as_f64(&b),
+        (Value::Int(_) | Value::Float(_), Value::Int(_) | Value::Float(_)) => {
+            as_f64(&a) == as_f64(&b)
+        }
         (Value::Str(x), Value::Str(y)) => x.s == y.s,
         (Value::Path(x), Value::Path(y)) => x == y,
         (Value::Null, Value::Null) => true,

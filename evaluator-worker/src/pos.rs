@@ -35,7 +35,12 @@ impl Source {
                 line_starts.push(i as u32 + 1);
             }
         }
-        Source { name, path, text, line_starts }
+        Source {
+            name,
+            path,
+            text,
+            line_starts,
+        }
     }
 
     /// 1-based line and column of byte offset `off`.
@@ -46,7 +51,11 @@ impl Source {
         };
         let start = self.line_starts[line] as usize;
         let end = (off as usize).min(self.text.len());
-        let col = self.text.get(start..end).map(|s| s.chars().count()).unwrap_or(end - start);
+        let col = self
+            .text
+            .get(start..end)
+            .map(|s| s.chars().count())
+            .unwrap_or(end - start);
         (line as u32 + 1, col as u32 + 1)
     }
 
@@ -54,8 +63,14 @@ impl Source {
     pub fn line_text(&self, line: u32) -> Option<&str> {
         let i = line.checked_sub(1)? as usize;
         let start = *self.line_starts.get(i)? as usize;
-        let end = self.line_starts.get(i + 1).map(|e| *e as usize - 1).unwrap_or(self.text.len());
-        self.text.get(start..end).map(|l| l.strip_suffix('\r').unwrap_or(l))
+        let end = self
+            .line_starts
+            .get(i + 1)
+            .map(|e| *e as usize - 1)
+            .unwrap_or(self.text.len());
+        self.text
+            .get(start..end)
+            .map(|l| l.strip_suffix('\r').unwrap_or(l))
     }
 }
 

@@ -11,13 +11,21 @@ use std::fmt::Write;
 /// Format a float like C++'s `ostream << double` (`%g` with precision 6).
 pub fn format_float(x: f64) -> String {
     if x.is_nan() {
-        return if x.is_sign_negative() { "-nan".into() } else { "nan".into() };
+        return if x.is_sign_negative() {
+            "-nan".into()
+        } else {
+            "nan".into()
+        };
     }
     if x.is_infinite() {
         return if x < 0.0 { "-inf".into() } else { "inf".into() };
     }
     if x == 0.0 {
-        return if x.is_sign_negative() { "-0".into() } else { "0".into() };
+        return if x.is_sign_negative() {
+            "-0".into()
+        } else {
+            "0".into()
+        };
     }
     let e = format!("{x:.5e}");
     let (mant, exp) = e.split_once('e').unwrap_or((&e, "0"));
@@ -77,7 +85,14 @@ pub fn print_value(ev: &Eval, v: &Value, strict: bool) -> Result<String> {
     Ok(out)
 }
 
-fn print_rec(ev: &Eval, v: &Value, strict: bool, out: &mut String, seen: &mut HashSet<usize>, top: bool) -> Result<()> {
+fn print_rec(
+    ev: &Eval,
+    v: &Value,
+    strict: bool,
+    out: &mut String,
+    seen: &mut HashSet<usize>,
+    top: bool,
+) -> Result<()> {
     let v = if strict || top {
         ev.force(v)?
     } else {
@@ -212,7 +227,9 @@ pub fn to_json(ev: &Eval, v: &Value, pos: Pos, out: &mut String, ctx: &mut Conte
             out.push(']');
         }
         other => {
-            return Err(Error::eval(format!("cannot convert {} to JSON", other.type_desc())).at(pos));
+            return Err(
+                Error::eval(format!("cannot convert {} to JSON", other.type_desc())).at(pos),
+            );
         }
     }
     Ok(())
@@ -255,7 +272,15 @@ fn xml_leaf(out: &mut String, depth: usize, tag: &str, value: &str) {
     out.push_str("\" />\n");
 }
 
-fn xml_attrs(ev: &Eval, a: &Attrs, pos: Pos, depth: usize, out: &mut String, ctx: &mut Context, drvs: &mut HashSet<String>) -> Result<()> {
+fn xml_attrs(
+    ev: &Eval,
+    a: &Attrs,
+    pos: Pos,
+    depth: usize,
+    out: &mut String,
+    ctx: &mut Context,
+    drvs: &mut HashSet<String>,
+) -> Result<()> {
     for attr in a.iter() {
         indent(out, depth);
         out.push_str("<attr name=\"");
@@ -268,7 +293,15 @@ fn xml_attrs(ev: &Eval, a: &Attrs, pos: Pos, depth: usize, out: &mut String, ctx
     Ok(())
 }
 
-fn xml_rec(ev: &Eval, v: &Value, pos: Pos, depth: usize, out: &mut String, ctx: &mut Context, drvs: &mut HashSet<String>) -> Result<()> {
+fn xml_rec(
+    ev: &Eval,
+    v: &Value,
+    pos: Pos,
+    depth: usize,
+    out: &mut String,
+    ctx: &mut Context,
+    drvs: &mut HashSet<String>,
+) -> Result<()> {
     let v = ev.force(v)?;
     match &v {
         Value::Null => {

@@ -46,17 +46,31 @@ pub struct Request {
 /// `Err` the formatted error message. Must run on a thread with a big stack
 /// (see [`crate::with_big_stack`]).
 pub fn eval_request(req: &Request) -> Result<String, String> {
-    let mut search_path: Vec<SearchPathEntry> = req.include.iter().map(|s| SearchPathEntry::parse(s)).collect();
+    let mut search_path: Vec<SearchPathEntry> = req
+        .include
+        .iter()
+        .map(|s| SearchPathEntry::parse(s))
+        .collect();
     if let Some(np) = &req.nix_path {
         search_path.extend(parse_nix_path(np));
     }
-    let evr = Evaluator::new(Options { search_path, ..Default::default() });
+    let evr = Evaluator::new(Options {
+        search_path,
+        ..Default::default()
+    });
     let fmt = |e: crate::Error| evr.format_error(&e, req.show_trace);
     let expr = match &req.expr {
         Some(text) => evr.parse_string(text, &req.cwd).map_err(fmt)?,
         None => {
-            let file = req.file.clone().unwrap_or_else(|| PathBuf::from("default.nix"));
-            let file = if file.is_absolute() { file } else { req.cwd.join(file) };
+            let file = req
+                .file
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("default.nix"));
+            let file = if file.is_absolute() {
+                file
+            } else {
+                req.cwd.join(file)
+            };
             evr.parse_file(&file).map_err(fmt)?
         }
     };
@@ -69,14 +83,25 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
             AutoArg::Str(s) => Value::string(s.clone()),
             AutoArg::Expr(e) => {
                 let ex = evr.parse_string(e, &req.cwd).map_err(fmt)?;
-                Value::Thunk(crate::value::Thunk::new(crate::eval::Env::new(Vec::new(), None), ex))
+                Value::Thunk(crate::value::Thunk::new(
+                    crate::eval::Env::new(Vec::new(), None),
+                    ex,
+                ))
             }
         };
-        entries.push(crate::value::Attr { name: name.as_str().into(), value: v, pos: None });
+        entries.push(crate::value::Attr {
+            name: name.as_str().into(),
+            value: v,
+            pos: None,
+        });
     }
     let args = crate::value::Attrs::from_unsorted(entries);
     let root = evr.eval_expr(&expr).map_err(fmt)?;
-    let paths = if req.attr_paths.is_empty() { vec![String::new()] } else { req.attr_paths.clone() };
+    let paths = if req.attr_paths.is_empty() {
+        vec![String::new()]
+    } else {
+        req.attr_paths.clone()
+    };
     let mut out = String::new();
     for p in paths {
         let v = evr.select_attr_path(&root, &p, &args).map_err(fmt)?;

@@ -32,7 +32,12 @@ pub trait Store {
     }
     /// Copy `path` (file, directory or symlink) into the store as `name`
     /// (recursive/NAR hashing) and return its store path.
-    fn add_path(&self, path: &Path, name: &str, filter: Option<&dyn Fn(&Path) -> bool>) -> Result<String, StoreError>;
+    fn add_path(
+        &self,
+        path: &Path,
+        name: &str,
+        filter: Option<&dyn Fn(&Path) -> bool>,
+    ) -> Result<String, StoreError>;
     /// Write a text file (`toFile`, `.drv`) with the given references; return its store path.
     fn add_text(&self, name: &str, text: &str, refs: &[String]) -> Result<String, StoreError>;
     /// Contents of a text file previously written with `add_text`, if any.
@@ -42,7 +47,11 @@ pub trait Store {
 /// Builds derivation outputs when evaluation reads them (import from derivation).
 pub trait Realiser {
     /// Build `drv_path` so that `outputs` exist; return their real filesystem locations.
-    fn realise(&self, drv_path: &str, outputs: &[String]) -> Result<Vec<std::path::PathBuf>, StoreError>;
+    fn realise(
+        &self,
+        drv_path: &str,
+        outputs: &[String],
+    ) -> Result<Vec<std::path::PathBuf>, StoreError>;
 }
 
 /// Receives each derivation as soon as it is instantiated.
@@ -53,7 +62,11 @@ pub trait DerivationSink {
 
 /// Make a store path from its type, inner hash and name (Nix's `makeStorePath`).
 pub fn make_store_path(store_dir: &str, ty: &str, hash: &Hash, name: &str) -> String {
-    let fp = format!("{ty}:{}:{}:{store_dir}:{name}", hash.algo(), hash.to_base16());
+    let fp = format!(
+        "{ty}:{}:{}:{store_dir}:{name}",
+        hash.algo(),
+        hash.to_base16()
+    );
     let h = Hash::of(HashAlgo::Sha256, fp.as_bytes());
     let c = kiln_nix::hash::compress_hash(h.digest(), 20);
     format!("{store_dir}/{}-{name}", kiln_nix::nixbase32::encode(&c))
@@ -68,7 +81,12 @@ pub fn text_store_path(store_dir: &str, name: &str, text: &str, refs: &[String])
         ty.push(':');
         ty.push_str(r);
     }
-    make_store_path(store_dir, &ty, &Hash::of(HashAlgo::Sha256, text.as_bytes()), name)
+    make_store_path(
+        store_dir,
+        &ty,
+        &Hash::of(HashAlgo::Sha256, text.as_bytes()),
+        name,
+    )
 }
 
 /// Serialise `path` as a NAR into `h` (streaming).
@@ -91,10 +109,17 @@ fn nar_bytes(h: &mut Hasher, b: &[u8]) {
 }
 
 fn io_err(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io { path: path.display().to_string(), source }
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
-fn nar_entry(h: &mut Hasher, path: &Path, filter: Option<&dyn Fn(&Path) -> bool>) -> Result<(), StoreError> {
+fn nar_entry(
+    h: &mut Hasher,
+    path: &Path,
+    filter: Option<&dyn Fn(&Path) -> bool>,
+) -> Result<(), StoreError> {
     let md = std::fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
     nar_str(h, "(");
     if md.file_type().is_symlink() {
@@ -150,7 +175,10 @@ fn nar_entry(h: &mut Hasher, path: &Path, filter: Option<&dyn Fn(&Path) -> bool>
             h.update(&buf[..n]);
         }
         if total != len {
-            return Err(io_err(path, std::io::Error::other("file changed while reading")));
+            return Err(io_err(
+                path,
+                std::io::Error::other("file changed while reading"),
+            ));
         }
         let pad = ((8 - len % 8) % 8) as usize;
         h.update(&[0u8; 8][..pad]);
@@ -174,7 +202,12 @@ impl MemStore {
 }
 
 impl Store for MemStore {
-    fn add_path(&self, path: &Path, name: &str, filter: Option<&dyn Fn(&Path) -> bool>) -> Result<String, StoreError> {
+    fn add_path(
+        &self,
+        path: &Path,
+        name: &str,
+        filter: Option<&dyn Fn(&Path) -> bool>,
+    ) -> Result<String, StoreError> {
         let h = nar_hash(path, filter)?;
         Ok(make_store_path(self.store_dir(), "source", &h, name))
     }

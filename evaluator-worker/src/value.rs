@@ -48,7 +48,10 @@ pub struct NixString {
 impl NixString {
     /// A string without context.
     pub fn plain(s: impl Into<String>) -> Self {
-        NixString { s: s.into(), ctx: Vec::new() }
+        NixString {
+            s: s.into(),
+            ctx: Vec::new(),
+        }
     }
     /// Merge `other` into this context.
     pub fn add_context(&mut self, other: &[Rc<str>]) {
@@ -186,7 +189,10 @@ impl Value {
     }
     /// True for lambdas and builtins.
     pub fn is_function(&self) -> bool {
-        matches!(self, Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_))
+        matches!(
+            self,
+            Value::Lambda(_) | Value::PrimOp(_) | Value::PrimOpApp(_)
+        )
     }
 }
 
@@ -210,7 +216,9 @@ pub struct Attrs {
 impl Attrs {
     /// An empty set.
     pub fn new() -> Self {
-        Attrs { entries: Vec::new() }
+        Attrs {
+            entries: Vec::new(),
+        }
     }
     /// Build from unsorted entries; later duplicates are dropped.
     pub fn from_unsorted(mut entries: Vec<Attr>) -> Self {

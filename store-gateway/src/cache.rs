@@ -132,7 +132,9 @@ impl BinaryCache {
     async fn small_text(&self, key: &Key) -> Result<Option<String>> {
         match get_small(self.store.as_ref(), key, MAX_NARINFO_SIZE).await? {
             None => Ok(None),
-            Some(b) => String::from_utf8(b).map(Some).map_err(|_| self.malformed(key, "not UTF-8")),
+            Some(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| self.malformed(key, "not UTF-8")),
         }
     }
 
@@ -145,7 +147,10 @@ impl BinaryCache {
         let whence = format!("{}/{key}", self.store.url());
         let info = NixCacheInfo::parse(&text, &whence).map_err(|e| self.malformed(&key, e))?;
         if info.store_dir != STORE_DIR {
-            return Err(self.malformed(&key, format!("cache is for store '{}', not '{STORE_DIR}'", info.store_dir)));
+            return Err(self.malformed(
+                &key,
+                format!("cache is for store '{}', not '{STORE_DIR}'", info.store_dir),
+            ));
         }
         Ok(Some(info))
     }
@@ -157,7 +162,9 @@ impl BinaryCache {
             info.want_mass_query = Some(true);
             info.priority = Some(40);
             let text = info.to_cache_info_string();
-            self.store.put_bytes(&Key::cache_info(), Bytes::from(text)).await?;
+            self.store
+                .put_bytes(&Key::cache_info(), Bytes::from(text))
+                .await?;
         }
         Ok(())
     }
@@ -176,7 +183,8 @@ impl BinaryCache {
 
     fn remembered(&self, hash_part: &str) -> bool {
         let map = self.positive.lock().unwrap_or_else(|p| p.into_inner());
-        map.get(hash_part).is_some_and(|t| t.elapsed() < self.opts.positive_ttl)
+        map.get(hash_part)
+            .is_some_and(|t| t.elapsed() < self.opts.positive_ttl)
     }
 
     /// Which of `hash_parts` have a narinfo, in order. Positive answers are
@@ -204,12 +212,19 @@ impl BinaryCache {
     }
 
     /// Parses a narinfo's text, checking that it describes `path`.
-    pub fn parse_narinfo(&self, text: &str, key: &Key, path: Option<&StorePath>) -> Result<NarInfo> {
+    pub fn parse_narinfo(
+        &self,
+        text: &str,
+        key: &Key,
+        path: Option<&StorePath>,
+    ) -> Result<NarInfo> {
         let whence = format!("{}/{key}", self.store.url());
         let info = NarInfo::parse(text, &whence).map_err(|e| self.malformed(key, e))?;
         if let Some(p) = path {
             if &info.store_path != p {
-                return Err(self.malformed(key, format!("describes '{}', not '{p}'", info.store_path)));
+                return Err(
+                    self.malformed(key, format!("describes '{}', not '{p}'", info.store_path))
+                );
             }
         }
         Ok(info)
@@ -218,10 +233,12 @@ impl BinaryCache {
     /// Checks a narinfo's signatures against the trusted keys, if any.
     pub fn check_trust(&self, info: &NarInfo) -> Result<()> {
         if let Some(trusted) = &self.opts.trusted_keys {
-            let valid = info.verify_signatures(trusted).map_err(|e| StoreError::Format {
-                context: format!("verifying signatures of '{}'", info.store_path),
-                message: e.to_string(),
-            })?;
+            let valid = info
+                .verify_signatures(trusted)
+                .map_err(|e| StoreError::Format {
+                    context: format!("verifying signatures of '{}'", info.store_path),
+                    message: e.to_string(),
+                })?;
             if valid == 0 {
                 return Err(StoreError::Untrusted {
                     path: info.store_path.to_string(),
@@ -246,10 +263,12 @@ impl BinaryCache {
 
     /// Like [`BinaryCache::path_info`], but a missing path is an error.
     pub async fn require_info(&self, path: &StorePath) -> Result<NarInfo> {
-        self.path_info(path).await?.ok_or_else(|| StoreError::NotFound {
-            store: self.store.url(),
-            path: path.to_string(),
-        })
+        self.path_info(path)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                store: self.store.url(),
+                path: path.to_string(),
+            })
     }
 
     /// The key of the NAR file a narinfo points to.
@@ -269,15 +288,20 @@ impl BinaryCache {
     /// streams: reading to the end fails if hash or size differ.
     pub async fn nar(&self, info: &NarInfo) -> Result<ByteStream> {
         let key = self.nar_key(info)?;
-        let compression = Compression::from_name(&info.compression).ok_or_else(|| StoreError::Malformed {
-            store: self.store.url(),
-            key: format!("{}.narinfo", info.store_path.hash_part()),
-            message: format!("unsupported compression '{}'", info.compression),
-        })?;
-        let raw = self.store.get(&key).await?.ok_or_else(|| StoreError::NotFound {
-            store: self.store.url(),
-            path: format!("{} (its NAR {key})", info.store_path),
-        })?;
+        let compression =
+            Compression::from_name(&info.compression).ok_or_else(|| StoreError::Malformed {
+                store: self.store.url(),
+                key: format!("{}.narinfo", info.store_path.hash_part()),
+                message: format!("unsupported compression '{}'", info.compression),
+            })?;
+        let raw = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| StoreError::NotFound {
+                store: self.store.url(),
+                path: format!("{} (its NAR {key})", info.store_path),
+            })?;
         let plain = compression.decoder(raw);
         Ok(Box::pin(VerifyingReader::new(
             plain,
@@ -290,9 +314,15 @@ impl BinaryCache {
     /// Stores a path from its NAR stream: compress and hash into a staging
     /// file, upload the NAR, then sign and write the narinfo. Nothing is
     /// written when the stream fails or does not match `meta.expected`.
-    pub async fn add_path<R: AsyncRead + Unpin + Send>(&self, meta: PathMeta, nar: R) -> Result<NarInfo> {
+    pub async fn add_path<R: AsyncRead + Unpin + Send>(
+        &self,
+        meta: PathMeta,
+        nar: R,
+    ) -> Result<NarInfo> {
         if !self.store.writable() {
-            return Err(StoreError::ReadOnly { store: self.store.url() });
+            return Err(StoreError::ReadOnly {
+                store: self.store.url(),
+            });
         }
         let what = format!("NAR of '{}'", meta.path);
         let staged = stage_nar(nar, self.opts.compression, &self.opts.temp_dir, &what).await?;
@@ -349,7 +379,9 @@ impl BinaryCache {
         }
         let text = info.to_narinfo_string().map_err(fmt_err)?;
         let hash_part = info.store_path.hash_part();
-        self.store.put_bytes(&Key::narinfo(&hash_part)?, Bytes::from(text)).await?;
+        self.store
+            .put_bytes(&Key::narinfo(&hash_part)?, Bytes::from(text))
+            .await?;
         self.remember(&hash_part);
         Ok(())
     }
@@ -361,10 +393,14 @@ impl BinaryCache {
         let mut frontier: Vec<StorePath> = roots.to_vec();
         let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
         while !frontier.is_empty() {
-            let fetched: Vec<NarInfo> = stream::iter(frontier.drain(..).map(|p| async move { self.require_info(&p).await }))
-                .buffer_unordered(self.opts.concurrency.max(1))
-                .try_collect()
-                .await?;
+            let fetched: Vec<NarInfo> = stream::iter(
+                frontier
+                    .drain(..)
+                    .map(|p| async move { self.require_info(&p).await }),
+            )
+            .buffer_unordered(self.opts.concurrency.max(1))
+            .try_collect()
+            .await?;
             for info in fetched {
                 for r in &info.references {
                     if seen.insert(r.clone()) {
@@ -379,12 +415,19 @@ impl BinaryCache {
 
     /// Stores a build log for a derivation.
     pub async fn put_log(&self, drv: &StorePath, log: Bytes) -> Result<()> {
-        self.store.put_bytes(&Key::log(&drv.base_name())?, log).await
+        self.store
+            .put_bytes(&Key::log(&drv.base_name())?, log)
+            .await
     }
 
     /// A derivation's build log, if stored.
     pub async fn get_log(&self, drv: &StorePath) -> Result<Option<Vec<u8>>> {
-        get_small(self.store.as_ref(), &Key::log(&drv.base_name())?, MAX_LOG_SIZE).await
+        get_small(
+            self.store.as_ref(),
+            &Key::log(&drv.base_name())?,
+            MAX_LOG_SIZE,
+        )
+        .await
     }
 }
 

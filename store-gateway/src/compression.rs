@@ -103,7 +103,11 @@ impl<W> Encoder<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for Encoder<W> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Encoder::None(w) => Pin::new(w).poll_write(cx, buf),
             Encoder::Xz(w) => Pin::new(w).poll_write(cx, buf),
@@ -152,7 +156,11 @@ impl<W> HashingAsyncWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> AsyncWrite for HashingAsyncWriter<W> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let res = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = res {
@@ -204,7 +212,11 @@ impl VerifyingReader {
 }
 
 impl AsyncRead for VerifyingReader {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         let before = buf.filled().len();
         match this.inner.as_mut().poll_read(cx, buf) {
@@ -215,7 +227,10 @@ impl AsyncRead for VerifyingReader {
         if new.is_empty() {
             if let Some(h) = this.hasher.take() {
                 if this.seen != this.expected_size {
-                    let msg = format!("NAR size mismatch: expected {}, got {}", this.expected_size, this.seen);
+                    let msg = format!(
+                        "NAR size mismatch: expected {}, got {}",
+                        this.expected_size, this.seen
+                    );
                     return Poll::Ready(Err(this.bad(msg)));
                 }
                 let got = h.finish();
@@ -232,7 +247,10 @@ impl AsyncRead for VerifyingReader {
         }
         this.seen += new.len() as u64;
         if this.seen > this.expected_size {
-            let msg = format!("NAR is larger than the expected {} bytes", this.expected_size);
+            let msg = format!(
+                "NAR is larger than the expected {} bytes",
+                this.expected_size
+            );
             return Poll::Ready(Err(this.bad(msg)));
         }
         if let Some(h) = this.hasher.as_mut() {
@@ -276,19 +294,25 @@ mod tests {
     async fn verifier_refuses_flipped_and_short_data() {
         let data = b"some nar bytes".to_vec();
         let hash = Hash::of(HashAlgo::Sha256, &data);
-        let read = |d: Vec<u8>, size| async move {
-            let mut r = VerifyingReader::new(Box::pin(std::io::Cursor::new(d)), hash.clone(), size, "x");
+        async fn read(d: Vec<u8>, hash: &Hash, size: u64) -> io::Result<Vec<u8>> {
+            let mut r =
+                VerifyingReader::new(Box::pin(std::io::Cursor::new(d)), hash.clone(), size, "x");
             let mut out = Vec::new();
             r.read_to_end(&mut out).await.map(|_| out)
-        };
-        assert_eq!(read(data.clone(), data.len() as u64).await.unwrap(), data);
+        }
+        assert_eq!(
+            read(data.clone(), &hash, data.len() as u64).await.unwrap(),
+            data
+        );
         let mut flipped = data.clone();
         flipped[3] ^= 1;
-        let e = read(flipped, data.len() as u64).await.unwrap_err();
+        let e = read(flipped, &hash, data.len() as u64).await.unwrap_err();
         assert!(e.to_string().contains("hash mismatch"), "{e}");
-        let e = read(data[..5].to_vec(), data.len() as u64).await.unwrap_err();
+        let e = read(data[..5].to_vec(), &hash, data.len() as u64)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("size mismatch"), "{e}");
-        let e = read(data.clone(), 4).await.unwrap_err();
+        let e = read(data.clone(), &hash, 4).await.unwrap_err();
         assert!(e.to_string().contains("larger"), "{e}");
     }
 }

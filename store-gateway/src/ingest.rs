@@ -49,7 +49,10 @@ pub async fn stage_nar<R: AsyncRead + Unpin>(
 ) -> Result<StagedNar> {
     let dir = temp_dir.to_path_buf();
     let tmp = tokio::task::spawn_blocking(move || {
-        tempfile::Builder::new().prefix("kiln-nar-").tempfile_in(&dir).map_err(|e| (dir, e))
+        tempfile::Builder::new()
+            .prefix("kiln-nar-")
+            .tempfile_in(&dir)
+            .map_err(|e| (dir, e))
     })
     .await
     .map_err(|e| StoreError::stream(format!("staging {what}"), std::io::Error::other(e)))?

@@ -104,7 +104,10 @@ impl Key {
         }
         if let Some(drv) = key.strip_prefix("log/") {
             if !drv.ends_with(".drv") || !is_valid_store_base_name(drv) {
-                return Err(invalid(key, "a log is named after a derivation's store path"));
+                return Err(invalid(
+                    key,
+                    "a log is named after a derivation's store path",
+                ));
             }
             return Ok(KeyKind::Log);
         }
@@ -116,7 +119,10 @@ impl Key {
             return Err(invalid(key, "unknown kind of object"));
         };
         if hash.len() != STORE_HASH_LEN || !is_nixbase32(hash) {
-            return Err(invalid(key, "a store path hash is 32 Nix base32 characters"));
+            return Err(invalid(
+                key,
+                "a store path hash is 32 Nix base32 characters",
+            ));
         }
         Ok(kind)
     }
@@ -179,13 +185,22 @@ mod tests {
 
     #[test]
     fn accepts_cache_layout() {
-        assert_eq!(Key::parse("nix-cache-info").unwrap().kind(), KeyKind::CacheInfo);
+        assert_eq!(
+            Key::parse("nix-cache-info").unwrap().kind(),
+            KeyKind::CacheInfo
+        );
         assert_eq!(Key::narinfo(H32).unwrap().kind(), KeyKind::NarInfo);
         assert_eq!(Key::listing(H32).unwrap().kind(), KeyKind::Listing);
         for ext in [".nar", ".nar.xz", ".nar.zst"] {
-            assert_eq!(Key::parse(&format!("nar/{H52}{ext}")).unwrap().kind(), KeyKind::Nar);
+            assert_eq!(
+                Key::parse(&format!("nar/{H52}{ext}")).unwrap().kind(),
+                KeyKind::Nar
+            );
         }
-        assert_eq!(Key::log(&format!("{H32}-hello.drv")).unwrap().kind(), KeyKind::Log);
+        assert_eq!(
+            Key::log(&format!("{H32}-hello.drv")).unwrap().kind(),
+            KeyKind::Log
+        );
     }
 
     #[test]

@@ -63,7 +63,12 @@ pub async fn realise(
 }
 
 /// Unpacks one path unless present; returns whether it was fetched.
-async fn realise_one(cache: &BinaryCache, info: &NarInfo, dest: &Path, staging: &Path) -> Result<bool> {
+async fn realise_one(
+    cache: &BinaryCache,
+    info: &NarInfo,
+    dest: &Path,
+    staging: &Path,
+) -> Result<bool> {
     let base = info.store_path.base_name();
     let target = dest.join(&base);
     if tokio::fs::symlink_metadata(&target).await.is_ok() {
@@ -84,7 +89,8 @@ async fn realise_one(cache: &BinaryCache, info: &NarInfo, dest: &Path, staging: 
             message: e.to_string(),
         })?;
         // Read to the end so the verifier checks hash and size.
-        std::io::copy(&mut input, &mut std::io::sink()).map_err(|e| StoreError::stream(format!("verifying {what}"), e))?;
+        std::io::copy(&mut input, &mut std::io::sink())
+            .map_err(|e| StoreError::stream(format!("verifying {what}"), e))?;
         Ok::<_, StoreError>((tmp, unpacked))
     })
     .await

@@ -35,8 +35,11 @@ fn percent_decode(url: &str, s: &str) -> Result<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| bad(url, "truncated %-escape"))?;
-            let b = u8::from_str_radix(hex, 16).map_err(|_| bad(url, format!("bad %-escape '%{hex}'")))?;
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| bad(url, "truncated %-escape"))?;
+            let b = u8::from_str_radix(hex, 16)
+                .map_err(|_| bad(url, format!("bad %-escape '%{hex}'")))?;
             out.push(b);
             i += 3;
         } else {
@@ -60,7 +63,9 @@ impl StoreUrl {
             let mut cfg = S3Config::new(bucket);
             let mut scheme = None;
             for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| bad(url, format!("'{pair}' is not KEY=VALUE")))?;
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| bad(url, format!("'{pair}' is not KEY=VALUE")))?;
                 let v = percent_decode(url, v)?;
                 match k {
                     "endpoint" => cfg.endpoint = Some(v),
@@ -100,7 +105,10 @@ impl StoreUrl {
             return Ok(StoreUrl::Local(PathBuf::from(dir)));
         }
         if url.contains("://") {
-            return Err(bad(url, "unsupported scheme (use a directory, file://, s3:// or http(s)://)"));
+            return Err(bad(
+                url,
+                "unsupported scheme (use a directory, file://, s3:// or http(s)://)",
+            ));
         }
         if url.is_empty() {
             return Err(bad(url, "empty store URL"));
@@ -132,15 +140,22 @@ mod tests {
 
     #[test]
     fn parses_every_form() {
-        assert_eq!(StoreUrl::parse("/tmp/c").unwrap(), StoreUrl::Local("/tmp/c".into()));
-        assert_eq!(StoreUrl::parse("file:///tmp/c").unwrap(), StoreUrl::Local("/tmp/c".into()));
+        assert_eq!(
+            StoreUrl::parse("/tmp/c").unwrap(),
+            StoreUrl::Local("/tmp/c".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("file:///tmp/c").unwrap(),
+            StoreUrl::Local("/tmp/c".into())
+        );
         assert_eq!(
             StoreUrl::parse("http://127.0.0.1:8080/").unwrap(),
             StoreUrl::Http("http://127.0.0.1:8080".into())
         );
-        let StoreUrl::S3(c) =
-            StoreUrl::parse("s3://b?endpoint=http%3A%2F%2F127.0.0.1%3A3900&region=garage&prefix=/p/").unwrap()
-        else {
+        let StoreUrl::S3(c) = StoreUrl::parse(
+            "s3://b?endpoint=http%3A%2F%2F127.0.0.1%3A3900&region=garage&prefix=/p/",
+        )
+        .unwrap() else {
             panic!("not s3")
         };
         assert_eq!(c.bucket, "b");
@@ -155,7 +170,16 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for u in ["s3://", "s3://b/c", "s3://b?x=1", "s3://b?endpoint", "ftp://x", "file://rel", "", "s3://b?region=%zz"] {
+        for u in [
+            "s3://",
+            "s3://b/c",
+            "s3://b?x=1",
+            "s3://b?endpoint",
+            "ftp://x",
+            "file://rel",
+            "",
+            "s3://b?region=%zz",
+        ] {
             assert!(StoreUrl::parse(u).is_err(), "{u} accepted");
         }
     }

@@ -28,7 +28,10 @@ struct Case {
 fn materialise_busybox(cache: &Path, corpus_sha: &str) -> Option<PathBuf> {
     let host = Path::new("/bin/busybox");
     if !host.exists() {
-        assert!(!kiln_tests::in_ci(), "CI=true but /bin/busybox is missing (apt-get install busybox-static)");
+        assert!(
+            !kiln_tests::in_ci(),
+            "CI=true but /bin/busybox is missing (apt-get install busybox-static)"
+        );
         eprintln!("skipping: /bin/busybox is missing (apt-get install busybox-static)");
         return None;
     }
@@ -44,7 +47,11 @@ fn materialise_busybox(cache: &Path, corpus_sha: &str) -> Option<PathBuf> {
     std::fs::copy(host, dir.join("bin/busybox")).unwrap();
     let (_, nar) = dump_path(&dir, std::io::sink()).unwrap();
     let path = make_source_path("busybox", &nar.hash, &BTreeSet::new(), false).unwrap();
-    assert_eq!(path.to_absolute_path(), BUSYBOX_PATH, "busybox source path computed from its NAR hash");
+    assert_eq!(
+        path.to_absolute_path(),
+        BUSYBOX_PATH,
+        "busybox source path computed from its NAR hash"
+    );
     let dest = cache.join(path.base_name());
     std::fs::rename(&dir, &dest).unwrap();
     Some(dest)
@@ -52,7 +59,9 @@ fn materialise_busybox(cache: &Path, corpus_sha: &str) -> Option<PathBuf> {
 
 fn drv_name(drv_path: &str) -> &str {
     let base = drv_path.rsplit('/').next().unwrap_or_default();
-    base.split_once('-').map_or(base, |(_, n)| n).trim_end_matches(".drv")
+    base.split_once('-')
+        .map_or(base, |(_, n)| n)
+        .trim_end_matches(".drv")
 }
 
 /// Loads every case; also checks each ATerm hashes to its recorded path.
@@ -60,7 +69,9 @@ fn load_cases(dir: &Path) -> (BTreeMap<String, Case>, String) {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.to_string_lossy().ends_with(".expected.json") && !p.ends_with("ifd.expected.json"))
+        .filter(|p| {
+            p.to_string_lossy().ends_with(".expected.json") && !p.ends_with("ifd.expected.json")
+        })
         .collect();
     files.sort();
     let mut cases = BTreeMap::new();
@@ -68,12 +79,28 @@ fn load_cases(dir: &Path) -> (BTreeMap<String, Case>, String) {
     for f in files {
         let json: Value = serde_json::from_slice(&std::fs::read(&f).unwrap()).unwrap();
         sha = json["busyboxSha256"].as_str().unwrap().to_string();
-        let file = f.file_name().unwrap().to_string_lossy().replace(".expected.json", "");
+        let file = f
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace(".expected.json", "");
         for (name, case) in json["cases"].as_object().unwrap() {
             let drv_path = case["drvPath"].as_str().unwrap().to_string();
             let drv = Derivation::parse_aterm(case["aterm"].as_str().unwrap().as_bytes()).unwrap();
-            assert_eq!(drv.drv_path(drv_name(&drv_path)).unwrap().to_absolute_path(), drv_path);
-            cases.insert(drv_path, Case { label: format!("{file}.{name}"), drv, expected: case.clone() });
+            assert_eq!(
+                drv.drv_path(drv_name(&drv_path))
+                    .unwrap()
+                    .to_absolute_path(),
+                drv_path
+            );
+            cases.insert(
+                drv_path,
+                Case {
+                    label: format!("{file}.{name}"),
+                    drv,
+                    expected: case.clone(),
+                },
+            );
         }
     }
     (cases, sha)
@@ -99,34 +126,57 @@ fn wide_layers(cases: &BTreeMap<String, Case>) -> BTreeMap<String, Derivation> {
                 "-c".into(),
                 format!("{bb} mkdir -p \"$TMPDIR/.bin\"\n{bb} --install -s \"$TMPDIR/.bin\"\nexport PATH=\"$TMPDIR/.bin\"\n{script}\n"),
             ];
-            let env: BTreeMap<String, String> =
-                [("builder", bb.as_str()), ("name", name.as_str()), ("out", ""), ("system", "x86_64-linux")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            let env: BTreeMap<String, String> = [
+                ("builder", bb.as_str()),
+                ("name", name.as_str()),
+                ("out", ""),
+                ("system", "x86_64-linux"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
             let mut drv = Derivation {
                 outputs: [("out".to_string(), DerivationOutput::Deferred)].into(),
-                input_drvs: prev.iter().map(|(d, _)| (d.clone(), ["out".to_string()].into())).collect(),
+                input_drvs: prev
+                    .iter()
+                    .map(|(d, _)| (d.clone(), ["out".to_string()].into()))
+                    .collect(),
                 input_srcs: [StorePath::from_absolute_path(BUSYBOX_PATH).unwrap()].into(),
                 system: "x86_64-linux".into(),
                 builder: bb.clone(),
                 args,
                 env,
             };
-            drv.fill_output_paths(&name, |p| hashes.get(p).cloned()).unwrap();
+            drv.fill_output_paths(&name, |p| hashes.get(p).cloned())
+                .unwrap();
             let drv_path = drv.drv_path(&name).unwrap();
-            hashes.insert(drv_path.clone(), drv.hash_modulo(false, |p| hashes.get(p).cloned()).unwrap());
+            hashes.insert(
+                drv_path.clone(),
+                drv.hash_modulo(false, |p| hashes.get(p).cloned()).unwrap(),
+            );
             this.push((drv_path.clone(), drv.env["out"].clone()));
             extra.insert(drv_path.to_absolute_path(), drv);
         }
         prev = this;
     }
-    let top = cases.values().find(|c| c.label == "wide.top").expect("wide.top case");
+    let top = cases
+        .values()
+        .find(|c| c.label == "wide.top")
+        .expect("wide.top case");
     let wanted: BTreeSet<&StorePath> = top.drv.input_drvs.keys().collect();
     let got: BTreeSet<&StorePath> = prev.iter().map(|(d, _)| d).collect();
-    assert_eq!(got, wanted, "reconstructed wide.nix layer 2 must be the derivations wide-top depends on");
+    assert_eq!(
+        got, wanted,
+        "reconstructed wide.nix layer 2 must be the derivations wide-top depends on"
+    );
     extra
 }
 
 /// The closure of `paths` over the recorded references.
-fn closure(start: impl IntoIterator<Item = String>, realised: &BTreeMap<String, (PathBuf, BTreeSet<String>)>) -> BTreeMap<String, PathBuf> {
+fn closure(
+    start: impl IntoIterator<Item = String>,
+    realised: &BTreeMap<String, (PathBuf, BTreeSet<String>)>,
+) -> BTreeMap<String, PathBuf> {
     let mut out = BTreeMap::new();
     let mut todo: Vec<String> = start.into_iter().collect();
     while let Some(p) = todo.pop() {
@@ -144,35 +194,64 @@ fn closure(start: impl IntoIterator<Item = String>, realised: &BTreeMap<String, 
 async fn every_build_case_matches_nix() {
     let corpus = kiln_tests::shared_dir().join("conformance/build");
     let (cases, busybox_sha) = load_cases(&corpus);
-    assert_eq!(cases.len(), EXPECTED_CASES, "cases found in {}", corpus.display());
+    assert_eq!(
+        cases.len(),
+        EXPECTED_CASES,
+        "cases found in {}",
+        corpus.display()
+    );
     let t = tempfile::tempdir().unwrap();
     let cache = t.path().join("cache");
-    let Some(bb) = materialise_busybox(&cache, &busybox_sha) else { return };
+    let Some(bb) = materialise_busybox(&cache, &busybox_sha) else {
+        return;
+    };
     let extra = wide_layers(&cases);
 
     let mut config = BuilderConfig::new(t.path().join("scratch"));
     config.max_jobs = 2;
     let builder = Builder::new(config);
-    let mut realised: BTreeMap<String, (PathBuf, BTreeSet<String>)> = [(BUSYBOX_PATH.to_string(), (bb, BTreeSet::new()))].into();
+    let mut realised: BTreeMap<String, (PathBuf, BTreeSet<String>)> =
+        [(BUSYBOX_PATH.to_string(), (bb, BTreeSet::new()))].into();
     let mut failed: BTreeMap<String, String> = BTreeMap::new();
     let mut done: BTreeSet<String> = BTreeSet::new();
-    let all: BTreeMap<&String, &Derivation> = cases.iter().map(|(k, c)| (k, &c.drv)).chain(extra.iter()).collect();
+    let all: BTreeMap<&String, &Derivation> = cases
+        .iter()
+        .map(|(k, c)| (k, &c.drv))
+        .chain(extra.iter())
+        .collect();
     let mut checked = 0;
     // Build in dependency order, one ready derivation at a time.
     while done.len() < all.len() {
         let (drv_path, drv) = all
             .iter()
-            .find(|(p, d)| !done.contains(**p) && d.input_drvs.keys().all(|i| done.contains(&i.to_absolute_path())))
+            .find(|(p, d)| {
+                !done.contains(**p)
+                    && d.input_drvs
+                        .keys()
+                        .all(|i| done.contains(&i.to_absolute_path()))
+            })
             .map(|(p, d)| ((*p).clone(), *d))
             .expect("a derivation whose inputs are all built");
         done.insert(drv_path.clone());
-        let failed_inputs: Vec<String> = drv.input_drvs.keys().map(|p| p.to_absolute_path()).filter(|p| failed.contains_key(p)).collect();
+        let failed_inputs: Vec<String> = drv
+            .input_drvs
+            .keys()
+            .map(|p| p.to_absolute_path())
+            .filter(|p| failed.contains_key(p))
+            .collect();
         let result: Result<BTreeMap<String, Value>, Vec<String>> = if !failed_inputs.is_empty() {
             let mut lines: Vec<String> = failed_inputs.iter().map(|p| failed[p].clone()).collect();
-            lines.push(format!("error: {} dependencies of derivation '{drv_path}' failed to build", failed_inputs.len()));
+            lines.push(format!(
+                "error: {} dependencies of derivation '{drv_path}' failed to build",
+                failed_inputs.len()
+            ));
             Err(lines)
         } else {
-            let mut start: Vec<String> = drv.input_srcs.iter().map(|p| p.to_absolute_path()).collect();
+            let mut start: Vec<String> = drv
+                .input_srcs
+                .iter()
+                .map(|p| p.to_absolute_path())
+                .collect();
             for (input, outs) in &drv.input_drvs {
                 let input_drv = all[&input.to_absolute_path()];
                 for o in outs {
@@ -180,7 +259,10 @@ async fn every_build_case_matches_nix() {
                 }
             }
             let inputs = closure(start, &realised);
-            let options = BuildOptions { out_dir: cache.clone(), ..Default::default() };
+            let options = BuildOptions {
+                out_dir: cache.clone(),
+                ..Default::default()
+            };
             match builder.build(&drv_path, drv, &inputs, &options).await {
                 Ok(res) => {
                     let mut outs = BTreeMap::new();
@@ -194,20 +276,32 @@ async fn every_build_case_matches_nix() {
                     Ok(outs)
                 }
                 Err(e) => {
-                    let line = format!("error: {e}").lines().next().unwrap_or_default().to_string();
+                    let line = format!("error: {e}")
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
                     failed.insert(drv_path.clone(), line.clone());
                     Err(vec![line])
                 }
             }
         };
         let Some(case) = cases.get(&drv_path) else {
-            assert!(result.is_ok(), "wide.nix layer {drv_path} failed: {result:?}");
+            assert!(
+                result.is_ok(),
+                "wide.nix layer {drv_path} failed: {result:?}"
+            );
             continue;
         };
         checked += 1;
         let label = &case.label;
         if case.expected["buildFails"].as_bool() == Some(true) {
-            let want: Vec<&str> = case.expected["nixError"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+            let want: Vec<&str> = case.expected["nixError"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
             let got = result.expect_err(&format!("{label} must fail as it does with Nix"));
             assert_eq!(got.len(), want.len(), "{label}: {got:?} vs {want:?}");
             for (g, w) in got.iter().zip(&want) {
@@ -220,7 +314,8 @@ async fn every_build_case_matches_nix() {
             }
         } else {
             let got = result.unwrap_or_else(|e| panic!("{label} failed: {e:?}"));
-            let want: BTreeMap<String, Value> = serde_json::from_value(case.expected["built"].clone()).unwrap();
+            let want: BTreeMap<String, Value> =
+                serde_json::from_value(case.expected["built"].clone()).unwrap();
             assert_eq!(got, want, "{label}");
         }
     }

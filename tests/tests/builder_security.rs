@@ -27,7 +27,10 @@ struct Env {
 fn setup(max_jobs: usize) -> Option<Env> {
     let host = Path::new("/bin/busybox");
     if !host.exists() {
-        assert!(!kiln_tests::in_ci(), "CI=true but /bin/busybox is missing (apt-get install busybox-static)");
+        assert!(
+            !kiln_tests::in_ci(),
+            "CI=true but /bin/busybox is missing (apt-get install busybox-static)"
+        );
         eprintln!("skipping: /bin/busybox is missing");
         return None;
     }
@@ -38,22 +41,42 @@ fn setup(max_jobs: usize) -> Option<Env> {
     std::fs::copy(host, bb.join("bin/busybox")).unwrap();
     let mut config = BuilderConfig::new(dir.path().join("scratch"));
     config.max_jobs = max_jobs;
-    Some(Env { cache: cache.clone(), inputs: [(BUSYBOX.to_string(), bb)].into(), builder: Builder::new(config), _dir: dir })
+    Some(Env {
+        cache: cache.clone(),
+        inputs: [(BUSYBOX.to_string(), bb)].into(),
+        builder: Builder::new(config),
+        _dir: dir,
+    })
 }
 
 /// A derivation running `script` with busybox's applets on `PATH`.
 fn mk(name: &str, script: &str) -> (String, Derivation) {
     let bb = format!("{BUSYBOX}/bin/busybox");
-    let out = make_text_path(name, &Hash::of(HashAlgo::Sha256, script.as_bytes()), &BTreeSet::new()).unwrap();
+    let out = make_text_path(
+        name,
+        &Hash::of(HashAlgo::Sha256, script.as_bytes()),
+        &BTreeSet::new(),
+    )
+    .unwrap();
     let full = format!("{bb} mkdir -p \"$TMPDIR/.bin\"\n{bb} --install -s \"$TMPDIR/.bin\"\nexport PATH=\"$TMPDIR/.bin\"\n{script}\n");
     let drv = Derivation {
-        outputs: [("out".to_string(), DerivationOutput::InputAddressed { path: out.clone() })].into(),
+        outputs: [(
+            "out".to_string(),
+            DerivationOutput::InputAddressed { path: out.clone() },
+        )]
+        .into(),
         input_drvs: BTreeMap::new(),
         input_srcs: [StorePath::from_absolute_path(BUSYBOX).unwrap()].into(),
         system: "x86_64-linux".into(),
         builder: bb.clone(),
         args: vec!["sh".into(), "-e".into(), "-c".into(), full],
-        env: [("out".to_string(), out.to_absolute_path()), ("name".into(), name.into()), ("builder".into(), bb), ("system".into(), "x86_64-linux".into())].into(),
+        env: [
+            ("out".to_string(), out.to_absolute_path()),
+            ("name".into(), name.into()),
+            ("builder".into(), bb),
+            ("system".into(), "x86_64-linux".into()),
+        ]
+        .into(),
     };
     (drv.drv_path(name).unwrap().to_absolute_path(), drv)
 }
@@ -61,8 +84,15 @@ fn mk(name: &str, script: &str) -> (String, Derivation) {
 impl Env {
     async fn run(&self, name: &str, script: &str) -> String {
         let (drv_path, drv) = mk(name, script);
-        let opts = BuildOptions { out_dir: self.cache.clone(), ..Default::default() };
-        let res = self.builder.build(&drv_path, &drv, &self.inputs, &opts).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let opts = BuildOptions {
+            out_dir: self.cache.clone(),
+            ..Default::default()
+        };
+        let res = self
+            .builder
+            .build(&drv_path, &drv, &self.inputs, &opts)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         std::fs::read_to_string(&res.outputs["out"].location).unwrap()
     }
 }
@@ -81,7 +111,10 @@ async fn cannot_read_host_files_or_other_cache_paths() {
         b = other.file_name().unwrap().to_string_lossy()
     );
     let out = env.run("read-host", &script).await;
-    assert_eq!(out, format!("leaks:\n{}\n", BUSYBOX.rsplit('/').next().unwrap()));
+    assert_eq!(
+        out,
+        format!("leaks:\n{}\n", BUSYBOX.rsplit('/').next().unwrap())
+    );
 }
 
 #[tokio::test]
@@ -92,7 +125,10 @@ async fn cannot_reach_host_loopback() {
     let port = listener.local_addr().unwrap().port();
     let script = format!("if echo hi | nc -w 2 127.0.0.1 {port}; then echo reached > $out; else echo isolated > $out; fi");
     assert_eq!(env.run("loopback", &script).await, "isolated\n");
-    assert!(listener.accept().is_err(), "the host listener got a connection");
+    assert!(
+        listener.accept().is_err(),
+        "the host listener got a connection"
+    );
 }
 
 #[tokio::test]
@@ -104,7 +140,10 @@ async fn cannot_write_into_inputs() {
          chmod 777 {BUSYBOX}/bin/busybox 2>/dev/null && r=\"$r chmod\"\nrm -f {BUSYBOX}/bin/busybox 2>/dev/null && r=\"$r rm\"\necho \"writes:$r\" > $out"
     );
     assert_eq!(env.run("write-inputs", &script).await, "writes:\n");
-    assert_eq!(std::fs::read(env.inputs[BUSYBOX].join("bin/busybox")).unwrap(), before);
+    assert_eq!(
+        std::fs::read(env.inputs[BUSYBOX].join("bin/busybox")).unwrap(),
+        before
+    );
     assert!(!env.inputs[BUSYBOX].join("new").exists());
 }
 
@@ -126,7 +165,11 @@ async fn daemons_die_with_the_build() {
     let marker = format!("{}", 100000 + std::process::id());
     let script = format!("(exec </dev/null >/dev/null 2>&1; setsid sleep {marker}) &\nsleep 0.2\necho started > $out");
     assert_eq!(env.run("daemon", &script).await, "started\n");
-    assert_eq!(processes_with_arg(&marker), Vec::<String>::new(), "a process of the build is still running");
+    assert_eq!(
+        processes_with_arg(&marker),
+        Vec::<String>::new(),
+        "a process of the build is still running"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,9 +196,16 @@ async fn max_jobs_bounds_parallelism() {
     for i in 0..8 {
         let (env, running, peak) = (env.clone(), running.clone(), peak.clone());
         tasks.push(tokio::spawn(async move {
-            let (drv_path, drv) = mk(&format!("sleeper-{i}"), "echo started; sleep 1; echo ok > $out");
+            let (drv_path, drv) = mk(
+                &format!("sleeper-{i}"),
+                "echo started; sleep 1; echo ok > $out",
+            );
             let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-            let opts = BuildOptions { out_dir: env.cache.clone(), log_lines: Some(tx), ..Default::default() };
+            let opts = BuildOptions {
+                out_dir: env.cache.clone(),
+                log_lines: Some(tx),
+                ..Default::default()
+            };
             let (running2, peak2) = (running.clone(), peak.clone());
             let watch = async move {
                 // The builder is running once it has printed its first line.
@@ -164,7 +214,10 @@ async fn max_jobs_bounds_parallelism() {
                     peak2.fetch_max(now, Ordering::SeqCst);
                 }
             };
-            let (res, ()) = tokio::join!(env.builder.build(&drv_path, &drv, &env.inputs, &opts), watch);
+            let (res, ()) = tokio::join!(
+                env.builder.build(&drv_path, &drv, &env.inputs, &opts),
+                watch
+            );
             running.fetch_sub(1, Ordering::SeqCst);
             res.unwrap();
         }));
@@ -176,6 +229,12 @@ async fn max_jobs_bounds_parallelism() {
     let peak = peak.load(Ordering::SeqCst);
     assert!(peak <= 4, "{peak} builds ran at once with max-jobs 4");
     assert!(peak >= 2, "builds did not overlap (peak {peak})");
-    assert!(wall >= Duration::from_secs(2), "8 one-second builds, 4 at a time, took only {wall:?}");
-    assert!(wall < Duration::from_secs(6), "8 one-second builds with max-jobs 4 took {wall:?}: no parallelism");
+    assert!(
+        wall >= Duration::from_secs(2),
+        "8 one-second builds, 4 at a time, took only {wall:?}"
+    );
+    assert!(
+        wall < Duration::from_secs(6),
+        "8 one-second builds with max-jobs 4 took {wall:?}: no parallelism"
+    );
 }

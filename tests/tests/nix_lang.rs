@@ -26,7 +26,10 @@ fn apply_flags(req: &mut Request, flags: &str, dir: &Path) -> Result<(), String>
     let mut i = 0;
     let next = |i: &mut usize| -> Result<String, String> {
         *i += 1;
-        words.get(*i).map(|s| s.to_string()).ok_or_else(|| format!("flag without value in '{flags}'"))
+        words
+            .get(*i)
+            .map(|s| s.to_string())
+            .ok_or_else(|| format!("flag without value in '{flags}'"))
     };
     while i < words.len() {
         match words[i] {
@@ -67,7 +70,10 @@ fn base_request(dir: &Path, file: &Path) -> Request {
 /// Run one request on a big-stack thread; a panic is reported as a failure.
 fn run(req: Request) -> Result<Result<String, String>, String> {
     kiln_evaluator::with_big_stack(move || eval_request(&req)).map_err(|p| {
-        let msg = p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
         format!("PANIC: {}", msg.unwrap_or_default())
     })
 }
@@ -96,7 +102,9 @@ fn eval_okay(dir: &Path, nix: &Path) -> Option<Outcome> {
         Err(p) => Outcome::Fail(p),
         Ok(Err(e)) => Outcome::Fail(e),
         Ok(Ok(out)) if out == expected => Outcome::Pass,
-        Ok(Ok(out)) => Outcome::Fail(format!("output differs:\n  got:      {out:?}\n  expected: {expected:?}")),
+        Ok(Ok(out)) => Outcome::Fail(format!(
+            "output differs:\n  got:      {out:?}\n  expected: {expected:?}"
+        )),
     })
 }
 
@@ -117,7 +125,9 @@ fn nix_language_suite() {
     for name in &names {
         let path = dir.join(name);
         if name.starts_with("eval-okay-") {
-            let Some(outcome) = eval_okay(&dir, &path) else { continue };
+            let Some(outcome) = eval_okay(&dir, &path) else {
+                continue;
+            };
             okay_total += 1;
             match outcome {
                 Outcome::Pass => okay += 1,
@@ -146,7 +156,13 @@ fn nix_language_suite() {
         println!("FAIL {f}");
     }
     println!("eval-okay: {okay}/{okay_total}  eval-fail: {fail}/{fail_total}  parse: {parse_ok}/{parse_total}");
-    assert!(okay >= MIN_EVAL_OKAY, "eval-okay passes {okay} < {MIN_EVAL_OKAY}");
-    assert!(fail >= MIN_EVAL_FAIL, "eval-fail passes {fail} < {MIN_EVAL_FAIL}");
+    assert!(
+        okay >= MIN_EVAL_OKAY,
+        "eval-okay passes {okay} < {MIN_EVAL_OKAY}"
+    );
+    assert!(
+        fail >= MIN_EVAL_FAIL,
+        "eval-fail passes {fail} < {MIN_EVAL_FAIL}"
+    );
     assert_eq!(parse_ok, parse_total, "every parse case");
 }

@@ -8,7 +8,6 @@ use std::hash::{BuildHasher, Hasher as _};
 use std::path::Path;
 use std::sync::Arc;
 
-use kiln_store::Bytes;
 use kiln_nix::hash::{Hash, HashAlgo};
 use kiln_nix::nar::NarWriter;
 use kiln_nix::signing::{SecretKey, TrustedKeys};
@@ -20,6 +19,7 @@ use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
 use kiln_store::compression::Compression;
 use kiln_store::copy::copy_paths;
 use kiln_store::realise::realise;
+use kiln_store::Bytes;
 use kiln_store::{Key, StoreError};
 use tokio::io::AsyncReadExt;
 
@@ -28,7 +28,12 @@ fn random_digest() -> [u8; 20] {
     let mut out = [0u8; 20];
     for chunk in out.chunks_mut(8) {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos(),
+        );
         let v = h.finish().to_le_bytes();
         chunk.copy_from_slice(&v[..chunk.len()]);
     }
@@ -43,9 +48,16 @@ fn new_path(name: &str) -> StorePath {
 fn make_nar(content: &[u8], refers_to: Option<&StorePath>) -> Vec<u8> {
     let mut w = NarWriter::new(Vec::new()).unwrap();
     w.start_directory(None).unwrap();
-    w.file(Some(b"data"), false, content.len() as u64, &mut &content[..]).unwrap();
+    w.file(
+        Some(b"data"),
+        false,
+        content.len() as u64,
+        &mut &content[..],
+    )
+    .unwrap();
     if let Some(r) = refers_to {
-        w.symlink(Some(b"dep"), r.to_absolute_path().as_bytes()).unwrap();
+        w.symlink(Some(b"dep"), r.to_absolute_path().as_bytes())
+            .unwrap();
     }
     w.end_directory().unwrap();
     w.finish().unwrap()
@@ -75,11 +87,26 @@ async fn store_suite(store: Arc<dyn Store>) {
     let log_key = Key::log(&log_path.base_name()).unwrap();
     assert!(!store.exists(&log_key).await.unwrap());
     assert!(store.get(&log_key).await.unwrap().is_none());
-    store.put_bytes(&log_key, Bytes::from_static(b"build log\n")).await.unwrap();
+    store
+        .put_bytes(&log_key, Bytes::from_static(b"build log\n"))
+        .await
+        .unwrap();
     assert!(store.exists(&log_key).await.unwrap());
-    assert_eq!(get_small(store.as_ref(), &log_key, 100).await.unwrap().unwrap(), b"build log\n");
+    assert_eq!(
+        get_small(store.as_ref(), &log_key, 100)
+            .await
+            .unwrap()
+            .unwrap(),
+        b"build log\n"
+    );
     let missing = Key::narinfo(&new_path("missing").hash_part()).unwrap();
-    assert_eq!(store.exists_many(&[log_key.clone(), missing.clone()]).await.unwrap(), vec![true, false]);
+    assert_eq!(
+        store
+            .exists_many(&[log_key.clone(), missing.clone()])
+            .await
+            .unwrap(),
+        vec![true, false]
+    );
     store.delete(&log_key).await.unwrap();
     assert!(!store.exists(&log_key).await.unwrap());
     store.delete(&log_key).await.unwrap();
@@ -93,25 +120,38 @@ async fn store_suite(store: Arc<dyn Store>) {
     };
     let cache = BinaryCache::new(store.clone(), signing);
     cache.ensure_cache_info().await.unwrap();
-    assert_eq!(cache.cache_info().await.unwrap().unwrap().store_dir, "/nix/store");
+    assert_eq!(
+        cache.cache_info().await.unwrap().unwrap().store_dir,
+        "/nix/store"
+    );
 
     let dep = new_path("dep");
     let top = new_path("top");
     let dep_nar = make_nar(&vec![7u8; 300_000], None);
     let top_nar = make_nar(b"hello", Some(&dep));
     let dep_info = cache.add_path(meta(&dep, &[]), &dep_nar[..]).await.unwrap();
-    let top_info = cache.add_path(meta(&top, &[&dep, &top]), &top_nar[..]).await.unwrap();
+    let top_info = cache
+        .add_path(meta(&top, &[&dep, &top]), &top_nar[..])
+        .await
+        .unwrap();
     assert_eq!(dep_info.nar_hash, Hash::of(HashAlgo::Sha256, &dep_nar));
     assert_eq!(dep_info.nar_size, dep_nar.len() as u64);
     assert_eq!(dep_info.compression, "zstd");
     assert!(dep_info.file_size < dep_info.nar_size / 10);
-    assert!(store.exists(&Key::parse(&dep_info.url).unwrap()).await.unwrap());
+    assert!(store
+        .exists(&Key::parse(&dep_info.url).unwrap())
+        .await
+        .unwrap());
 
     // Round trip of the narinfo, as written.
     let back = cache.path_info(&top).await.unwrap().unwrap();
     assert_eq!(back, top_info);
     assert_eq!(back.sigs.len(), 1);
-    assert!(cache.path_info(&new_path("absent")).await.unwrap().is_none());
+    assert!(cache
+        .path_info(&new_path("absent"))
+        .await
+        .unwrap()
+        .is_none());
 
     // Signatures: accepted by a cache trusting the key (among others),
     // refused by one trusting only another key.
@@ -125,30 +165,63 @@ async fn store_suite(store: Arc<dyn Store>) {
             },
         )
     };
-    assert!(trusting(vec![&other, &key]).path_info(&top).await.unwrap().is_some());
+    assert!(trusting(vec![&other, &key])
+        .path_info(&top)
+        .await
+        .unwrap()
+        .is_some());
     let err = trusting(vec![&other]).path_info(&top).await.unwrap_err();
     assert!(matches!(err, StoreError::Untrusted { .. }), "{err}");
 
     // Existence, batched, positive answers cached.
-    let asked = vec![dep.hash_part(), new_path("nope").hash_part(), top.hash_part()];
-    assert_eq!(cache.has_paths(&asked).await.unwrap(), vec![true, false, true]);
+    let asked = vec![
+        dep.hash_part(),
+        new_path("nope").hash_part(),
+        top.hash_part(),
+    ];
+    assert_eq!(
+        cache.has_paths(&asked).await.unwrap(),
+        vec![true, false, true]
+    );
 
     // Closure: dependencies first, the self-reference ignored.
-    let closure: Vec<StorePath> = cache.closure(&[top.clone()]).await.unwrap().into_iter().map(|i| i.store_path).collect();
+    let closure: Vec<StorePath> = cache
+        .closure(&[top.clone()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.store_path)
+        .collect();
     assert_eq!(closure, vec![dep.clone(), top.clone()]);
 
     // NAR stream.
     let mut nar = Vec::new();
-    cache.nar(&top_info).await.unwrap().read_to_end(&mut nar).await.unwrap();
+    cache
+        .nar(&top_info)
+        .await
+        .unwrap()
+        .read_to_end(&mut nar)
+        .await
+        .unwrap();
     assert_eq!(nar, top_nar);
 
     // Realisation into a builder's directory, verified.
     let dest = tempfile::tempdir().unwrap();
-    let report = realise(&trusting(vec![&key]), &[top.clone()], dest.path(), 4).await.unwrap();
+    let report = realise(&trusting(vec![&key]), &[top.clone()], dest.path(), 4)
+        .await
+        .unwrap();
     assert_eq!(report.fetched.len(), 2);
-    assert_eq!(nar_hash_of_dir(&dest.path().join(top.base_name())).0, top_info.nar_hash);
-    assert_eq!(nar_hash_of_dir(&dest.path().join(dep.base_name())).0, dep_info.nar_hash);
-    let again = realise(&cache, &[top.clone()], dest.path(), 4).await.unwrap();
+    assert_eq!(
+        nar_hash_of_dir(&dest.path().join(top.base_name())).0,
+        top_info.nar_hash
+    );
+    assert_eq!(
+        nar_hash_of_dir(&dest.path().join(dep.base_name())).0,
+        dep_info.nar_hash
+    );
+    let again = realise(&cache, &[top.clone()], dest.path(), 4)
+        .await
+        .unwrap();
     assert_eq!((again.fetched.len(), again.present.len()), (0, 2));
 
     // Copy to another cache, xz-compressed, then back through the layout.
@@ -161,44 +234,77 @@ async fn store_suite(store: Arc<dyn Store>) {
             ..CacheOptions::default()
         },
     );
-    let copied = copy_paths(&cache, &target, &[top.clone()], true).await.unwrap();
+    let copied = copy_paths(&cache, &target, &[top.clone()], true)
+        .await
+        .unwrap();
     assert_eq!(copied.copied, vec![dep.clone(), top.clone()]);
     let copied_top = target.path_info(&top).await.unwrap().unwrap();
     assert_eq!(copied_top.nar_hash, top_info.nar_hash);
     assert_eq!(copied_top.compression, "xz");
-    assert_eq!(copied_top.sigs.len(), 2, "source signature kept, destination's added");
+    assert_eq!(
+        copied_top.sigs.len(),
+        2,
+        "source signature kept, destination's added"
+    );
 
     // --- Corruption: a bit-flipped NAR is detected and never materialised.
     let nar_key = Key::parse(&dep_info.url).unwrap();
-    let mut raw = get_small(store.as_ref(), &nar_key, 1 << 30).await.unwrap().unwrap();
+    let mut raw = get_small(store.as_ref(), &nar_key, 1 << 30)
+        .await
+        .unwrap()
+        .unwrap();
     let mid = raw.len() / 2;
     raw[mid] ^= 0x10;
     store.put_bytes(&nar_key, Bytes::from(raw)).await.unwrap();
     let mut sink = Vec::new();
-    let read = cache.nar(&dep_info).await.unwrap().read_to_end(&mut sink).await;
+    let read = cache
+        .nar(&dep_info)
+        .await
+        .unwrap()
+        .read_to_end(&mut sink)
+        .await;
     assert!(read.is_err(), "flipped NAR was read without error");
     let dest2 = tempfile::tempdir().unwrap();
-    let err = realise(&cache, &[top.clone()], dest2.path(), 4).await.unwrap_err();
-    assert!(err.to_string().contains(&dep.to_string()) || err.to_string().contains("unpacking"), "{err}");
-    assert!(!dest2.path().join(dep.base_name()).exists(), "corrupt path materialised");
-    let leftovers: Vec<_> = std::fs::read_dir(dest2.path().join(".kiln-realise")).unwrap().collect();
+    let err = realise(&cache, &[top.clone()], dest2.path(), 4)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains(&dep.to_string()) || err.to_string().contains("unpacking"),
+        "{err}"
+    );
+    assert!(
+        !dest2.path().join(dep.base_name()).exists(),
+        "corrupt path materialised"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dest2.path().join(".kiln-realise"))
+        .unwrap()
+        .collect();
     assert!(leftovers.is_empty(), "staging not cleaned: {leftovers:?}");
 
     // A malformed narinfo gives a clear error naming it.
     let bad = new_path("bad");
     let bad_key = Key::narinfo(&bad.hash_part()).unwrap();
     store
-        .put_bytes(&bad_key, Bytes::from(format!("StorePath: {bad}\nNarHash: nonsense\n")))
+        .put_bytes(
+            &bad_key,
+            Bytes::from(format!("StorePath: {bad}\nNarHash: nonsense\n")),
+        )
         .await
         .unwrap();
     let err = cache.path_info(&bad).await.unwrap_err().to_string();
-    assert!(err.contains(&bad_key.to_string()) && err.contains("NarHash"), "{err}");
+    assert!(
+        err.contains(&bad_key.to_string()) && err.contains("NarHash"),
+        "{err}"
+    );
 
     // A NAR stream that does not match what is expected stores nothing.
     let lying = new_path("lying");
     let mut m = meta(&lying, &[]);
     m.expected = Some((Hash::of(HashAlgo::Sha256, b"other"), 5));
-    let err = cache.add_path(m, &make_nar(b"x", None)[..]).await.unwrap_err();
+    let err = cache
+        .add_path(m, &make_nar(b"x", None)[..])
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::Mismatch { .. }), "{err}");
     assert!(cache.path_info(&lying).await.unwrap().is_none());
 }
@@ -230,11 +336,16 @@ async fn s3_backend_passes_the_suite() {
     // Multipart upload of a file larger than the threshold round-trips.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("big");
-    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..(12u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     std::fs::write(&file, &data).unwrap();
     let big_key = Key::log(&new_path("big.drv").base_name()).unwrap();
     store.put_file(&big_key, &file).await.unwrap();
-    let back = get_small(store.as_ref(), &big_key, 1 << 30).await.unwrap().unwrap();
+    let back = get_small(store.as_ref(), &big_key, 1 << 30)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(back == data, "multipart object differs");
     store.delete(&big_key).await.unwrap();
 
@@ -242,6 +353,10 @@ async fn s3_backend_passes_the_suite() {
     let mut wrong = cfg;
     wrong.secret_access_key = Some("wrong".into());
     let wrong = S3Store::connect(wrong).await.unwrap();
-    let err = wrong.exists(&Key::cache_info()).await.unwrap_err().to_string();
+    let err = wrong
+        .exists(&Key::cache_info())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(err.contains(&env.bucket), "{err}");
 }

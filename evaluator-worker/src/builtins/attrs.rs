@@ -25,7 +25,9 @@ pub(super) const BUILTINS: &[Builtin] = &[
 
 fn attr_names(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let s = ev.expect_attrs(&a[0], pos)?;
-    Ok(Value::list(s.iter().map(|x| Value::string(x.name.as_str())).collect()))
+    Ok(Value::list(
+        s.iter().map(|x| Value::string(x.name.as_str())).collect(),
+    ))
 }
 
 fn attr_values(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -64,11 +66,19 @@ fn list_to_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let mut seen: HashMap<String, ()> = HashMap::with_capacity(l.len());
     for item in l.iter() {
         let s = ev.expect_attrs(item, pos)?;
-        let name = s.get("name").ok_or_else(|| Error::eval("attribute 'name' missing").at(pos))?;
+        let name = s
+            .get("name")
+            .ok_or_else(|| Error::eval("attribute 'name' missing").at(pos))?;
         let name = ev.expect_string(name, pos)?;
-        let value = s.get("value").ok_or_else(|| Error::eval("attribute 'value' missing").at(pos))?;
+        let value = s
+            .get("value")
+            .ok_or_else(|| Error::eval("attribute 'value' missing").at(pos))?;
         if seen.insert(name.s.clone(), ()).is_none() {
-            entries.push(Attr { name: name.s.as_str().into(), value: value.clone(), pos: None });
+            entries.push(Attr {
+                name: name.s.as_str().into(),
+                value: value.clone(),
+                pos: None,
+            });
         }
     }
     Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))))
@@ -77,7 +87,11 @@ fn list_to_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn intersect_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let x = ev.expect_attrs(&a[0], pos)?;
     let y = ev.expect_attrs(&a[1], pos)?;
-    let entries = y.iter().filter(|e| x.get(e.name.as_str()).is_some()).cloned().collect();
+    let entries = y
+        .iter()
+        .filter(|e| x.get(e.name.as_str()).is_some())
+        .cloned()
+        .collect();
     Ok(Value::Attrs(Rc::new(Attrs::from_sorted(entries))))
 }
 
@@ -100,7 +114,11 @@ fn map_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         .iter()
         .map(|e| {
             let partial = Thunk::apply(f.clone(), Value::string(e.name.as_str()), pos);
-            Attr { name: e.name.clone(), value: Thunk::apply(partial, e.value.clone(), pos), pos: e.pos }
+            Attr {
+                name: e.name.clone(),
+                value: Thunk::apply(partial, e.value.clone(), pos),
+                pos: e.pos,
+            }
         })
         .collect();
     Ok(Value::Attrs(Rc::new(Attrs::from_sorted(entries))))
@@ -112,7 +130,11 @@ fn zip_attrs_with(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     for item in l.iter() {
         let s = ev.expect_attrs(item, pos)?;
         for e in s.iter() {
-            groups.entry(e.name.0.clone()).or_insert_with(|| (e.name.clone(), Vec::new())).1.push(e.value.clone());
+            groups
+                .entry(e.name.0.clone())
+                .or_insert_with(|| (e.name.clone(), Vec::new()))
+                .1
+                .push(e.value.clone());
         }
     }
     let f = a[0].clone();
@@ -120,7 +142,11 @@ fn zip_attrs_with(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         .into_values()
         .map(|(name, vals)| {
             let partial = Thunk::apply(f.clone(), Value::string(name.as_str()), pos);
-            Attr { name, value: Thunk::apply(partial, Value::list(vals), pos), pos: None }
+            Attr {
+                name,
+                value: Thunk::apply(partial, Value::list(vals), pos),
+                pos: None,
+            }
         })
         .collect();
     Ok(Value::Attrs(Rc::new(Attrs::from_sorted(entries))))
@@ -133,13 +159,21 @@ fn function_args(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
                 f.entries
                     .iter()
                     .zip(&f.positions)
-                    .map(|((n, d), p)| Attr { name: n.clone(), value: Value::Bool(d.is_some()), pos: Some(*p) })
+                    .map(|((n, d), p)| Attr {
+                        name: n.clone(),
+                        value: Value::Bool(d.is_some()),
+                        pos: Some(*p),
+                    })
                     .collect(),
             )))),
             None => Ok(mk_attrs(vec![])),
         },
         Value::PrimOp(_) | Value::PrimOpApp(_) => Ok(mk_attrs(vec![])),
-        other => Err(Error::eval(format!("'functionArgs' requires a function, got {}", other.type_desc())).at(pos)),
+        other => Err(Error::eval(format!(
+            "'functionArgs' requires a function, got {}",
+            other.type_desc()
+        ))
+        .at(pos)),
     }
 }
 

@@ -42,15 +42,21 @@ fn json_value(v: serde_json::Value) -> Value {
         serde_json::Value::String(s) => Value::string(s),
         serde_json::Value::Array(a) => Value::list(a.into_iter().map(json_value).collect()),
         serde_json::Value::Object(o) => Value::Attrs(Rc::new(Attrs::from_unsorted(
-            o.into_iter().map(|(k, v)| Attr { name: k.as_str().into(), value: json_value(v), pos: None }).collect(),
+            o.into_iter()
+                .map(|(k, v)| Attr {
+                    name: k.as_str().into(),
+                    value: json_value(v),
+                    pos: None,
+                })
+                .collect(),
         ))),
     }
 }
 
 fn from_json(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let s = ev.expect_string(&a[0], pos)?;
-    let v: serde_json::Value =
-        serde_json::from_str(&s.s).map_err(|e| Error::eval(format!("while decoding a JSON string: {e}")).at(pos))?;
+    let v: serde_json::Value = serde_json::from_str(&s.s)
+        .map_err(|e| Error::eval(format!("while decoding a JSON string: {e}")).at(pos))?;
     Ok(json_value(v))
 }
 
@@ -63,13 +69,21 @@ fn toml_value(v: toml::Value) -> Value {
         toml::Value::Datetime(d) => Value::string(d.to_string()),
         toml::Value::Array(a) => Value::list(a.into_iter().map(toml_value).collect()),
         toml::Value::Table(t) => Value::Attrs(Rc::new(Attrs::from_unsorted(
-            t.into_iter().map(|(k, v)| Attr { name: k.as_str().into(), value: toml_value(v), pos: None }).collect(),
+            t.into_iter()
+                .map(|(k, v)| Attr {
+                    name: k.as_str().into(),
+                    value: toml_value(v),
+                    pos: None,
+                })
+                .collect(),
         ))),
     }
 }
 
 fn from_toml(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let s = ev.expect_string(&a[0], pos)?;
-    let t: toml::Table = s.s.parse().map_err(|e| Error::eval(format!("while parsing a TOML string: {e}")).at(pos))?;
+    let t: toml::Table =
+        s.s.parse()
+            .map_err(|e| Error::eval(format!("while parsing a TOML string: {e}")).at(pos))?;
     Ok(toml_value(toml::Value::Table(t)))
 }

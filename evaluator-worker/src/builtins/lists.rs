@@ -11,7 +11,9 @@ use std::rc::Rc;
 pub(super) const BUILTINS: &[Builtin] = &[
     g("map", 2, map),
     b("filter", 2, filter),
-    b("length", 1, |ev, a, p| Ok(Value::Int(ev.expect_list(&a[0], p)?.len() as i64))),
+    b("length", 1, |ev, a, p| {
+        Ok(Value::Int(ev.expect_list(&a[0], p)?.len() as i64))
+    }),
     b("head", 1, head),
     b("tail", 1, tail),
     b("elemAt", 2, elem_at),
@@ -30,7 +32,11 @@ pub(super) const BUILTINS: &[Builtin] = &[
 fn map(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let l = ev.expect_list(&a[1], pos)?;
     let f = &a[0];
-    Ok(Value::list(l.iter().map(|x| Thunk::apply(f.clone(), x.clone(), pos)).collect()))
+    Ok(Value::list(
+        l.iter()
+            .map(|x| Thunk::apply(f.clone(), x.clone(), pos))
+            .collect(),
+    ))
 }
 
 fn filter(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -121,7 +127,11 @@ fn gen_list(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         return Err(Error::eval(format!("cannot create list of size {n}")).at(pos));
     }
     let f = &a[0];
-    Ok(Value::list((0..n).map(|i| Thunk::apply(f.clone(), Value::Int(i), pos)).collect()))
+    Ok(Value::list(
+        (0..n)
+            .map(|i| Thunk::apply(f.clone(), Value::Int(i), pos))
+            .collect(),
+    ))
 }
 
 fn sort(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -134,7 +144,10 @@ fn sort(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         if err.is_some() {
             return false;
         }
-        let r = ev.call(&f, x.clone(), pos).and_then(|g| ev.call(&g, y.clone(), pos)).and_then(|r| ev.expect_bool(&r, pos));
+        let r = ev
+            .call(&f, x.clone(), pos)
+            .and_then(|g| ev.call(&g, y.clone(), pos))
+            .and_then(|r| ev.expect_bool(&r, pos));
         match r {
             Ok(b) => b,
             Err(e) => {
@@ -186,7 +199,10 @@ fn partition(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             wrong.push(x.clone());
         }
     }
-    Ok(mk_attrs(vec![("right", Value::list(right)), ("wrong", Value::list(wrong))]))
+    Ok(mk_attrs(vec![
+        ("right", Value::list(right)),
+        ("wrong", Value::list(wrong)),
+    ]))
 }
 
 fn any_all(ev: &Eval, a: &[Value], pos: Pos, any: bool) -> Result<Value> {
@@ -214,6 +230,13 @@ fn group_by(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         }
     }
     Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(
-        groups.into_iter().map(|(n, v)| Attr { name: n.as_str().into(), value: Value::list(v), pos: None }).collect(),
+        groups
+            .into_iter()
+            .map(|(n, v)| Attr {
+                name: n.as_str().into(),
+                value: Value::list(v),
+                pos: None,
+            })
+            .collect(),
     ))))
 }

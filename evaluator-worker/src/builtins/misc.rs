@@ -21,9 +21,21 @@ pub(super) const BUILTINS: &[Builtin] = &[
     b("mul", 2, |ev, a, p| arith(ev, a, p, BinOp::Mul)),
     b("div", 2, |ev, a, p| arith(ev, a, p, BinOp::Div)),
     b("lessThan", 2, less_than),
-    b("bitAnd", 2, |ev, a, p| Ok(Value::Int(ev.expect_int(&a[0], p)? & ev.expect_int(&a[1], p)?))),
-    b("bitOr", 2, |ev, a, p| Ok(Value::Int(ev.expect_int(&a[0], p)? | ev.expect_int(&a[1], p)?))),
-    b("bitXor", 2, |ev, a, p| Ok(Value::Int(ev.expect_int(&a[0], p)? ^ ev.expect_int(&a[1], p)?))),
+    b("bitAnd", 2, |ev, a, p| {
+        Ok(Value::Int(
+            ev.expect_int(&a[0], p)? & ev.expect_int(&a[1], p)?,
+        ))
+    }),
+    b("bitOr", 2, |ev, a, p| {
+        Ok(Value::Int(
+            ev.expect_int(&a[0], p)? | ev.expect_int(&a[1], p)?,
+        ))
+    }),
+    b("bitXor", 2, |ev, a, p| {
+        Ok(Value::Int(
+            ev.expect_int(&a[0], p)? ^ ev.expect_int(&a[1], p)?,
+        ))
+    }),
     b("floor", 1, |ev, a, p| round(ev, a, p, f64::floor)),
     b("ceil", 1, |ev, a, p| round(ev, a, p, f64::ceil)),
     b("getEnv", 1, get_env),
@@ -58,7 +70,10 @@ fn trace(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn try_eval(ev: &Eval, a: &[Value], _: Pos) -> Result<Value> {
     match ev.force(&a[0]) {
         Ok(v) => Ok(mk_attrs(vec![("success", Value::Bool(true)), ("value", v)])),
-        Err(e) if e.is_catchable() => Ok(mk_attrs(vec![("success", Value::Bool(false)), ("value", Value::Bool(false))])),
+        Err(e) if e.is_catchable() => Ok(mk_attrs(vec![
+            ("success", Value::Bool(false)),
+            ("value", Value::Bool(false)),
+        ])),
         Err(e) => Err(e),
     }
 }
@@ -107,21 +122,31 @@ fn arith(ev: &Eval, a: &[Value], pos: Pos, op: BinOp) -> Result<Value> {
     let y = ev.force(&a[1])?;
     for v in [&x, &y] {
         if !matches!(v, Value::Int(_) | Value::Float(_)) {
-            return Err(Error::eval(format!("value is {} while an integer was expected", v.type_desc())).at(pos));
+            return Err(Error::eval(format!(
+                "value is {} while an integer was expected",
+                v.type_desc()
+            ))
+            .at(pos));
         }
     }
     ops::arith(ev, op, &x, &y, pos)
 }
 
 fn less_than(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    Ok(Value::Bool(ops::compare(ev, &a[0], &a[1], pos)? == std::cmp::Ordering::Less))
+    Ok(Value::Bool(
+        ops::compare(ev, &a[0], &a[1], pos)? == std::cmp::Ordering::Less,
+    ))
 }
 
 fn round(ev: &Eval, a: &[Value], pos: Pos, f: fn(f64) -> f64) -> Result<Value> {
     match ev.force(&a[0])? {
         Value::Int(i) => Ok(Value::Int(i)),
         Value::Float(x) => Ok(Value::Int(f(x) as i64)),
-        other => Err(Error::eval(format!("value is {} while a float was expected", other.type_desc())).at(pos)),
+        other => Err(Error::eval(format!(
+            "value is {} while a float was expected",
+            other.type_desc()
+        ))
+        .at(pos)),
     }
 }
 
@@ -132,7 +157,10 @@ fn get_env(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 /// `/` followed by the nixbase32 SHA-256 of `nix-output:NAME`.
 pub fn placeholder_for(output: &str) -> String {
-    let h = kiln_nix::hash::Hash::of(kiln_nix::hash::HashAlgo::Sha256, format!("nix-output:{output}").as_bytes());
+    let h = kiln_nix::hash::Hash::of(
+        kiln_nix::hash::HashAlgo::Sha256,
+        format!("nix-output:{output}").as_bytes(),
+    );
     format!("/{}", kiln_nix::nixbase32::encode(h.digest()))
 }
 
@@ -143,15 +171,22 @@ fn placeholder(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn generic_closure(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let args = ev.expect_attrs(&a[0], pos)?;
-    let start = args.get("startSet").ok_or_else(|| Error::eval("attribute 'startSet' required").at(pos))?;
-    let op = args.get("operator").ok_or_else(|| Error::eval("attribute 'operator' required").at(pos))?;
+    let start = args
+        .get("startSet")
+        .ok_or_else(|| Error::eval("attribute 'startSet' required").at(pos))?;
+    let op = args
+        .get("operator")
+        .ok_or_else(|| Error::eval("attribute 'operator' required").at(pos))?;
     let op = ev.force(op)?;
-    let mut work: std::collections::VecDeque<Value> = ev.expect_list(start, pos)?.iter().cloned().collect();
+    let mut work: std::collections::VecDeque<Value> =
+        ev.expect_list(start, pos)?.iter().cloned().collect();
     let mut done: Vec<Value> = Vec::new();
     let mut keys: Vec<Value> = Vec::new();
     while let Some(item) = work.pop_front() {
         let s = ev.expect_attrs(&item, pos)?;
-        let key = s.get("key").ok_or_else(|| Error::eval("attribute 'key' required").at(pos))?;
+        let key = s
+            .get("key")
+            .ok_or_else(|| Error::eval("attribute 'key' required").at(pos))?;
         let key = ev.force(key)?;
         let mut found = false;
         for k in &keys {
@@ -175,7 +210,10 @@ fn add_error_context(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     match ev.force(&a[1]) {
         Ok(v) => Ok(v),
         Err(e) => {
-            let msg = ev.coerce_to_string(&a[0], pos, false, false).map(|s| s.s).unwrap_or_default();
+            let msg = ev
+                .coerce_to_string(&a[0], pos, false, false)
+                .map(|s| s.s)
+                .unwrap_or_default();
             Err(e.with_trace(Some(pos), msg))
         }
     }

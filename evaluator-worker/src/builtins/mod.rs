@@ -35,12 +35,22 @@ pub struct Builtin {
 
 /// Shorthand for table entries.
 pub const fn b(name: &'static str, arity: usize, f: BuiltinFn) -> Builtin {
-    Builtin { name, arity, f, global: false }
+    Builtin {
+        name,
+        arity,
+        f,
+        global: false,
+    }
 }
 
 /// Shorthand for entries also bound at top level.
 pub const fn g(name: &'static str, arity: usize, f: BuiltinFn) -> Builtin {
-    Builtin { name, arity, f, global: true }
+    Builtin {
+        name,
+        arity,
+        f,
+        global: true,
+    }
 }
 
 /// Nix 2.8 builtins Kiln does not provide: calling one is a clear error naming it.
@@ -56,7 +66,9 @@ const UNSUPPORTED: &[(&str, bool)] = &[
 ];
 
 fn unsupported(_: &Eval, _: &[Value], _: Pos) -> Result<Value> {
-    Err(Error::new(ErrorKind::UnsupportedBuiltin("(unsupported)".into())))
+    Err(Error::new(ErrorKind::UnsupportedBuiltin(
+        "(unsupported)".into(),
+    )))
 }
 
 /// Every builtin, from every theme file.
@@ -83,8 +95,16 @@ pub fn install(ev: &mut Eval) {
     let mut entries: Vec<Attr> = Vec::new();
     let mut globals: Vec<(String, Value)> = Vec::new();
     for bi in table() {
-        let v = Value::PrimOp(Rc::new(PrimOp { name: bi.name, arity: bi.arity, f: bi.f }));
-        entries.push(Attr { name: bi.name.into(), value: v.clone(), pos: None });
+        let v = Value::PrimOp(Rc::new(PrimOp {
+            name: bi.name,
+            arity: bi.arity,
+            f: bi.f,
+        }));
+        entries.push(Attr {
+            name: bi.name.into(),
+            value: v.clone(),
+            pos: None,
+        });
         if bi.global {
             globals.push((bi.name.to_string(), v.clone()));
         }
@@ -94,8 +114,16 @@ pub fn install(ev: &mut Eval) {
         if entries.iter().any(|e| e.name.as_str() == *name) {
             continue;
         }
-        let v = Value::PrimOp(Rc::new(PrimOp { name, arity: 1, f: unsupported_named(name) }));
-        entries.push(Attr { name: (*name).into(), value: v.clone(), pos: None });
+        let v = Value::PrimOp(Rc::new(PrimOp {
+            name,
+            arity: 1,
+            f: unsupported_named(name),
+        }));
+        entries.push(Attr {
+            name: (*name).into(),
+            value: v.clone(),
+            pos: None,
+        });
         if *global {
             globals.push((name.to_string(), v.clone()));
         }
@@ -106,8 +134,16 @@ pub fn install(ev: &mut Eval) {
         .iter()
         .map(|e| {
             Value::Attrs(Rc::new(Attrs::from_unsorted(vec![
-                Attr { name: "path".into(), value: Value::string(e.path.clone()), pos: None },
-                Attr { name: "prefix".into(), value: Value::string(e.prefix.clone()), pos: None },
+                Attr {
+                    name: "path".into(),
+                    value: Value::string(e.path.clone()),
+                    pos: None,
+                },
+                Attr {
+                    name: "prefix".into(),
+                    value: Value::string(e.prefix.clone()),
+                    pos: None,
+                },
             ])))
         })
         .collect();
@@ -118,7 +154,11 @@ pub fn install(ev: &mut Eval) {
         ("currentSystem", Value::string("x86_64-linux"), false),
         ("nixVersion", Value::string("2.8.0"), false),
         ("langVersion", Value::Int(6), false),
-        ("storeDir", Value::string(ev.store.store_dir().to_string()), false),
+        (
+            "storeDir",
+            Value::string(ev.store.store_dir().to_string()),
+            false,
+        ),
         ("nixPath", Value::list(nix_path), false),
         (
             "currentTime",
@@ -132,14 +172,22 @@ pub fn install(ev: &mut Eval) {
         ),
     ];
     for (name, v, global) in consts {
-        entries.push(Attr { name: name.into(), value: v.clone(), pos: None });
+        entries.push(Attr {
+            name: name.into(),
+            value: v.clone(),
+            pos: None,
+        });
         if global {
             globals.push((name.to_string(), v.clone()));
         }
         globals.push((format!("__{name}"), v));
     }
     let self_ref = Thunk(Rc::new(std::cell::RefCell::new(ThunkState::Blackhole)));
-    entries.push(Attr { name: "builtins".into(), value: Value::Thunk(self_ref.clone()), pos: None });
+    entries.push(Attr {
+        name: "builtins".into(),
+        value: Value::Thunk(self_ref.clone()),
+        pos: None,
+    });
     let set = Value::Attrs(Rc::new(Attrs::from_unsorted(entries)));
     *self_ref.0.borrow_mut() = ThunkState::Done(set.clone());
     ev.add_global("builtins", set);
@@ -173,7 +221,14 @@ fn unsupported_named(name: &str) -> BuiltinFn {
 /// Build an attribute set from name/value pairs.
 pub fn mk_attrs(pairs: Vec<(&str, Value)>) -> Value {
     Value::Attrs(Rc::new(Attrs::from_unsorted(
-        pairs.into_iter().map(|(n, v)| Attr { name: n.into(), value: v, pos: None }).collect(),
+        pairs
+            .into_iter()
+            .map(|(n, v)| Attr {
+                name: n.into(),
+                value: v,
+                pos: None,
+            })
+            .collect(),
     )))
 }
 
@@ -181,7 +236,13 @@ pub use misc::deep_force;
 
 /// Define the global `derivation` from its Nix source (see [`derivation::DERIVATION_NIX`]).
 pub fn install_derivation(ev: &mut Eval) {
-    let parsed = ev.parse(derivation::DERIVATION_NIX, "«derivation»".into(), None, "/", None);
+    let parsed = ev.parse(
+        derivation::DERIVATION_NIX,
+        "«derivation»".into(),
+        None,
+        "/",
+        None,
+    );
     match parsed.and_then(|e| ev.eval(&crate::eval::Env::new(Vec::new(), None), &e)) {
         Ok(v) => {
             ev.add_global("derivation", v.clone());
@@ -189,9 +250,18 @@ pub fn install_derivation(ev: &mut Eval) {
         }
         Err(e) => {
             // Only reachable if the embedded source is broken; report it at use.
-            let f: BuiltinFn = |_, _, pos| Err(Error::eval("the built-in derivation wrapper failed to load").at(pos));
+            let f: BuiltinFn = |_, _, pos| {
+                Err(Error::eval("the built-in derivation wrapper failed to load").at(pos))
+            };
             let _ = e;
-            ev.add_global("derivation", Value::PrimOp(Rc::new(PrimOp { name: "derivation", arity: 1, f })));
+            ev.add_global(
+                "derivation",
+                Value::PrimOp(Rc::new(PrimOp {
+                    name: "derivation",
+                    arity: 1,
+                    f,
+                })),
+            );
         }
     }
 }

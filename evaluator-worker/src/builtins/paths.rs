@@ -32,13 +32,20 @@ pub(super) const BUILTINS: &[Builtin] = &[
 pub fn coerce_path(ev: &Eval, v: &Value, pos: Pos) -> Result<String> {
     let s = ev.coerce_to_string(v, pos, false, false)?;
     if !s.s.starts_with('/') {
-        return Err(Error::eval(format!("string '{}' doesn't represent an absolute path", s.s)).at(pos));
+        return Err(Error::eval(format!(
+            "string '{}' doesn't represent an absolute path",
+            s.s
+        ))
+        .at(pos));
     }
     Ok(canon_path(&s.s))
 }
 
 fn io(msg: &str, path: &str, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io { msg: format!("{msg}: {e}:"), path: path.to_string() })
+    Error::new(ErrorKind::Io {
+        msg: format!("{msg}: {e}:"),
+        path: path.to_string(),
+    })
 }
 
 fn import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -67,7 +74,9 @@ fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let mut entries = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| io("reading directory", &p, e).at(pos))?;
-        let ft = ent.file_type().map_err(|e| io("reading directory", &p, e).at(pos))?;
+        let ft = ent
+            .file_type()
+            .map_err(|e| io("reading directory", &p, e).at(pos))?;
         let ty = if ft.is_dir() {
             "directory"
         } else if ft.is_symlink() {
@@ -78,7 +87,11 @@ fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             "unknown"
         };
         let name = ent.file_name().to_string_lossy().into_owned();
-        entries.push(Attr { name: name.as_str().into(), value: Value::string(ty), pos: None });
+        entries.push(Attr {
+            name: name.as_str().into(),
+            value: Value::string(ty),
+            pos: None,
+        });
     }
     Ok(Value::Attrs(Rc::new(Attrs::from_unsorted(entries))))
 }
@@ -116,8 +129,15 @@ fn to_path(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn to_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let name = ev.expect_string(&a[0], pos)?;
     let text = ev.coerce_to_string(&a[1], pos, false, false)?;
-    let refs: Vec<String> = text.ctx.iter().map(|c| c.trim_start_matches('=').to_string()).collect();
-    let p = ev.store.add_text(&name.s, &text.s, &refs).map_err(|e| Error::eval(e.to_string()).at(pos))?;
+    let refs: Vec<String> = text
+        .ctx
+        .iter()
+        .map(|c| c.trim_start_matches('=').to_string())
+        .collect();
+    let p = ev
+        .store
+        .add_text(&name.s, &text.s, &refs)
+        .map_err(|e| Error::eval(e.to_string()).at(pos))?;
     Ok(Value::string_ctx(p.clone(), vec![Rc::from(p.as_str())]))
 }
 
@@ -140,7 +160,9 @@ fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             Some(p) => ev.expect_string(p, pos)?.s.clone(),
             None => String::new(),
         };
-        let path = s.get("path").ok_or_else(|| Error::eval("attribute 'path' missing").at(pos))?;
+        let path = s
+            .get("path")
+            .ok_or_else(|| Error::eval("attribute 'path' missing").at(pos))?;
         let path = ev.coerce_to_string(path, pos, false, false)?.s;
         entries.push(crate::eval::SearchPathEntry { prefix, path });
     }
@@ -149,7 +171,11 @@ fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             format!("{}/{}", entry.path, name.s)
         } else if name.s == entry.prefix {
             entry.path.clone()
-        } else if let Some(rest) = name.s.strip_prefix(&entry.prefix).and_then(|r| r.strip_prefix('/')) {
+        } else if let Some(rest) = name
+            .s
+            .strip_prefix(&entry.prefix)
+            .and_then(|r| r.strip_prefix('/'))
+        {
             format!("{}/{}", entry.path, rest)
         } else {
             continue;
@@ -157,7 +183,9 @@ fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         let abs = if candidate.starts_with('/') {
             candidate
         } else {
-            let cwd = std::env::current_dir().map(|d| d.display().to_string()).unwrap_or_default();
+            let cwd = std::env::current_dir()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default();
             format!("{cwd}/{candidate}")
         };
         if Path::new(&abs).exists() {
@@ -171,7 +199,13 @@ fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     .at(pos))
 }
 
-fn add_filtered(ev: &Eval, path: &str, name: &str, filter: Option<Value>, pos: Pos) -> Result<Value> {
+fn add_filtered(
+    ev: &Eval,
+    path: &str,
+    name: &str,
+    filter: Option<Value>,
+    pos: Pos,
+) -> Result<Value> {
     let err: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
     let f = |p: &Path| -> bool {
         let Some(filter) = &filter else { return true };
@@ -213,7 +247,9 @@ fn filter_source(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let args = ev.expect_attrs(&a[0], pos)?;
-    let p = args.get("path").ok_or_else(|| Error::eval("attribute 'path' missing in call to 'path'").at(pos))?;
+    let p = args
+        .get("path")
+        .ok_or_else(|| Error::eval("attribute 'path' missing in call to 'path'").at(pos))?;
     let p = coerce_path(ev, p, pos)?;
     let name = match args.get("name") {
         Some(n) => ev.expect_string(n, pos)?.s.clone(),

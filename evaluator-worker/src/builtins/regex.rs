@@ -36,7 +36,9 @@ fn translate(re: &str) -> String {
             }
             while i < chars.len() && chars[i] != ']' {
                 if chars[i] == '[' && i + 1 < chars.len() && chars[i + 1] == ':' {
-                    if let Some(end) = (i + 2..chars.len().saturating_sub(1)).find(|&j| chars[j] == ':' && chars[j + 1] == ']') {
+                    if let Some(end) = (i + 2..chars.len().saturating_sub(1))
+                        .find(|&j| chars[j] == ':' && chars[j + 1] == ']')
+                    {
                         out.extend(&chars[i..end + 2]);
                         i = end + 2;
                         continue;
@@ -72,13 +74,20 @@ fn compile(re: &str, anchored: bool, pos: Pos) -> Result<regex::Regex> {
     }
     let t = translate(re);
     let src = if anchored { format!("^(?:{t})$") } else { t };
-    let r = regex::Regex::new(&src).map_err(|e| Error::eval(format!("invalid regular expression '{re}': {e}")).at(pos))?;
+    let r = regex::Regex::new(&src)
+        .map_err(|e| Error::eval(format!("invalid regular expression '{re}': {e}")).at(pos))?;
     CACHE.with(|c| c.borrow_mut().insert(key, r.clone()));
     Ok(r)
 }
 
 fn groups(caps: &regex::Captures<'_>) -> Vec<Value> {
-    (1..caps.len()).map(|i| caps.get(i).map(|m| Value::string(m.as_str())).unwrap_or(Value::Null)).collect()
+    (1..caps.len())
+        .map(|i| {
+            caps.get(i)
+                .map(|m| Value::string(m.as_str()))
+                .unwrap_or(Value::Null)
+        })
+        .collect()
 }
 
 fn match_(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {

@@ -26,7 +26,9 @@ pub(super) const BUILTINS: &[Builtin] = &[
 ];
 
 fn to_string(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    Ok(Value::Str(Rc::new(ev.coerce_to_string(&a[0], pos, true, false)?)))
+    Ok(Value::Str(Rc::new(
+        ev.coerce_to_string(&a[0], pos, true, false)?,
+    )))
 }
 
 fn substring(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -38,7 +40,11 @@ fn substring(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     }
     let bytes = s.s.as_bytes();
     let start = (start as usize).min(bytes.len());
-    let end = if len < 0 { bytes.len() } else { start.saturating_add(len as usize).min(bytes.len()) };
+    let end = if len < 0 {
+        bytes.len()
+    } else {
+        start.saturating_add(len as usize).min(bytes.len())
+    };
     let sub = String::from_utf8_lossy(&bytes[start..end]).into_owned();
     Ok(Value::string_ctx(sub, s.ctx))
 }
@@ -68,12 +74,21 @@ fn replace_strings(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let from = ev.expect_list(&a[0], pos)?;
     let to = ev.expect_list(&a[1], pos)?;
     if from.len() != to.len() {
-        return Err(Error::eval("'from' and 'to' arguments to 'replaceStrings' have different lengths").at(pos));
+        return Err(Error::eval(
+            "'from' and 'to' arguments to 'replaceStrings' have different lengths",
+        )
+        .at(pos));
     }
     let s = ev.expect_string(&a[2], pos)?;
-    let from: Vec<Rc<NixString>> = from.iter().map(|x| ev.expect_string(x, pos)).collect::<Result<_>>()?;
+    let from: Vec<Rc<NixString>> = from
+        .iter()
+        .map(|x| ev.expect_string(x, pos))
+        .collect::<Result<_>>()?;
     let mut to_cache: Vec<Option<Rc<NixString>>> = vec![None; to.len()];
-    let mut out = NixString { s: String::new(), ctx: s.ctx.clone() };
+    let mut out = NixString {
+        s: String::new(),
+        ctx: s.ctx.clone(),
+    };
     let bytes = s.s.as_bytes();
     let mut i = 0;
     while i <= bytes.len() {
@@ -141,8 +156,14 @@ pub fn split_version(s: &str) -> Vec<String> {
 
 fn cmp_component(a: &str, b: &str) -> std::cmp::Ordering {
     use std::cmp::Ordering::*;
-    let an = a.parse::<u64>().ok().filter(|_| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()));
-    let bn = b.parse::<u64>().ok().filter(|_| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()));
+    let an = a
+        .parse::<u64>()
+        .ok()
+        .filter(|_| !a.is_empty() && a.bytes().all(|c| c.is_ascii_digit()));
+    let bn = b
+        .parse::<u64>()
+        .ok()
+        .filter(|_| !b.is_empty() && b.bytes().all(|c| c.is_ascii_digit()));
     match (an, bn) {
         (Some(x), Some(y)) => x.cmp(&y),
         _ if a.is_empty() && bn.is_some() => Less,
@@ -172,7 +193,9 @@ pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
 
 fn split_version_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let s = ev.coerce_to_string(&a[0], pos, false, false)?;
-    Ok(Value::list(split_version(&s.s).into_iter().map(Value::string).collect()))
+    Ok(Value::list(
+        split_version(&s.s).into_iter().map(Value::string).collect(),
+    ))
 }
 
 fn compare_versions_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -195,8 +218,15 @@ fn parse_drv_name(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             break;
         }
     }
-    let (name, version) = if split < b.len() { (&s.s[..split], &s.s[split + 1..]) } else { (&s.s[..], "") };
-    Ok(mk_attrs(vec![("name", Value::string(name)), ("version", Value::string(version))]))
+    let (name, version) = if split < b.len() {
+        (&s.s[..split], &s.s[split + 1..])
+    } else {
+        (&s.s[..], "")
+    };
+    Ok(mk_attrs(vec![
+        ("name", Value::string(name)),
+        ("version", Value::string(version)),
+    ]))
 }
 
 fn hash_string(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -214,7 +244,17 @@ fn discard_context(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn discard_output_dep(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let s = ev.coerce_to_string(&a[0], pos, false, false)?;
-    let ctx = s.ctx.iter().map(|c| if let Some(d) = c.strip_prefix('=') { Rc::from(d) } else { c.clone() }).collect();
+    let ctx = s
+        .ctx
+        .iter()
+        .map(|c| {
+            if let Some(d) = c.strip_prefix('=') {
+                Rc::from(d)
+            } else {
+                c.clone()
+            }
+        })
+        .collect();
     let mut out = NixString::plain(s.s);
     merge_context(&mut out.ctx, &ctx_sorted(ctx));
     Ok(Value::Str(Rc::new(out)))
@@ -239,7 +279,10 @@ fn get_context(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             map.entry(d.to_string()).or_default().1 = true;
         } else if let Some(rest) = c.strip_prefix('!') {
             if let Some((out, d)) = rest.split_once('!') {
-                map.entry(d.to_string()).or_default().2.push(out.to_string());
+                map.entry(d.to_string())
+                    .or_default()
+                    .2
+                    .push(out.to_string());
             }
         } else {
             map.entry(c.to_string()).or_default().0 = true;
@@ -253,12 +296,19 @@ fn get_context(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
                 fields.push(("allOutputs", Value::Bool(true)));
             }
             if !outs.is_empty() {
-                fields.push(("outputs", Value::list(outs.into_iter().map(Value::string).collect())));
+                fields.push((
+                    "outputs",
+                    Value::list(outs.into_iter().map(Value::string).collect()),
+                ));
             }
             if p {
                 fields.push(("path", Value::Bool(true)));
             }
-            Attr { name: path.as_str().into(), value: mk_attrs(fields), pos: None }
+            Attr {
+                name: path.as_str().into(),
+                value: mk_attrs(fields),
+                pos: None,
+            }
         })
         .collect();
     Ok(Value::Attrs(Rc::new(Attrs::from_sorted(entries))))

@@ -153,11 +153,16 @@ impl Store for HttpStore {
                 .await
                 .map_err(|e| Self::err("POST", &url, e))?;
             if resp.status().is_success() {
-                let body: ExistsResponse = resp.json().await.map_err(|e| Self::err("POST", &url, e))?;
+                let body: ExistsResponse =
+                    resp.json().await.map_err(|e| Self::err("POST", &url, e))?;
                 if body.present.len() == keys.len() {
                     return Ok(body.present);
                 }
-                return Err(Self::err("POST", &url, "answer has the wrong number of entries"));
+                return Err(Self::err(
+                    "POST",
+                    &url,
+                    "answer has the wrong number of entries",
+                ));
             }
             // Not a Kiln gateway: fall back to one HEAD per key.
         }

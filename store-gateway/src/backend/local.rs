@@ -58,7 +58,10 @@ impl LocalStore {
             .await
             .map_err(|e| StoreError::io("creating directory", &dir, e))?;
         let tmp = tokio::task::spawn_blocking(move || {
-            tempfile::Builder::new().prefix("put-").tempfile_in(&dir).map_err(|e| (dir, e))
+            tempfile::Builder::new()
+                .prefix("put-")
+                .tempfile_in(&dir)
+                .map_err(|e| (dir, e))
         })
         .await
         .map_err(|e| StoreError::stream(format!("staging '{key}'"), std::io::Error::other(e)))?
@@ -77,7 +80,9 @@ impl LocalStore {
         let file = fs::File::open(&tmp_path)
             .await
             .map_err(|e| StoreError::io("opening", &tmp_path, e))?;
-        file.sync_all().await.map_err(|e| StoreError::io("syncing", &tmp_path, e))?;
+        file.sync_all()
+            .await
+            .map_err(|e| StoreError::io("syncing", &tmp_path, e))?;
         tmp.persist(&dest)
             .map_err(|e| StoreError::io("renaming into place", &dest, e.error))?;
         Ok(())
@@ -148,8 +153,14 @@ mod tests {
             "HOME" => Some("/home/u".to_string()),
             _ => None,
         };
-        assert_eq!(LocalStore::default_root(env), PathBuf::from("/home/u/.cache/kiln/store"));
+        assert_eq!(
+            LocalStore::default_root(env),
+            PathBuf::from("/home/u/.cache/kiln/store")
+        );
         let env = |k: &str| Some(format!("/x/{k}"));
-        assert_eq!(LocalStore::default_root(env), PathBuf::from("/x/XDG_CACHE_HOME/kiln/store"));
+        assert_eq!(
+            LocalStore::default_root(env),
+            PathBuf::from("/x/XDG_CACHE_HOME/kiln/store")
+        );
     }
 }

@@ -133,10 +133,12 @@ impl S3Store {
     /// Builds the S3 client for `config`. No request is made yet.
     pub async fn connect(config: S3Config) -> Result<S3Store> {
         let region = config.region.clone().unwrap_or_else(|| "us-east-1".into());
-        let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region));
+        let mut loader =
+            aws_config::defaults(BehaviorVersion::latest()).region(Region::new(region));
         match (&config.access_key_id, &config.secret_access_key) {
             (Some(id), Some(secret)) => {
-                loader = loader.credentials_provider(Credentials::new(id, secret, None, None, "kiln"));
+                loader =
+                    loader.credentials_provider(Credentials::new(id, secret, None, None, "kiln"));
             }
             (None, None) => {
                 if let Some(p) = &config.profile {
@@ -211,7 +213,9 @@ impl S3Store {
         let result = self.upload_parts(okey, &upload_id, file, size).await;
         match result {
             Ok(parts) => {
-                let done = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
+                let done = CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build();
                 let completed = self
                     .client
                     .complete_multipart_upload()
@@ -244,7 +248,10 @@ impl S3Store {
             .send()
             .await;
         if let Err(e) = aborted {
-            tracing::warn!("aborting multipart upload of {okey}: {}", DisplayErrorContext(e));
+            tracing::warn!(
+                "aborting multipart upload of {okey}: {}",
+                DisplayErrorContext(e)
+            );
         }
     }
 
@@ -308,7 +315,10 @@ impl Store for S3Store {
         for (k, v) in [
             ("endpoint", self.config.endpoint.as_deref()),
             ("region", self.config.region.as_deref()),
-            ("prefix", Some(self.config.prefix.as_str()).filter(|p| !p.is_empty())),
+            (
+                "prefix",
+                Some(self.config.prefix.as_str()).filter(|p| !p.is_empty()),
+            ),
         ] {
             if let Some(v) = v {
                 url.push_str(&format!("{sep}{k}={v}"));
@@ -437,7 +447,8 @@ mod tests {
     #[test]
     fn config_reads_from_json_with_defaults() {
         let c: S3Config =
-            serde_json::from_str(r#"{"bucket":"b","endpoint":"http://h:1","path_style":true}"#).unwrap();
+            serde_json::from_str(r#"{"bucket":"b","endpoint":"http://h:1","path_style":true}"#)
+                .unwrap();
         assert_eq!(c.part_size, 16 << 20);
         assert_eq!(c.path_style, Some(true));
         assert!(serde_json::from_str::<S3Config>(r#"{"bucket":"b","nope":1}"#).is_err());

@@ -40,18 +40,54 @@ impl Metrics {
         let rows: [(&str, &str, &AtomicU64); 10] = [
             ("kiln_store_get_total", "GET requests served", &self.gets),
             ("kiln_store_head_total", "HEAD requests", &self.heads),
-            ("kiln_store_not_found_total", "requests for missing objects", &self.not_found),
-            ("kiln_store_refused_total", "malformed or unauthorised requests", &self.refused),
-            ("kiln_store_uploads_accepted_total", "uploads accepted", &self.uploads_accepted),
-            ("kiln_store_uploads_rejected_total", "uploads refused by verification", &self.uploads_rejected),
-            ("kiln_store_uploaded_bytes_total", "bytes received in accepted uploads", &self.bytes_uploaded),
-            ("kiln_store_exists_requests_total", "batch existence requests", &self.exists_requests),
-            ("kiln_store_exists_paths_total", "paths in batch existence requests", &self.exists_paths),
-            ("kiln_store_errors_total", "requests failed by the gateway or backend", &self.errors),
+            (
+                "kiln_store_not_found_total",
+                "requests for missing objects",
+                &self.not_found,
+            ),
+            (
+                "kiln_store_refused_total",
+                "malformed or unauthorised requests",
+                &self.refused,
+            ),
+            (
+                "kiln_store_uploads_accepted_total",
+                "uploads accepted",
+                &self.uploads_accepted,
+            ),
+            (
+                "kiln_store_uploads_rejected_total",
+                "uploads refused by verification",
+                &self.uploads_rejected,
+            ),
+            (
+                "kiln_store_uploaded_bytes_total",
+                "bytes received in accepted uploads",
+                &self.bytes_uploaded,
+            ),
+            (
+                "kiln_store_exists_requests_total",
+                "batch existence requests",
+                &self.exists_requests,
+            ),
+            (
+                "kiln_store_exists_paths_total",
+                "paths in batch existence requests",
+                &self.exists_paths,
+            ),
+            (
+                "kiln_store_errors_total",
+                "requests failed by the gateway or backend",
+                &self.errors,
+            ),
         ];
         for (name, help, v) in rows {
             // Writing to a String cannot fail.
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Ordering::Relaxed)
+            );
         }
         out
     }

@@ -50,7 +50,10 @@ impl GatewayState {
     pub fn new(cache: Arc<BinaryCache>, upload_tokens: Vec<String>) -> GatewayState {
         GatewayState {
             cache,
-            upload_tokens: upload_tokens.into_iter().filter(|t| !t.is_empty()).collect(),
+            upload_tokens: upload_tokens
+                .into_iter()
+                .filter(|t| !t.is_empty())
+                .collect(),
             max_nar_size: 64 << 30,
             metrics: Metrics::default(),
         }
@@ -82,7 +85,9 @@ pub async fn serve(
             tracing::warn!("cannot write nix-cache-info: {e}");
         }
     }
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// An error answer with a one-line message.
@@ -95,7 +100,9 @@ pub(crate) fn answer(status: StatusCode, msg: impl Into<String>) -> Response {
 /// Maps a store error to the HTTP status a client should see.
 pub(crate) fn status_of(e: &StoreError) -> StatusCode {
     match e {
-        StoreError::Key(_) | StoreError::Malformed { .. } | StoreError::Format { .. } => StatusCode::BAD_REQUEST,
+        StoreError::Key(_) | StoreError::Malformed { .. } | StoreError::Format { .. } => {
+            StatusCode::BAD_REQUEST
+        }
         StoreError::Mismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         StoreError::Untrusted { .. } => StatusCode::FORBIDDEN,
         StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -133,7 +140,10 @@ async fn get_handler(State(state): State<Arc<GatewayState>>, Path(raw): Path<Str
         }
         Ok(None) => {
             Metrics::inc(&state.metrics.not_found);
-            answer(StatusCode::NOT_FOUND, format!("'{key}' is not in this cache"))
+            answer(
+                StatusCode::NOT_FOUND,
+                format!("'{key}' is not in this cache"),
+            )
         }
         Err(e) => failure(&state, &e),
     }
@@ -165,7 +175,10 @@ async fn metrics_handler(State(state): State<Arc<GatewayState>>) -> Response {
 
 /// Reduces a store path, base name or hash part to its hash part.
 fn hash_part_of(s: &str) -> Option<String> {
-    let base = s.strip_prefix(kiln_nix::store_path::STORE_DIR).map(|r| r.trim_start_matches('/')).unwrap_or(s);
+    let base = s
+        .strip_prefix(kiln_nix::store_path::STORE_DIR)
+        .map(|r| r.trim_start_matches('/'))
+        .unwrap_or(s);
     if base.len() == STORE_HASH_LEN {
         return kiln_nix::nixbase32::is_valid_str(base.as_bytes()).then(|| base.to_string());
     }
@@ -186,7 +199,10 @@ async fn exists_handler(
     };
     if req.paths.len() > MAX_EXISTS_BATCH {
         Metrics::inc(&state.metrics.refused);
-        return answer(StatusCode::PAYLOAD_TOO_LARGE, format!("at most {MAX_EXISTS_BATCH} paths per request"));
+        return answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("at most {MAX_EXISTS_BATCH} paths per request"),
+        );
     }
     let mut hashes = Vec::with_capacity(req.paths.len());
     for p in &req.paths {
@@ -194,7 +210,10 @@ async fn exists_handler(
             Some(h) => hashes.push(h),
             None => {
                 Metrics::inc(&state.metrics.refused);
-                return answer(StatusCode::BAD_REQUEST, format!("'{p}' is not a store path or hash part"));
+                return answer(
+                    StatusCode::BAD_REQUEST,
+                    format!("'{p}' is not a store path or hash part"),
+                );
             }
         }
     }
@@ -217,7 +236,10 @@ mod tests {
         let h = "1sy2203698px76lmf1hr7rfiijmdd40i";
         assert_eq!(hash_part_of(h).as_deref(), Some(h));
         assert_eq!(hash_part_of(&format!("{h}-x")).as_deref(), Some(h));
-        assert_eq!(hash_part_of(&format!("/nix/store/{h}-x")).as_deref(), Some(h));
+        assert_eq!(
+            hash_part_of(&format!("/nix/store/{h}-x")).as_deref(),
+            Some(h)
+        );
         assert_eq!(hash_part_of("../../etc"), None);
         assert_eq!(hash_part_of(&"e".repeat(32)), None);
     }

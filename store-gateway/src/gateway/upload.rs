@@ -29,13 +29,18 @@ const MAX_SMALL_UPLOAD: u64 = 64 << 20;
 /// Whether the request carries an upload token: `Bearer TOKEN`, or Basic
 /// auth whose password is the token (what Nix sends from a netrc file).
 fn authorised(state: &GatewayState, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let offered = if let Some(t) = value.strip_prefix("Bearer ") {
         t.trim().to_string()
     } else if let Some(b) = value.strip_prefix("Basic ") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(b.trim()).unwrap_or_default();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(b.trim())
+            .unwrap_or_default();
         let text = String::from_utf8_lossy(&decoded).into_owned();
         match text.split_once(':') {
             Some((_, pw)) => pw.to_string(),
@@ -44,7 +49,10 @@ fn authorised(state: &GatewayState, headers: &HeaderMap) -> bool {
     } else {
         return false;
     };
-    state.upload_tokens.iter().any(|t| constant_time_eq(t.as_bytes(), offered.as_bytes()))
+    state
+        .upload_tokens
+        .iter()
+        .any(|t| constant_time_eq(t.as_bytes(), offered.as_bytes()))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -61,9 +69,17 @@ async fn read_small(body: Body, limit: u64, key: &Key) -> Result<Bytes, Response
         .take(limit + 1)
         .read_to_end(&mut buf)
         .await
-        .map_err(|e| answer(StatusCode::BAD_REQUEST, format!("reading upload of '{key}': {e}")))?;
+        .map_err(|e| {
+            answer(
+                StatusCode::BAD_REQUEST,
+                format!("reading upload of '{key}': {e}"),
+            )
+        })?;
     if buf.len() as u64 > limit {
-        return Err(answer(StatusCode::PAYLOAD_TOO_LARGE, format!("'{key}' is larger than {limit} bytes")));
+        return Err(answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("'{key}' is larger than {limit} bytes"),
+        ));
     }
     Ok(Bytes::from(buf))
 }
@@ -100,7 +116,10 @@ pub(super) async fn put_handler(
             Ok(b) => store_small(&state, &key, b).await,
             Err(r) => Err(r),
         },
-        KeyKind::CacheInfo => Err(answer(StatusCode::FORBIDDEN, "nix-cache-info is managed by the gateway")),
+        KeyKind::CacheInfo => Err(answer(
+            StatusCode::FORBIDDEN,
+            "nix-cache-info is managed by the gateway",
+        )),
     };
     match result {
         Ok(size) => {
@@ -132,7 +151,10 @@ async fn store_small(state: &GatewayState, key: &Key, data: Bytes) -> Result<u64
 async fn put_listing(state: &GatewayState, key: &Key, body: Body) -> Result<u64, Response> {
     let data = read_small(body, MAX_SMALL_UPLOAD, key).await?;
     if serde_json::from_slice::<serde_json::Value>(&data).is_err() {
-        return Err(answer(StatusCode::BAD_REQUEST, format!("'{key}' is not a JSON listing")));
+        return Err(answer(
+            StatusCode::BAD_REQUEST,
+            format!("'{key}' is not a JSON listing"),
+        ));
     }
     store_small(state, key, data).await
 }
@@ -148,11 +170,19 @@ async fn put_nar(state: &GatewayState, key: &Key, body: Body) -> Result<u64, Res
     let limit = state.max_nar_size;
     let mut reader = body_reader(body).take(limit + 1);
     let temp_dir = state.cache.options().temp_dir.clone();
-    let staged = stage_nar(&mut reader, Compression::None, &temp_dir, &format!("upload of '{key}'"))
-        .await
-        .map_err(|e| answer(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let staged = stage_nar(
+        &mut reader,
+        Compression::None,
+        &temp_dir,
+        &format!("upload of '{key}'"),
+    )
+    .await
+    .map_err(|e| answer(StatusCode::BAD_REQUEST, e.to_string()))?;
     if staged.nar_size > limit {
-        return Err(answer(StatusCode::PAYLOAD_TOO_LARGE, format!("'{key}' is larger than {limit} bytes")));
+        return Err(answer(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("'{key}' is larger than {limit} bytes"),
+        ));
     }
     let got = staged.file_hash.to_base32();
     if got != expected {
@@ -184,7 +214,10 @@ async fn put_narinfo(state: &GatewayState, key: &Key, body: Body) -> Result<u64,
     if format!("{}.narinfo", info.store_path.hash_part()) != key.as_str() {
         return Err(answer(
             StatusCode::BAD_REQUEST,
-            format!("'{key}' describes '{}', whose hash part differs", info.store_path),
+            format!(
+                "'{key}' describes '{}', whose hash part differs",
+                info.store_path
+            ),
         ));
     }
     let nar_key = cache.nar_key(&info).map_err(reject)?;
@@ -202,7 +235,10 @@ async fn put_narinfo(state: &GatewayState, key: &Key, body: Body) -> Result<u64,
         .filter(|r| **r != info.store_path)
         .map(|r| r.hash_part())
         .collect();
-    let present = cache.has_paths(&others).await.map_err(|e| failure(state, &e))?;
+    let present = cache
+        .has_paths(&others)
+        .await
+        .map_err(|e| failure(state, &e))?;
     if let Some((h, _)) = others.iter().zip(&present).find(|(_, p)| !**p) {
         return Err(answer(
             StatusCode::CONFLICT,
@@ -214,7 +250,15 @@ async fn put_narinfo(state: &GatewayState, key: &Key, body: Body) -> Result<u64,
     let mut nar = cache.nar(&info).await.map_err(reject)?;
     tokio::io::copy(&mut nar, &mut tokio::io::sink())
         .await
-        .map_err(|e| answer(StatusCode::UNPROCESSABLE_ENTITY, format!("'{key}' refused: {e}")))?;
-    cache.put_narinfo(&mut info).await.map_err(|e| failure(state, &e))?;
+        .map_err(|e| {
+            answer(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("'{key}' refused: {e}"),
+            )
+        })?;
+    cache
+        .put_narinfo(&mut info)
+        .await
+        .map_err(|e| failure(state, &e))?;
     Ok(size)
 }
