@@ -77,6 +77,7 @@ pub fn text_store_path(store_dir: &str, name: &str, text: &str, refs: &[String])
     let mut ty = String::from("text");
     let mut refs = refs.to_vec();
     refs.sort();
+    refs.dedup();
     for r in &refs {
         ty.push(':');
         ty.push_str(r);

@@ -81,6 +81,12 @@ fn conformance_eval() {
         .filter(|p| p.extension().is_some_and(|e| e == "nix"))
         .collect();
     files.sort();
+    // paths.nix hashes eval/src, whose `link` must be a symlink: a checkout that
+    // lost it gives other (but, with real Nix, identical to Kiln's) paths.
+    if !dir.join("src/link").symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+        println!("SKIP paths.nix: {}/src/link is not a symlink in this checkout", dir.display());
+        files.retain(|f| !f.ends_with("paths.nix"));
+    }
     let (passed, fails) = with_big_stack(move || {
         let mut passed = 0;
         let mut fails = Vec::new();

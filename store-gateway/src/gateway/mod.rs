@@ -114,6 +114,8 @@ pub(crate) fn status_of(e: &StoreError) -> StatusCode {
     }
 }
 
+// The error is the handler's final answer, returned once per request.
+#[allow(clippy::result_large_err)]
 fn parse_key(state: &GatewayState, raw: &str) -> Result<Key, Response> {
     Key::parse(raw).map_err(|e| {
         Metrics::inc(&state.metrics.refused);
