@@ -61,6 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         attr_paths: args.attr,
         include: args.include,
         nix_path: std::env::var("NIX_PATH").ok(),
+        eval: args.eval,
         strict: args.strict,
         json: args.json,
         xml: args.xml,

@@ -28,6 +28,8 @@ pub struct Request {
     pub include: Vec<String>,
     /// `NIX_PATH` value.
     pub nix_path: Option<String>,
+    /// `--eval`: print values; otherwise print the `.drv` paths of the derivations.
+    pub eval: bool,
     /// `--strict`.
     pub strict: bool,
     /// `--json`.
@@ -105,6 +107,18 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     let mut out = String::new();
     for p in paths {
         let v = evr.select_attr_path(&root, &p, &args).map_err(fmt)?;
+        if !req.eval {
+            let mut drvs = Vec::new();
+            collect_drvs(&evr, &v, true, &mut drvs).map_err(fmt)?;
+            if drvs.is_empty() {
+                return Err("error: expression does not evaluate to a derivation (or a set or list of those)".into());
+            }
+            for d in drvs {
+                out.push_str(&d);
+                out.push('\n');
+            }
+            continue;
+        }
         let text = if req.xml {
             evr.force_deep(&v).map_err(fmt)?;
             evr.print_xml(&v).map_err(fmt)?
@@ -120,4 +134,44 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         out.push_str(&text);
     }
     Ok(out)
+}
+
+/// The `.drv` paths (with `!output` for non-default outputs) of the
+/// derivations in `v`, as `nix-instantiate` finds them.
+fn collect_drvs(evr: &Evaluator, v: &Value, top: bool, out: &mut Vec<String>) -> crate::Result<()> {
+    let pos = crate::pos::Pos { file: 0, line: 1, col: 1 };
+    let v = evr.ev.force(v)?;
+    match &v {
+        Value::Attrs(a) => {
+            if crate::ops::is_derivation(&evr.ev, a)? {
+                let drv = a.get("drvPath").ok_or_else(|| crate::Error::eval("derivation has no 'drvPath'"))?;
+                let drv = evr.ev.expect_string(drv, pos)?.s.clone();
+                let output = match a.get("outputName") {
+                    Some(o) => evr.ev.expect_string(o, pos)?.s.clone(),
+                    None => "out".into(),
+                };
+                out.push(if output == "out" { drv } else { format!("{drv}!{output}") });
+                return Ok(());
+            }
+            let recurse = match a.get("recurseForDerivations") {
+                Some(r) => matches!(evr.ev.force(r)?, Value::Bool(true)),
+                None => false,
+            };
+            if top || recurse {
+                for attr in a.iter() {
+                    let x = evr.ev.force(&attr.value)?;
+                    if let Value::Attrs(_) = x {
+                        collect_drvs(evr, &x, false, out)?;
+                    }
+                }
+            }
+        }
+        Value::List(l) if top => {
+            for x in l.iter() {
+                collect_drvs(evr, x, false, out)?;
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }

@@ -62,6 +62,7 @@ fn base_request(dir: &Path, file: &Path) -> Request {
     Request {
         file: Some(file.to_path_buf()),
         nix_path: Some(format!("{0}/dir3:{0}/dir4", dir.display())),
+        eval: true,
         cwd: dir.parent().map(Path::to_path_buf).unwrap_or_default(),
         ..Default::default()
     }

@@ -2,45 +2,17 @@
 //! Nix 2.8 corpus and, when `nix` is on `PATH`, against `nix-store --dump`,
 //! `nix hash path` and `nix hash file` on the same trees.
 //!
-//! Finding the binary: `CARGO_BIN_EXE_kiln` is only set for integration
-//! tests of the package that owns the binary (`kiln-cli`), and a
-//! dev-dependency on `kiln-cli` does not change that on stable Cargo. So this
-//! test runs `cargo build -p kiln-cli --bin kiln` once (a no-op when it is
-//! up to date; Cargo releases the build lock before running tests) for the
-//! same profile as this test binary, and uses `<target>/<profile>/kiln`,
-//! where `<target>/<profile>` is two levels above this test executable.
-//! `KILN_BIN` overrides this with a ready binary.
+//! Cargo builds the `kiln` binary with the same features as this test and
+//! passes its path as `CARGO_BIN_EXE_kiln`.
 
 use kiln_nix::hash::Hash;
 use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
 fn kiln() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Ok(p) = std::env::var("KILN_BIN") {
-            return PathBuf::from(p);
-        }
-        let exe = std::env::current_exe().unwrap();
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let target_dir = profile_dir.parent().unwrap();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", "kiln-cli", "--bin", "kiln"])
-            .env("CARGO_TARGET_DIR", target_dir)
-            .current_dir(kiln_tests::workspace_root());
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("running cargo build for kiln");
-        assert!(status.success(), "building kiln failed");
-        let bin = profile_dir.join("kiln");
-        assert!(bin.is_file(), "{} missing after build", bin.display());
-        bin
-    })
+    Path::new(env!("CARGO_BIN_EXE_kiln"))
 }
 
 fn run(args: &[&str], stdin: Option<&[u8]>) -> Output {

@@ -1,0 +1,223 @@
+//! Store benchmark (run by `bench/store_bench.sh`, not a timed test):
+//! existence checks of 10,000 paths through the gateway, batched versus one
+//! request per path; and upload/download throughput of a 1 GiB NAR through
+//! the store versus raw PutObject/GetObject of the same bytes, on the S3
+//! named by KILN_S3_ENDPOINT, KILN_S3_REGION, KILN_S3_BUCKET and AWS_*.
+
+use std::hash::{BuildHasher, Hasher as _};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::stream::{self, StreamExt};
+use kiln_nix::store_path::StorePath;
+use kiln_store::backend::http::HttpStore;
+use kiln_store::backend::s3::{S3Config, S3Store};
+use kiln_store::backend::Store;
+use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
+use kiln_store::gateway::{serve, GatewayState};
+use kiln_store::Key;
+use tokio::io::AsyncReadExt;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn random_digest(i: u64) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    for chunk in out.chunks_mut(8) {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+fn env(name: &str) -> Result<String, BoxError> {
+    std::env::var(name).map_err(|_| format!("{name} is not set").into())
+}
+
+fn mib_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / (1 << 20) as f64 / secs
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let size_mib: u64 = std::env::var("KILN_BENCH_NAR_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let paths: usize = std::env::var("KILN_BENCH_PATHS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let mut cfg = S3Config::new(env("KILN_S3_BUCKET")?);
+    cfg.endpoint = Some(env("KILN_S3_ENDPOINT")?);
+    cfg.region = Some(env("KILN_S3_REGION")?);
+    cfg.access_key_id = Some(env("AWS_ACCESS_KEY_ID")?);
+    cfg.secret_access_key = Some(env("AWS_SECRET_ACCESS_KEY")?);
+    cfg.prefix = format!(
+        "bench-{}",
+        kiln_nix::nixbase32::encode(&random_digest(0)[..8])
+    );
+    let s3 = Arc::new(S3Store::connect(cfg.clone()).await?);
+    let work = tempfile::tempdir()?;
+
+    // --- Existence of `paths` paths, a tenth of them present.
+    let hashes: Vec<String> = (0..paths as u64)
+        .map(|i| StorePath::new(random_digest(i + 1), "p").map(|p| p.hash_part()))
+        .collect::<Result<_, _>>()?;
+    let present: Vec<Key> = hashes
+        .iter()
+        .step_by(10)
+        .map(|h| Key::narinfo(h))
+        .collect::<Result<_, _>>()?;
+    stream::iter(
+        present
+            .iter()
+            .map(|k| s3.put_bytes(k, kiln_store::Bytes::from_static(b"x"))),
+    )
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let cache = Arc::new(BinaryCache::new(
+        s3.clone(),
+        CacheOptions {
+            temp_dir: work.path().to_path_buf(),
+            ..CacheOptions::default()
+        },
+    ));
+    let state = Arc::new(GatewayState::new(cache.clone(), Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let http = HttpStore::new(&url, None)?;
+    let keys: Vec<Key> = hashes
+        .iter()
+        .map(|h| Key::narinfo(h))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    let batched = http.exists_many(&keys).await?;
+    let batched_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut single = Vec::with_capacity(keys.len());
+    for k in &keys {
+        single.push(http.exists(k).await?);
+    }
+    let single_s = t.elapsed().as_secs_f64();
+    assert_eq!(batched, single);
+    let _ = stop.send(());
+    server.await??;
+    println!("existence of {paths} paths ({} present):", present.len());
+    println!("  batched POST /api/v1/exists: {batched_s:.3} s");
+    println!("  one HEAD per path:           {single_s:.3} s");
+    println!(
+        "  ratio single/batched:        {:.1}x",
+        single_s / batched_s
+    );
+    for k in &present {
+        s3.delete(k).await?;
+    }
+
+    // --- Throughput of a large NAR: one regular file of pseudo-random bytes.
+    let nar_path = work.path().join("big.nar");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&nar_path)?);
+        let body = size_mib << 20;
+        let mut w = kiln_nix::nar::NarWriter::new(&mut f)?;
+        let mut reader = std::io::Read::take(Filler::new(), body);
+        w.file(None, false, body, &mut reader)?;
+        w.finish()?;
+        f.flush()?;
+    }
+    let nar_size = std::fs::metadata(&nar_path)?.len();
+    let path = StorePath::new(random_digest(u64::MAX), "big")?;
+    let meta = PathMeta {
+        path: path.clone(),
+        references: Default::default(),
+        deriver: None,
+        system: None,
+        ca: None,
+        sigs: Default::default(),
+        expected: None,
+    };
+
+    let t = Instant::now();
+    let info = cache
+        .add_path(meta, tokio::fs::File::open(&nar_path).await?)
+        .await?;
+    let store_up = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut nar = cache.nar(&info).await?;
+    let store_down_bytes = tokio::io::copy(&mut nar, &mut tokio::io::sink()).await?;
+    let store_down = t.elapsed().as_secs_f64();
+    assert_eq!(store_down_bytes, nar_size);
+
+    let raw_key = Key::log(&format!("{}-raw.drv", path.hash_part()))?;
+    let t = Instant::now();
+    s3.put_file(&raw_key, &nar_path).await?;
+    let raw_up = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut raw = s3.get(&raw_key).await?.ok_or("raw object vanished")?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut raw_down_bytes = 0u64;
+    loop {
+        let n = raw.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        raw_down_bytes += n as u64;
+    }
+    let raw_down = t.elapsed().as_secs_f64();
+    assert_eq!(raw_down_bytes, nar_size);
+    s3.delete(&raw_key).await?;
+    s3.delete(&Key::parse(&info.url)?).await?;
+    s3.delete(&Key::narinfo(&path.hash_part())?).await?;
+
+    println!(
+        "NAR of {nar_size} bytes (compressed to {} with {}):",
+        info.file_size, info.compression
+    );
+    println!(
+        "  upload   store {:.1} MiB/s, raw PutObject {:.1} MiB/s, store/raw {:.2}",
+        mib_per_s(nar_size, store_up),
+        mib_per_s(nar_size, raw_up),
+        raw_up / store_up
+    );
+    println!(
+        "  download store {:.1} MiB/s, raw GetObject {:.1} MiB/s, store/raw {:.2}",
+        mib_per_s(nar_size, store_down),
+        mib_per_s(nar_size, raw_down),
+        raw_down / store_down
+    );
+    Ok(())
+}
+
+/// Endless pseudo-random (xorshift) bytes, incompressible like real
+/// binaries at worst.
+struct Filler {
+    state: u64,
+}
+
+impl Filler {
+    fn new() -> Filler {
+        Filler {
+            state: 0x9e37_79b9_7f4a_7c15,
+        }
+    }
+}
+
+impl std::io::Read for Filler {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        for c in buf.chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            c.copy_from_slice(&self.state.to_le_bytes()[..c.len()]);
+        }
+        Ok(buf.len())
+    }
+}
