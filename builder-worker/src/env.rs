@@ -154,18 +154,13 @@ fn shell_escape(s: &str) -> String {
 fn simple(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(shell_escape(s)),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                Some(i.to_string())
-            } else if let Some(f) = n
+        Value::Number(n) => match n.as_i64() {
+            Some(i) => Some(i.to_string()),
+            None => n
                 .as_f64()
                 .filter(|f| f.fract() == 0.0 && f.abs() < i32::MAX as f64)
-            {
-                Some((f as i64).to_string())
-            } else {
-                None
-            }
-        }
+                .map(|f| (f as i64).to_string()),
+        },
         Value::Null => Some("''".into()),
         Value::Bool(b) => Some(if *b { "1".into() } else { String::new() }),
         _ => None,

@@ -430,13 +430,13 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
         Step::Chdir(p) => libc::chdir(p.as_ptr()),
         Step::Mkdir(p) => libc::mkdir(p.as_ptr(), 0),
         Step::PivotRoot => {
-            let dot = b".\0";
-            let old = b"real-root\0";
+            let dot = c".";
+            let old = c"real-root";
             libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) as libc::c_int
         }
-        Step::ChrootDot => libc::chroot(b".\0".as_ptr().cast()),
-        Step::DetachOldRoot => libc::umount2(b"real-root\0".as_ptr().cast(), libc::MNT_DETACH),
-        Step::RmdirOldRoot => libc::rmdir(b"real-root\0".as_ptr().cast()),
+        Step::ChrootDot => libc::chroot(c".".as_ptr()),
+        Step::DetachOldRoot => libc::umount2(c"real-root".as_ptr(), libc::MNT_DETACH),
+        Step::RmdirOldRoot => libc::rmdir(c"real-root".as_ptr()),
         Step::SetIds => {
             // Raw system calls: glibc's setgid/setuid synchronise with other
             // threads (and take locks) that do not exist in this child.

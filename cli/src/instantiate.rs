@@ -50,11 +50,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if !args.eval && !args.parse {
-        anyhow::bail!(
-            "instantiating derivations (without --eval) is not implemented yet; use --eval"
-        );
-    }
     let mut req = Request {
         file: args.file,
         expr: args.expr,
@@ -86,7 +81,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(msg) => {
-            eprintln!("{msg}");
+            eprintln!("{}", msg.trim_end_matches('\n'));
             Ok(ExitCode::FAILURE)
         }
     }

@@ -47,7 +47,7 @@ pub struct Options {
     pub search_path: Vec<SearchPathEntry>,
     /// The store; defaults to an in-memory [`store::MemStore`].
     pub store: Option<Rc<dyn store::Store>>,
-    /// Maximum evaluation depth (default 10,000 frames... scaled to the stack).
+    /// Maximum evaluation depth (default 100,000 nested evaluations).
     pub max_depth: Option<usize>,
 }
 

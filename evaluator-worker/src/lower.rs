@@ -366,14 +366,16 @@ impl<'a> Lowerer<'a> {
                 return Err(self.err(op_pos, "syntax error, unexpected pipe operator"))
             }
         };
+        let rhs = self.child(b.rhs(), pos)?;
+        // Nix 2.8 reports `+` errors at the right operand, the others at the expression.
+        let at = if op == BinOp::Add {
+            self.pos(&rhs)
+        } else {
+            pos
+        };
         let l = self.lower(&self.child(b.lhs(), pos)?)?;
-        let r = self.lower(&self.child(b.rhs(), pos)?)?;
-        Ok(Expr::Bin {
-            op,
-            l,
-            r,
-            pos: op_pos,
-        })
+        let r = self.lower(&rhs)?;
+        Ok(Expr::Bin { op, l, r, pos: at })
     }
 
     fn lower_lambda(&mut self, l: &ast::Lambda, pos: Pos) -> Result<LambdaDef> {

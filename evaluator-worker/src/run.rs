@@ -139,18 +139,28 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
 /// The `.drv` paths (with `!output` for non-default outputs) of the
 /// derivations in `v`, as `nix-instantiate` finds them.
 fn collect_drvs(evr: &Evaluator, v: &Value, top: bool, out: &mut Vec<String>) -> crate::Result<()> {
-    let pos = crate::pos::Pos { file: 0, line: 1, col: 1 };
+    let pos = crate::pos::Pos {
+        file: 0,
+        line: 1,
+        col: 1,
+    };
     let v = evr.ev.force(v)?;
     match &v {
         Value::Attrs(a) => {
             if crate::ops::is_derivation(&evr.ev, a)? {
-                let drv = a.get("drvPath").ok_or_else(|| crate::Error::eval("derivation has no 'drvPath'"))?;
+                let drv = a
+                    .get("drvPath")
+                    .ok_or_else(|| crate::Error::eval("derivation has no 'drvPath'"))?;
                 let drv = evr.ev.expect_string(drv, pos)?.s.clone();
                 let output = match a.get("outputName") {
                     Some(o) => evr.ev.expect_string(o, pos)?.s.clone(),
                     None => "out".into(),
                 };
-                out.push(if output == "out" { drv } else { format!("{drv}!{output}") });
+                out.push(if output == "out" {
+                    drv
+                } else {
+                    format!("{drv}!{output}")
+                });
                 return Ok(());
             }
             let recurse = match a.get("recurseForDerivations") {

@@ -247,6 +247,8 @@ impl AsyncRead for VerifyingReader {
         }
         this.seen += new.len() as u64;
         if this.seen > this.expected_size {
+            // Hand out nothing of a stream that is already known to be bad.
+            buf.set_filled(before);
             let msg = format!(
                 "NAR is larger than the expected {} bytes",
                 this.expected_size

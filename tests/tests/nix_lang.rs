@@ -122,6 +122,7 @@ fn nix_language_suite() {
     names.sort();
     let (mut okay, mut okay_total, mut fail, mut fail_total) = (0, 0, 0, 0);
     let (mut parse_ok, mut parse_total) = (0, 0);
+    let (mut exp_ok, mut exp_total) = (0usize, 0usize);
     let mut failures = Vec::new();
     for name in &names {
         let path = dir.join(name);
@@ -130,8 +131,13 @@ fn nix_language_suite() {
                 continue;
             };
             okay_total += 1;
+            let plain_exp = path.with_extension("exp").exists();
+            exp_total += usize::from(plain_exp);
             match outcome {
-                Outcome::Pass => okay += 1,
+                Outcome::Pass => {
+                    okay += 1;
+                    exp_ok += usize::from(plain_exp);
+                }
                 Outcome::Fail(why) => failures.push(format!("{name}: {why}")),
             }
         } else if name.starts_with("eval-fail-") {
@@ -156,6 +162,7 @@ fn nix_language_suite() {
     for f in &failures {
         println!("FAIL {f}");
     }
+    println!("eval-okay with .exp: {exp_ok}/{exp_total}");
     println!("eval-okay: {okay}/{okay_total}  eval-fail: {fail}/{fail_total}  parse: {parse_ok}/{parse_total}");
     assert!(
         okay >= MIN_EVAL_OKAY,
