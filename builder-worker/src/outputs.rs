@@ -362,3 +362,57 @@ fn check_cycles(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "/nix/store/11111111111111111111111111111111-x";
+    const DEV: &str = "/nix/store/22222222222222222222222222222222-x-dev";
+
+    fn outputs() -> BTreeMap<String, OutputRecipe> {
+        [("out", OUT), ("dev", DEV)]
+            .iter()
+            .map(|(n, p)| {
+                (
+                    n.to_string(),
+                    OutputRecipe {
+                        path: p.to_string(),
+                        fixed: None,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn built(refs: &[(&str, &[&str])]) -> BTreeMap<String, (BuiltOutput, PathBuf)> {
+        refs.iter()
+            .map(|(name, r)| {
+                let b = BuiltOutput {
+                    path: String::new(),
+                    nar_hash: Hash::of(HashAlgo::Sha256, b""),
+                    nar_size: 0,
+                    references: r.iter().map(|s| s.to_string()).collect(),
+                    location: PathBuf::new(),
+                };
+                (name.to_string(), (b, PathBuf::new()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cycle_between_outputs_is_reported_as_nix_does() {
+        let b = built(&[("out", &[DEV, OUT]), ("dev", &[OUT])]);
+        let err = check_cycles("/nix/store/d.drv", &outputs(), &b).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "cycle detected in build of '/nix/store/d.drv' in the references of output 'dev' from output 'out'"
+        );
+    }
+
+    #[test]
+    fn self_and_one_way_references_are_fine() {
+        let b = built(&[("out", &[DEV, OUT]), ("dev", &[DEV])]);
+        check_cycles("/nix/store/d.drv", &outputs(), &b).unwrap();
+    }
+}
