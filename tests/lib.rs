@@ -270,3 +270,17 @@ mod tests {
         assert!(!tcp_port_open("not an address"));
     }
 }
+
+/// Copies the host's static busybox to `<parent>/busybox/bin/busybox`, the
+/// layout the build corpus expects. `None` (a skip, or a failure under
+/// `CI=true`) when `/bin/busybox` is missing.
+pub fn host_busybox(parent: &std::path::Path) -> Option<PathBuf> {
+    let host = std::path::Path::new("/bin/busybox");
+    if !require_service("busybox (/bin/busybox, apt-get install busybox-static)", host.is_file()) {
+        return None;
+    }
+    let dir = parent.join("busybox");
+    std::fs::create_dir_all(dir.join("bin")).expect("creating the busybox directory");
+    std::fs::copy(host, dir.join("bin/busybox")).expect("copying /bin/busybox");
+    Some(dir)
+}

@@ -7,7 +7,8 @@
 //! - [`run`]: supervising a running builder (log, limits, cancellation);
 //! - [`canonicalise`]: output permissions, times and file types;
 //! - [`outputs`]: NAR hashing, references, cycles and fixed-output checks;
-//! - [`recipe`]: what the builder needs to know about a derivation.
+//! - [`recipe`]: what the builder needs to know about a derivation;
+//! - [`worker`]: the service loop serving build requests from a transport.
 
 pub mod builder;
 pub mod canonicalise;
@@ -17,6 +18,7 @@ pub mod recipe;
 pub mod rootfs;
 pub mod run;
 pub mod sandbox;
+pub mod worker;
 
 pub use builder::{BuildError, BuildOptions, BuildOutputs, Builder, BuilderConfig};
 pub use outputs::BuiltOutput;

@@ -25,6 +25,20 @@ pub trait OutputStore: Send + Sync + 'static {
     async fn valid_paths(&self, paths: &[String]) -> Result<Vec<bool>, String>;
 }
 
+/// Kiln's binary cache answers existence checks from its narinfos, in one
+/// batched request (with its short positive cache).
+#[async_trait]
+impl OutputStore for kiln_store::cache::BinaryCache {
+    async fn valid_paths(&self, paths: &[String]) -> Result<Vec<bool>, String> {
+        let mut hash_parts = Vec::with_capacity(paths.len());
+        for p in paths {
+            let sp = kiln_nix::store_path::StorePath::from_absolute_path(p).map_err(|e| format!("'{p}': {e}"))?;
+            hash_parts.push(sp.hash_part());
+        }
+        self.has_paths(&hash_parts).await.map_err(|e| e.to_string())
+    }
+}
+
 /// Settings of the coordinator.
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {

@@ -7,7 +7,9 @@ use crate::pos::{Pos, Source, Sources};
 use crate::store::{DerivationSink, Realiser, Store};
 use crate::value::*;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use kiln_nix::derivation::DrvHashModulo;
+use kiln_nix::store_path::StorePath;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
@@ -74,12 +76,20 @@ pub struct Eval {
     pub sink: Option<Rc<dyn DerivationSink>>,
     /// Whether `builtins.trace` prints to standard error.
     pub print_trace: bool,
-    /// `hashDerivationModulo` of every derivation instantiated so far, by `.drv` path.
-    pub(crate) drv_hashes: RefCell<HashMap<String, kiln_nix::hash::Hash>>,
-    /// Output names of every derivation instantiated so far, by `.drv` path.
-    pub(crate) drv_outputs: RefCell<HashMap<String, Vec<String>>>,
-    /// References (input sources and derivations) of every derivation instantiated so far.
-    pub(crate) drv_refs: RefCell<HashMap<String, Vec<String>>>,
+    /// Every derivation instantiated so far, by `.drv` path.
+    pub(crate) drvs: RefCell<HashMap<StorePath, DrvInfo>>,
+    /// Source paths already copied to the store (Nix's `srcToStore`).
+    src_cache: RefCell<HashMap<String, String>>,
+}
+
+/// What later derivations need to know about one instantiated derivation.
+pub(crate) struct DrvInfo {
+    /// Its unmasked `hashDerivationModulo`, used by dependents.
+    pub hash_modulo: DrvHashModulo,
+    /// Its output names.
+    pub outputs: Vec<String>,
+    /// Its references (input sources and input derivations).
+    pub refs: BTreeSet<StorePath>,
 }
 
 impl Eval {
@@ -97,9 +107,8 @@ impl Eval {
             realiser: None,
             sink: None,
             print_trace: true,
-            drv_hashes: RefCell::new(HashMap::new()),
-            drv_outputs: RefCell::new(HashMap::new()),
-            drv_refs: RefCell::new(HashMap::new()),
+            drvs: RefCell::new(HashMap::new()),
+            src_cache: RefCell::new(HashMap::new()),
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);
@@ -852,10 +861,43 @@ impl Eval {
 
     /// Copy a source path into the store (cached per path), returning its store path.
     pub fn copy_path_to_store(&self, p: &str) -> Result<String> {
+        if let Some(sp) = self.src_cache.borrow().get(p) {
+            return Ok(sp.clone());
+        }
         let name = p.rsplit('/').next().unwrap_or("source");
-        self.store
-            .add_path(Path::new(p), name, None)
-            .map_err(|e| Error::eval(e.to_string()))
+        let real = self.real_path(p);
+        let sp = self
+            .store
+            .add_path(&real, name, None)
+            .map_err(|e| Error::eval(e.to_string()))?
+            .to_absolute_path();
+        self.src_cache
+            .borrow_mut()
+            .insert(p.to_string(), sp.clone());
+        Ok(sp)
+    }
+
+    /// Where the file named `p` can be read: inside the store directory, the
+    /// location the [`Store`] gives for it (for example a `toFile` result
+    /// written into a [`crate::store::DirStore`]); anywhere else, `p` itself.
+    pub fn real_path(&self, p: &str) -> PathBuf {
+        let dir = self.store.store_dir();
+        let in_store = p
+            .strip_prefix(dir)
+            .is_some_and(|rest| rest.starts_with('/'));
+        if in_store {
+            if let Ok((sp, rest)) = StorePath::from_absolute_path_prefix(p) {
+                if let Some(real) = self.store.real_path(&sp) {
+                    let rest = rest.trim_start_matches('/');
+                    return if rest.is_empty() {
+                        real
+                    } else {
+                        real.join(rest)
+                    };
+                }
+            }
+        }
+        PathBuf::from(p)
     }
 }
 

@@ -311,6 +311,36 @@ mod tests {
     }
 
     #[test]
+    fn intersect_attrs_either_size() {
+        let small_first = "builtins.intersectAttrs { a = 1; c = 2; } { a = 10; b = 20; c = 30; d = 40; }";
+        assert_eq!(eval(small_first).unwrap(), "{ a = 10; c = 30; }");
+        let big_first = "builtins.intersectAttrs { a = 10; b = 20; c = 30; d = 40; } { a = 1; c = 2; e = 5; }";
+        assert_eq!(eval(big_first).unwrap(), "{ a = 1; c = 2; }");
+        assert_eq!(eval("builtins.intersectAttrs { } { a = 1; }").unwrap(), "{ }");
+    }
+
+    #[test]
+    fn to_file_is_readable_from_a_dir_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let out = with_big_stack(move || {
+            let store = Rc::new(store::DirStore::new(root.join("store")).unwrap());
+            let e = Evaluator::new(Options {
+                store: Some(store),
+                ..Default::default()
+            });
+            let src = r#"let f = builtins.toFile "foo" "bar"; in [ f (builtins.readFile f) (builtins.pathExists f) ]"#;
+            let v = e.eval_string(src, Path::new("/")).unwrap();
+            e.print(&v, true).unwrap()
+        })
+        .unwrap();
+        assert_eq!(
+            out,
+            "[ \"/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo\" \"bar\" true ]"
+        );
+    }
+
+    #[test]
     fn deep_but_finite_recursion() {
         assert_eq!(
             eval("builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x) 100000)").unwrap(),

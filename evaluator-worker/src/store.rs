@@ -1,57 +1,100 @@
 //! The store boundary: everything evaluation writes to a store goes through
 //! [`Store`]; derivation outputs needed during evaluation come from a
 //! [`Realiser`]; instantiated derivations are streamed to a [`DerivationSink`].
+//!
+//! Store paths, NAR serialisation and hashing all come from `kiln_nix`; this
+//! module only decides where (if anywhere) the bytes go. Two implementations
+//! are here: [`MemStore`] (paths only, nothing written to disk) and
+//! [`DirStore`] (a real directory standing in for `/nix/store`).
 
-use kiln_nix::hash::{Hash, HashAlgo, Hasher};
+use kiln_nix::hash::HashAlgo;
+use kiln_nix::nar::{self, DumpError};
+use kiln_nix::store_path::{
+    compute_text_path, make_source_path, validate_name, StorePath, StorePathError, STORE_DIR,
+};
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::io::Read;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 /// Errors at the store boundary.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// Reading a source path failed.
-    #[error("reading '{path}': {source}")]
+    /// Serialising a source path failed.
+    #[error("adding '{path}' to the store: {source}")]
+    Dump {
+        /// The path being added.
+        path: String,
+        /// The cause.
+        source: DumpError,
+    },
+    /// A store path could not be formed (bad name, …).
+    #[error("store path for '{name}': {source}")]
+    Path {
+        /// The name of the object.
+        name: String,
+        /// The cause.
+        source: StorePathError,
+    },
+    /// Writing into a [`DirStore`] failed.
+    #[error("writing '{path}': {source}")]
     Io {
-        /// The path.
+        /// The file written.
         path: String,
         /// The cause.
         source: std::io::Error,
+    },
+    /// Unpacking a serialised source into a [`DirStore`] failed.
+    #[error("unpacking into '{path}': {source}")]
+    Unpack {
+        /// The destination.
+        path: String,
+        /// The cause.
+        source: nar::UnpackError,
     },
     /// The realiser could not build an output.
     #[error("cannot realise '{0}': {1}")]
     Realise(String, String),
 }
 
+/// Decides which entries below a path added with a filter are kept: called
+/// with each entry's full path and file type (the root is always kept).
+pub type PathFilter<'a> = dyn FnMut(&Path, fs::FileType) -> bool + 'a;
+
 /// Where copied sources, `toFile` texts and `.drv` files are written.
 pub trait Store {
     /// The store directory (`/nix/store`).
     fn store_dir(&self) -> &str {
-        "/nix/store"
+        STORE_DIR
     }
     /// Copy `path` (file, directory or symlink) into the store as `name`
-    /// (recursive/NAR hashing) and return its store path.
+    /// (recursive/NAR hashing, type `source`) and return its store path.
     fn add_path(
         &self,
         path: &Path,
         name: &str,
-        filter: Option<&dyn Fn(&Path) -> bool>,
-    ) -> Result<String, StoreError>;
-    /// Write a text file (`toFile`, `.drv`) with the given references; return its store path.
-    fn add_text(&self, name: &str, text: &str, refs: &[String]) -> Result<String, StoreError>;
-    /// Contents of a text file previously written with `add_text`, if any.
-    fn read_text(&self, path: &str) -> Option<String>;
+        filter: Option<&mut PathFilter<'_>>,
+    ) -> Result<StorePath, StoreError>;
+    /// Write a text file (`toFile`, `.drv`) with the given references and
+    /// return its store path.
+    fn add_text(
+        &self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError>;
+    /// Where the contents of `path` can be read on this machine, if this
+    /// store holds them (`readFile` of a `toFile` result, `import` of a
+    /// `.drv`'s sibling…). `None` means the path is read where it is named.
+    fn real_path(&self, path: &StorePath) -> Option<PathBuf>;
 }
 
 /// Builds derivation outputs when evaluation reads them (import from derivation).
 pub trait Realiser {
     /// Build `drv_path` so that `outputs` exist; return their real filesystem locations.
-    fn realise(
-        &self,
-        drv_path: &str,
-        outputs: &[String],
-    ) -> Result<Vec<std::path::PathBuf>, StoreError>;
+    fn realise(&self, drv_path: &str, outputs: &[String]) -> Result<Vec<PathBuf>, StoreError>;
 }
 
 /// Receives each derivation as soon as it is instantiated.
@@ -60,145 +103,55 @@ pub trait DerivationSink {
     fn derivation(&self, drv_path: &str, aterm: &str);
 }
 
-/// Make a store path from its type, inner hash and name (Nix's `makeStorePath`).
-pub fn make_store_path(store_dir: &str, ty: &str, hash: &Hash, name: &str) -> String {
-    let fp = format!(
-        "{ty}:{}:{}:{store_dir}:{name}",
-        hash.algo(),
-        hash.to_base16()
-    );
-    let h = Hash::of(HashAlgo::Sha256, fp.as_bytes());
-    let c = kiln_nix::hash::compress_hash(h.digest(), 20);
-    format!("{store_dir}/{}-{name}", kiln_nix::nixbase32::encode(&c))
-}
-
-/// Store path of a text file with references (`toFile`, `.drv`).
-pub fn text_store_path(store_dir: &str, name: &str, text: &str, refs: &[String]) -> String {
-    let mut ty = String::from("text");
-    let mut refs = refs.to_vec();
-    refs.sort();
-    refs.dedup();
-    for r in &refs {
-        ty.push(':');
-        ty.push_str(r);
-    }
-    make_store_path(
-        store_dir,
-        &ty,
-        &Hash::of(HashAlgo::Sha256, text.as_bytes()),
-        name,
-    )
-}
-
-/// Serialise `path` as a NAR into `h` (streaming).
-pub fn nar_hash(path: &Path, filter: Option<&dyn Fn(&Path) -> bool>) -> Result<Hash, StoreError> {
-    let mut h = Hasher::new(HashAlgo::Sha256);
-    nar_str(&mut h, "nix-archive-1");
-    nar_entry(&mut h, path, filter)?;
-    Ok(h.finish())
-}
-
-fn nar_str(h: &mut Hasher, s: &str) {
-    nar_bytes(h, s.as_bytes());
-}
-
-fn nar_bytes(h: &mut Hasher, b: &[u8]) {
-    h.update(&(b.len() as u64).to_le_bytes());
-    h.update(b);
-    let pad = (8 - b.len() % 8) % 8;
-    h.update(&[0u8; 8][..pad]);
-}
-
-fn io_err(path: &Path, source: std::io::Error) -> StoreError {
-    StoreError::Io {
+fn dump_err(path: &Path) -> impl FnOnce(DumpError) -> StoreError + '_ {
+    move |source| StoreError::Dump {
         path: path.display().to_string(),
         source,
     }
 }
 
-fn nar_entry(
-    h: &mut Hasher,
-    path: &Path,
-    filter: Option<&dyn Fn(&Path) -> bool>,
-) -> Result<(), StoreError> {
-    let md = std::fs::symlink_metadata(path).map_err(|e| io_err(path, e))?;
-    nar_str(h, "(");
-    if md.file_type().is_symlink() {
-        let target = std::fs::read_link(path).map_err(|e| io_err(path, e))?;
-        nar_str(h, "type");
-        nar_str(h, "symlink");
-        nar_str(h, "target");
-        nar_bytes(h, target.as_os_str().as_encoded_bytes());
-    } else if md.is_dir() {
-        nar_str(h, "type");
-        nar_str(h, "directory");
-        let mut names: Vec<_> = std::fs::read_dir(path)
-            .map_err(|e| io_err(path, e))?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .collect();
-        names.sort();
-        for n in names {
-            let child = path.join(&n);
-            if let Some(f) = filter {
-                if !f(&child) {
-                    continue;
-                }
-            }
-            nar_str(h, "entry");
-            nar_str(h, "(");
-            nar_str(h, "name");
-            nar_bytes(h, n.as_encoded_bytes());
-            nar_str(h, "node");
-            nar_entry(h, &child, filter)?;
-            nar_str(h, ")");
-        }
-    } else {
-        use std::os::unix::fs::PermissionsExt;
-        nar_str(h, "type");
-        nar_str(h, "regular");
-        if md.permissions().mode() & 0o100 != 0 {
-            nar_str(h, "executable");
-            nar_str(h, "");
-        }
-        nar_str(h, "contents");
-        let len = md.len();
-        h.update(&len.to_le_bytes());
-        let mut f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
-        let mut buf = [0u8; 65536];
-        let mut total = 0u64;
-        loop {
-            let n = f.read(&mut buf).map_err(|e| io_err(path, e))?;
-            if n == 0 {
-                break;
-            }
-            total += n as u64;
-            h.update(&buf[..n]);
-        }
-        if total != len {
-            return Err(io_err(
-                path,
-                std::io::Error::other("file changed while reading"),
-            ));
-        }
-        let pad = ((8 - len % 8) % 8) as usize;
-        h.update(&[0u8; 8][..pad]);
+fn path_err(name: &str) -> impl FnOnce(StorePathError) -> StoreError + '_ {
+    move |source| StoreError::Path {
+        name: name.to_string(),
+        source,
     }
-    nar_str(h, ")");
-    Ok(())
 }
 
-/// A store that only computes paths and keeps text files in memory: for tests
-/// and for evaluation without a real store.
+/// The `source` store path of `path` (NAR-hashed, optionally filtered), as
+/// Nix's `addToStore` computes it, without writing anything.
+pub fn source_path(
+    path: &Path,
+    name: &str,
+    filter: Option<&mut PathFilter<'_>>,
+) -> Result<StorePath, StoreError> {
+    let mut all = |_: &Path, _: fs::FileType| true;
+    let filter: &mut PathFilter<'_> = match filter {
+        Some(f) => f,
+        None => &mut all,
+    };
+    let (_, digest) = nar::dump_path_filtered(path, std::io::sink(), HashAlgo::Sha256, filter)
+        .map_err(dump_err(path))?;
+    make_source_path(name, &digest.hash, &BTreeSet::new(), false).map_err(path_err(name))
+}
+
+/// A store that computes every path exactly but writes nothing to disk: its
+/// paths are not readable through the file system. The texts it is given
+/// (`toFile`, `.drv`) are kept in memory and can be read back with
+/// [`MemStore::text`], which is what tests and `--eval` need.
 #[derive(Default)]
 pub struct MemStore {
-    texts: RefCell<BTreeMap<String, String>>,
+    texts: RefCell<BTreeMap<StorePath, String>>,
 }
 
 impl MemStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The text written at `path` with [`Store::add_text`], if any.
+    pub fn text(&self, path: &StorePath) -> Option<String> {
+        self.texts.borrow().get(path).cloned()
     }
 }
 
@@ -207,18 +160,139 @@ impl Store for MemStore {
         &self,
         path: &Path,
         name: &str,
-        filter: Option<&dyn Fn(&Path) -> bool>,
-    ) -> Result<String, StoreError> {
-        let h = nar_hash(path, filter)?;
-        Ok(make_store_path(self.store_dir(), "source", &h, name))
+        filter: Option<&mut PathFilter<'_>>,
+    ) -> Result<StorePath, StoreError> {
+        source_path(path, name, filter)
     }
-    fn add_text(&self, name: &str, text: &str, refs: &[String]) -> Result<String, StoreError> {
-        let p = text_store_path(self.store_dir(), name, text, refs);
+
+    fn add_text(
+        &self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        let p = compute_text_path(name, text.as_bytes(), refs).map_err(path_err(name))?;
         self.texts.borrow_mut().insert(p.clone(), text.to_string());
         Ok(p)
     }
-    fn read_text(&self, path: &str) -> Option<String> {
-        self.texts.borrow().get(path).cloned()
+
+    fn real_path(&self, _path: &StorePath) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// A store kept in an ordinary directory: `/nix/store/<hash>-<name>` is
+/// written as `<root>/<hash>-<name>` (sources unpacked from their filtered
+/// NAR, texts as read-only files), so evaluation can read back what it
+/// added. For tests and for evaluating without a real Kiln store.
+pub struct DirStore {
+    root: PathBuf,
+}
+
+impl DirStore {
+    /// A store in `root` (created if missing).
+    pub fn new(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(|source| StoreError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
+        Ok(DirStore { root })
+    }
+
+    /// The directory holding the store's objects.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn location(&self, p: &StorePath) -> PathBuf {
+        self.root.join(p.base_name())
+    }
+
+    /// A fresh temporary file name in the store directory (hidden, so it
+    /// never looks like a store object).
+    fn temp_name(&self, name: &str) -> PathBuf {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(format!(".tmp-{}-{n}-{name}", std::process::id()))
+    }
+}
+
+impl Store for DirStore {
+    fn add_path(
+        &self,
+        path: &Path,
+        name: &str,
+        filter: Option<&mut PathFilter<'_>>,
+    ) -> Result<StorePath, StoreError> {
+        let mut all = |_: &Path, _: fs::FileType| true;
+        let filter: &mut PathFilter<'_> = match filter {
+            Some(f) => f,
+            None => &mut all,
+        };
+        // One walk gives both the NAR (spooled to a temporary file, then
+        // unpacked) and its hash, so the filter runs once per entry, as in Nix.
+        // Validate the name before it is used in a file name.
+        validate_name(name).map_err(path_err(name))?;
+        let tmp = self.temp_name(name);
+        let io = |p: &Path| {
+            let path = p.display().to_string();
+            move |source| StoreError::Io { path, source }
+        };
+        let file = fs::File::create(&tmp).map_err(io(&tmp))?;
+        let result = (|| {
+            let out = std::io::BufWriter::new(file);
+            let (out, digest) = nar::dump_path_filtered(path, out, HashAlgo::Sha256, filter)
+                .map_err(dump_err(path))?;
+            out.into_inner()
+                .map_err(|e| io(&tmp)(e.into_error()))?
+                .sync_all()
+                .map_err(io(&tmp))?;
+            let sp = make_source_path(name, &digest.hash, &BTreeSet::new(), false)
+                .map_err(path_err(name))?;
+            let dest = self.location(&sp);
+            if dest.symlink_metadata().is_err() {
+                let nar = std::io::BufReader::new(fs::File::open(&tmp).map_err(io(&tmp))?);
+                nar::unpack(nar, &dest).map_err(|source| StoreError::Unpack {
+                    path: dest.display().to_string(),
+                    source,
+                })?;
+            }
+            Ok(sp)
+        })();
+        let _ = fs::remove_file(&tmp);
+        result
+    }
+
+    fn add_text(
+        &self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        let sp = compute_text_path(name, text.as_bytes(), refs).map_err(path_err(name))?;
+        let dest = self.location(&sp);
+        if dest.symlink_metadata().is_err() {
+            let io = |source| StoreError::Io {
+                path: dest.display().to_string(),
+                source,
+            };
+            // Write under a temporary name first so a crash never leaves a
+            // truncated object under its final name.
+            let tmp = self.temp_name(name);
+            let mut f = fs::File::create(&tmp).map_err(io)?;
+            f.write_all(text.as_bytes()).map_err(io)?;
+            f.set_permissions(fs::Permissions::from_mode(0o444))
+                .map_err(io)?;
+            fs::rename(&tmp, &dest).map_err(io)?;
+        }
+        Ok(sp)
+    }
+
+    fn real_path(&self, path: &StorePath) -> Option<PathBuf> {
+        Some(self.location(path))
     }
 }
 
@@ -229,7 +303,46 @@ mod tests {
     #[test]
     fn text_path_matches_nix() {
         // nix-instantiate --eval -E 'builtins.toFile "foo" "bar"'
-        let p = text_store_path("/nix/store", "foo", "bar", &[]);
-        assert_eq!(p, "/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo");
+        let s = MemStore::new();
+        let p = s.add_text("foo", "bar", &BTreeSet::new()).unwrap();
+        assert_eq!(
+            p.to_absolute_path(),
+            "/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo"
+        );
+        assert_eq!(s.text(&p).as_deref(), Some("bar"));
+        assert_eq!(s.real_path(&p), None);
+    }
+
+    #[test]
+    fn dir_store_writes_what_it_adds() {
+        let t = tempfile::tempdir().unwrap();
+        let s = DirStore::new(t.path().join("store")).unwrap();
+        let p = s.add_text("foo", "bar", &BTreeSet::new()).unwrap();
+        assert_eq!(p.base_name(), "vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo");
+        let real = s.real_path(&p).unwrap();
+        assert_eq!(fs::read_to_string(&real).unwrap(), "bar");
+
+        let src = t.path().join("src");
+        fs::create_dir_all(src.join("sub")).unwrap();
+        fs::write(src.join("sub/keep"), "k").unwrap();
+        fs::write(src.join("skip.log"), "s").unwrap();
+        let mut f = |p: &Path, _: fs::FileType| !p.to_string_lossy().ends_with(".log");
+        let sp = s.add_path(&src, "src", Some(&mut f)).unwrap();
+        // Same path as computing it without writing.
+        let mut f2 = |p: &Path, _: fs::FileType| !p.to_string_lossy().ends_with(".log");
+        assert_eq!(source_path(&src, "src", Some(&mut f2)).unwrap(), sp);
+        let real = s.real_path(&sp).unwrap();
+        assert_eq!(fs::read_to_string(real.join("sub/keep")).unwrap(), "k");
+        assert!(!real.join("skip.log").exists());
+        // Adding again is a no-op giving the same path.
+        assert_eq!(MemStore::new().add_path(&real, "src", None).unwrap(), sp);
+    }
+
+    #[test]
+    fn bad_name_is_an_error_naming_it() {
+        let e = MemStore::new()
+            .add_text("bad/name", "x", &BTreeSet::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("bad/name"), "{e}");
     }
 }

@@ -15,16 +15,18 @@ use kiln_nix::signing::{SecretKey, TrustedKeys};
 use kiln_nix::store_path::{StorePath, STORE_DIR};
 use tokio::io::AsyncRead;
 
-use crate::backend::{get_small, ByteStream, Store};
+use crate::backend::{get_small, read_ahead, ByteStream, Store};
 use crate::compression::{Compression, VerifyingReader};
 use crate::error::{Result, StoreError};
-use crate::ingest::stage_nar;
+use crate::ingest::write_nar;
 use crate::key::Key;
 
 /// Largest narinfo or `nix-cache-info` accepted.
 pub const MAX_NARINFO_SIZE: u64 = 1 << 20;
 /// Largest build log accepted in memory.
 pub const MAX_LOG_SIZE: u64 = 64 << 20;
+/// Chunks of a NAR fetched ahead of its decompression and verification.
+const NAR_READ_AHEAD: usize = 16;
 /// Most entries kept in the positive existence cache.
 const POSITIVE_CACHE_CAP: usize = 200_000;
 
@@ -302,7 +304,7 @@ impl BinaryCache {
                 store: self.store.url(),
                 path: format!("{} (its NAR {key})", info.store_path),
             })?;
-        let plain = compression.decoder(raw);
+        let plain = compression.decoder(read_ahead(raw, NAR_READ_AHEAD));
         Ok(Box::pin(VerifyingReader::new(
             plain,
             info.nar_hash.clone(),
@@ -311,8 +313,9 @@ impl BinaryCache {
         )))
     }
 
-    /// Stores a path from its NAR stream: compress and hash into a staging
-    /// file, upload the NAR, then sign and write the narinfo. Nothing is
+    /// Stores a path from its NAR stream: compress, hash and upload the NAR
+    /// in one pipelined pass, make it visible once its hashes are checked,
+    /// then sign and write the narinfo. Nothing is
     /// written when the stream fails or does not match `meta.expected`.
     pub async fn add_path<R: AsyncRead + Unpin + Send>(
         &self,
@@ -325,29 +328,38 @@ impl BinaryCache {
             });
         }
         let what = format!("NAR of '{}'", meta.path);
-        let staged = stage_nar(nar, self.opts.compression, &self.opts.temp_dir, &what).await?;
+        let pending = write_nar(
+            self.store.as_ref(),
+            nar,
+            self.opts.compression,
+            &self.opts.temp_dir,
+            &what,
+        )
+        .await?;
+        let staged = pending.digests.clone();
         if let Some((hash, size)) = &meta.expected {
-            if staged.nar_size != *size {
+            let mismatch = if staged.nar_size != *size {
+                Some(("NAR size", size.to_string(), staged.nar_size.to_string()))
+            } else if &staged.nar_hash != hash {
+                Some((
+                    "NAR hash",
+                    hash.to_nix_base32_prefixed(),
+                    staged.nar_hash.to_nix_base32_prefixed(),
+                ))
+            } else {
+                None
+            };
+            if let Some((what, expected, got)) = mismatch {
+                pending.abort().await;
                 return Err(StoreError::Mismatch {
-                    what: "NAR size",
+                    what,
                     path: meta.path.to_string(),
-                    expected: size.to_string(),
-                    got: staged.nar_size.to_string(),
-                });
-            }
-            if &staged.nar_hash != hash {
-                return Err(StoreError::Mismatch {
-                    what: "NAR hash",
-                    path: meta.path.to_string(),
-                    expected: hash.to_nix_base32_prefixed(),
-                    got: staged.nar_hash.to_nix_base32_prefixed(),
+                    expected,
+                    got,
                 });
             }
         }
-        let key = staged.key()?;
-        if !self.store.exists(&key).await? {
-            self.store.put_file(&key, &staged.file).await?;
-        }
+        let key = pending.commit().await?;
         let mut info = NarInfo {
             store_path: meta.path,
             url: key.to_string(),

@@ -92,6 +92,15 @@ pub enum Encoder<W> {
 }
 
 impl<W> Encoder<W> {
+    /// The writer underneath, to take what was already written to it.
+    pub fn get_mut(&mut self) -> &mut W {
+        match self {
+            Encoder::None(w) => w,
+            Encoder::Xz(e) => e.get_mut(),
+            Encoder::Zstd(e) => e.get_mut(),
+        }
+    }
+
     /// The writer underneath; call after `shutdown`.
     pub fn into_inner(self) -> W {
         match self {
@@ -147,6 +156,12 @@ impl<W> HashingAsyncWriter<W> {
             hasher: Hasher::new(HashAlgo::Sha256),
             written: 0,
         }
+    }
+
+    /// The inner writer (hash and count cover only what passes through
+    /// this wrapper).
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
     }
 
     /// The inner writer, the hash and the byte count.

@@ -1,15 +1,162 @@
-//! Staging a NAR for upload: compress and hash it in one streaming pass
-//! into a temporary file, so the narinfo can be written from what was
-//! actually stored and no NAR is ever held whole in memory.
+//! Taking a NAR in: compress and hash it in one streaming pass, so the
+//! narinfo can be written from what was actually stored and no NAR is ever
+//! held whole in memory.
+//!
+//! [`write_nar`] streams the compressed bytes into a [`Store`] upload while
+//! the NAR is still being read (reading, compressing and sending overlap);
+//! the object becomes visible only at [`PendingNar::commit`], after the
+//! caller has checked the hashes. [`stage_nar`] compresses into a local
+//! file instead, for callers that must see the whole NAR before storing.
 
 use std::path::Path;
 
+use bytes::{Bytes, BytesMut};
 use kiln_nix::hash::{Hash, HashAlgo, Hasher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::backend::{Store, Upload};
 use crate::compression::{Compression, HashingAsyncWriter};
 use crate::error::{Result, StoreError};
-use crate::key::Key;
+use crate::key::{Key, KeyKind};
+
+/// Bytes read from the NAR at a time.
+const READ_CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the compressor.
+const READ_AHEAD: usize = 4;
+/// Compressed bytes gathered before they are handed to the upload.
+const FLUSH_AT: usize = 1 << 20;
+
+fn nar_key(file_hash: &Hash, compression: Compression) -> Result<Key> {
+    Ok(Key::parse(&format!(
+        "nar/{}{}",
+        file_hash.to_base32(),
+        compression.extension()
+    ))?)
+}
+
+/// Both hashes and sizes of a NAR taken in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NarDigests {
+    /// How the stored file is compressed.
+    pub compression: Compression,
+    /// sha256 of the uncompressed NAR.
+    pub nar_hash: Hash,
+    /// Size of the uncompressed NAR.
+    pub nar_size: u64,
+    /// sha256 of the stored (compressed) file.
+    pub file_hash: Hash,
+    /// Size of the stored file.
+    pub file_size: u64,
+}
+
+impl NarDigests {
+    /// The key the file is stored under: `nar/<filehash><ext>`.
+    pub fn key(&self) -> Result<Key> {
+        nar_key(&self.file_hash, self.compression)
+    }
+}
+
+/// A compressed NAR fully sent to a store but not yet visible there.
+/// Dropping it without [`PendingNar::commit`] leaves nothing visible.
+pub struct PendingNar<'a> {
+    upload: Box<dyn Upload + 'a>,
+    /// What was sent.
+    pub digests: NarDigests,
+}
+
+impl PendingNar<'_> {
+    /// Makes the NAR visible under [`NarDigests::key`], which it returns.
+    pub async fn commit(self) -> Result<Key> {
+        let key = self.digests.key()?;
+        self.upload.commit(&key).await?;
+        Ok(key)
+    }
+
+    /// Discards the NAR.
+    pub async fn abort(self) {
+        self.upload.abort().await;
+    }
+}
+
+/// Reads a NAR from `nar` to its end, compressing it with `compression`
+/// into an upload to `store` as it goes (`temp_dir` serves backends that
+/// stage uploads in files). `what` names the source in errors. On error
+/// the upload is aborted.
+pub async fn write_nar<'a, R: AsyncRead + Unpin + Send>(
+    store: &'a dyn Store,
+    nar: R,
+    compression: Compression,
+    temp_dir: &Path,
+    what: &str,
+) -> Result<PendingNar<'a>> {
+    let mut upload = store.begin_upload(KeyKind::Nar, temp_dir).await?;
+    match compress_into(upload.as_mut(), nar, compression, what).await {
+        Ok(digests) => Ok(PendingNar { upload, digests }),
+        Err(e) => {
+            upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// The pipeline of [`write_nar`]: one future reads ahead into a bounded
+/// channel while the other hashes, compresses and sends.
+async fn compress_into<R: AsyncRead + Unpin + Send>(
+    upload: &mut (dyn Upload + '_),
+    mut nar: R,
+    compression: Compression,
+    what: &str,
+) -> Result<NarDigests> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    let feed = async move {
+        loop {
+            let mut buf = BytesMut::with_capacity(READ_CHUNK);
+            let n = nar
+                .read_buf(&mut buf)
+                .await
+                .map_err(|e| StoreError::stream(format!("reading {what}"), e))?;
+            // A closed channel means the consumer failed; its error wins.
+            if n == 0 || tx.send(buf.freeze()).await.is_err() {
+                return Ok::<_, StoreError>(());
+            }
+        }
+    };
+    let consume = async {
+        let werr = |e| StoreError::stream(format!("compressing {what}"), e);
+        let mut enc = compression.encoder(HashingAsyncWriter::new(Vec::with_capacity(
+            FLUSH_AT + READ_CHUNK,
+        )));
+        let mut hasher = Hasher::new(HashAlgo::Sha256);
+        let mut nar_size = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            hasher.update(&chunk);
+            nar_size += chunk.len() as u64;
+            enc.write_all(&chunk).await.map_err(werr)?;
+            let out = enc.get_mut().get_mut();
+            if out.len() >= FLUSH_AT {
+                let full = std::mem::replace(out, Vec::with_capacity(FLUSH_AT + READ_CHUNK));
+                upload.write(Bytes::from(full)).await?;
+            }
+        }
+        enc.shutdown().await.map_err(werr)?;
+        let (rest, file_hash, file_size) = enc.into_inner().finish();
+        if !rest.is_empty() {
+            upload.write(Bytes::from(rest)).await?;
+        }
+        Ok::<_, StoreError>(NarDigests {
+            compression,
+            nar_hash: hasher.finish(),
+            nar_size,
+            file_hash,
+            file_size,
+        })
+    };
+    let (fed, consumed) = tokio::join!(feed, consume);
+    // A read error ends the channel early, which the consumer cannot tell
+    // from the NAR's end: the reader's verdict comes first.
+    fed?;
+    consumed
+}
 
 /// A compressed NAR in a temporary file, with both hashes and sizes.
 #[derive(Debug)]
@@ -31,11 +178,7 @@ pub struct StagedNar {
 impl StagedNar {
     /// The key the file is stored under: `nar/<filehash><ext>`.
     pub fn key(&self) -> Result<Key> {
-        Ok(Key::parse(&format!(
-            "nar/{}{}",
-            self.file_hash.to_base32(),
-            self.compression.extension()
-        ))?)
+        nar_key(&self.file_hash, self.compression)
     }
 }
 

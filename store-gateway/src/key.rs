@@ -160,7 +160,14 @@ impl Key {
 
     /// The HTTP content type Nix's stores use for this key.
     pub fn content_type(&self) -> &'static str {
-        match self.kind() {
+        self.kind().content_type()
+    }
+}
+
+impl KeyKind {
+    /// The HTTP content type Nix's stores use for keys of this kind.
+    pub fn content_type(self) -> &'static str {
+        match self {
             KeyKind::CacheInfo | KeyKind::NarInfo => "text/x-nix-narinfo",
             KeyKind::Listing => "application/json",
             KeyKind::Nar => "application/x-nix-nar",

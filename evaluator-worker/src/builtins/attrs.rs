@@ -87,11 +87,20 @@ fn list_to_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn intersect_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let x = ev.expect_attrs(&a[0], pos)?;
     let y = ev.expect_attrs(&a[1], pos)?;
-    let entries = y
-        .iter()
-        .filter(|e| x.get(e.name.as_str()).is_some())
-        .cloned()
-        .collect();
+    // Walk the smaller set and look names up in the larger one: the usual
+    // call (`intersectAttrs (functionArgs f) pkgs`) has a tiny first set
+    // and a huge second one. Either way the values come from `y`, in name
+    // order.
+    let entries: Vec<Attr> = if x.len() <= y.len() {
+        x.iter()
+            .filter_map(|e| y.get_attr(e.name.as_str()).cloned())
+            .collect()
+    } else {
+        y.iter()
+            .filter(|e| x.get(e.name.as_str()).is_some())
+            .cloned()
+            .collect()
+    };
     Ok(Value::Attrs(Rc::new(Attrs::from_sorted(entries))))
 }
 

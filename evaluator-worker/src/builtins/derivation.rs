@@ -1,13 +1,17 @@
-//! `derivationStrict` (ATerm, `hashDerivationModulo`, output and `.drv` paths)
-//! and `derivation`, a Nix-level wrapper around it.
+//! `derivationStrict` and `derivation`, a Nix-level wrapper around it.
+//!
+//! The attributes are turned into a [`kiln_nix::derivation::Derivation`];
+//! output paths, `hashDerivationModulo`, the ATerm and the `.drv` path all
+//! come from `kiln_nix`, so they are the very bytes Nix 2.8 produces.
 
 use super::{b, mk_attrs, Builtin};
 use crate::error::{Error, Result};
-use crate::eval::Eval;
+use crate::eval::{DrvInfo, Eval};
 use crate::pos::Pos;
-use crate::store::make_store_path;
 use crate::value::*;
+use kiln_nix::derivation::{Derivation, DerivationOutput, FixedOutputHash};
 use kiln_nix::hash::{Hash, HashAlgo};
+use kiln_nix::store_path::{FileIngestionMethod, StorePath};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
@@ -35,91 +39,6 @@ let
   };
 in (builtins.head outs).value
 "#;
-
-struct Output {
-    path: String,
-    hash_algo: String,
-    hash: String,
-}
-
-fn escape(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
-fn list<T>(
-    out: &mut String,
-    items: impl IntoIterator<Item = T>,
-    mut f: impl FnMut(&mut String, T),
-) {
-    out.push('[');
-    for (i, x) in items.into_iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        f(out, x);
-    }
-    out.push(']');
-}
-
-fn aterm(
-    outputs: &BTreeMap<String, Output>,
-    input_drvs: &BTreeMap<String, BTreeSet<String>>,
-    input_srcs: &BTreeSet<String>,
-    system: &str,
-    builder: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-) -> String {
-    let mut o = String::from("Derive(");
-    list(&mut o, outputs, |o, (name, out)| {
-        o.push('(');
-        escape(name, o);
-        o.push(',');
-        escape(&out.path, o);
-        o.push(',');
-        escape(&out.hash_algo, o);
-        o.push(',');
-        escape(&out.hash, o);
-        o.push(')');
-    });
-    o.push(',');
-    list(&mut o, input_drvs, |o, (p, outs)| {
-        o.push('(');
-        escape(p, o);
-        o.push(',');
-        list(o, outs, |o, s| escape(s, o));
-        o.push(')');
-    });
-    o.push(',');
-    list(&mut o, input_srcs, |o, s| escape(s, o));
-    o.push(',');
-    escape(system, &mut o);
-    o.push(',');
-    escape(builder, &mut o);
-    o.push(',');
-    list(&mut o, args, |o, s| escape(s, o));
-    o.push(',');
-    list(&mut o, env, |o, (k, v)| {
-        o.push('(');
-        escape(k, o);
-        o.push(',');
-        escape(v, o);
-        o.push(')');
-    });
-    o.push(')');
-    o
-}
 
 fn derivation_strict(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let attrs = ev.expect_attrs(&a[0], pos)?;
@@ -225,190 +144,137 @@ fn derivation_strict(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         j.push('}');
         j
     });
-    let mut input_srcs = BTreeSet::new();
-    let mut input_drvs: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     if let Some(json) = structured {
         env.insert("__json".into(), json);
     }
-    for c in &ctx {
-        if let Some(d) = c.strip_prefix('=') {
-            // The whole closure of the derivation: every path in it is a
-            // source, every derivation in it is needed with all its outputs.
-            let mut todo = vec![d.to_string()];
-            let mut seen = BTreeSet::new();
-            while let Some(p) = todo.pop() {
-                if !seen.insert(p.clone()) {
-                    continue;
+    let store_path = |p: &str| {
+        StorePath::from_absolute_path(p).map_err(|e| {
+            Error::eval(format!(
+                "derivation '{name}' refers to '{p}', which is not a store path: {e}"
+            ))
+            .at(pos)
+        })
+    };
+    let mut input_srcs: BTreeSet<StorePath> = BTreeSet::new();
+    let mut input_drvs: BTreeMap<StorePath, BTreeSet<String>> = BTreeMap::new();
+    {
+        let drvs = ev.drvs.borrow();
+        for c in &ctx {
+            if let Some(d) = c.strip_prefix('=') {
+                // The whole closure of the derivation: every path in it is a
+                // source, every derivation in it is needed with all its outputs.
+                let mut todo = vec![store_path(d)?];
+                let mut seen = BTreeSet::new();
+                while let Some(p) = todo.pop() {
+                    if !seen.insert(p.clone()) {
+                        continue;
+                    }
+                    if let Some(info) = drvs.get(&p) {
+                        todo.extend(info.refs.iter().cloned());
+                        input_drvs
+                            .entry(p.clone())
+                            .or_default()
+                            .extend(info.outputs.iter().cloned());
+                    }
+                    input_srcs.insert(p);
                 }
-                if let Some(refs) = ev.drv_refs.borrow().get(&p) {
-                    todo.extend(refs.iter().cloned());
+            } else if let Some(rest) = c.strip_prefix('!') {
+                if let Some((o, d)) = rest.split_once('!') {
+                    input_drvs
+                        .entry(store_path(d)?)
+                        .or_default()
+                        .insert(o.to_string());
                 }
-                if p.ends_with(".drv") {
-                    let outs = ev.drv_outputs.borrow().get(&p).cloned().unwrap_or_default();
-                    input_drvs.entry(p.clone()).or_default().extend(outs);
-                }
-                input_srcs.insert(p);
+            } else {
+                input_srcs.insert(store_path(c)?);
             }
-        } else if let Some(rest) = c.strip_prefix('!') {
-            if let Some((o, d)) = rest.split_once('!') {
-                input_drvs
-                    .entry(d.to_string())
-                    .or_default()
-                    .insert(o.to_string());
-            }
-        } else {
-            input_srcs.insert(c.to_string());
         }
     }
-    let store_dir = ev.store.store_dir().to_string();
-    let mut outputs: BTreeMap<String, Output> = BTreeMap::new();
+    let drv_err =
+        |e: kiln_nix::derivation::DerivationError| Error::eval(format!("derivation '{name}': {e}")).at(pos);
+    let mut outputs = BTreeMap::new();
     if let Some(h) = hash {
+        if out_names != ["out"] {
+            return Err(Error::eval(format!(
+                "multiple outputs are not supported in fixed-output derivations (derivation '{name}')"
+            ))
+            .at(pos));
+        }
         let algo = if hash_algo.is_empty() {
             None
         } else {
-            HashAlgo::from_name(&hash_algo).ok()
+            Some(HashAlgo::from_name(&hash_algo).map_err(|e| {
+                Error::eval(format!("derivation '{name}': outputHashAlgo: {e}")).at(pos)
+            })?)
         };
-        let parsed = Hash::parse_any(&h, algo)
+        let hash = Hash::parse_any(&h, algo)
             .map_err(|e| Error::eval(format!("invalid output hash '{h}': {e}")).at(pos))?;
-        let recursive = hash_mode == "recursive";
-        let path = if recursive && parsed.algo() == HashAlgo::Sha256 {
-            make_store_path(&store_dir, "source", &parsed, &name)
-        } else {
-            let prefix = if recursive { "r:" } else { "" };
-            let inner = format!(
-                "fixed:out:{prefix}{}:{}:",
-                parsed.algo(),
-                parsed.to_base16()
-            );
-            make_store_path(
-                &store_dir,
-                "output:out",
-                &Hash::of(HashAlgo::Sha256, inner.as_bytes()),
-                &name,
-            )
+        let method = match hash_mode.as_str() {
+            "flat" => FileIngestionMethod::Flat,
+            "recursive" => FileIngestionMethod::Recursive,
+            other => {
+                return Err(Error::eval(format!(
+                    "invalid value '{other}' for 'outputHashMode' attribute"
+                ))
+                .at(pos))
+            }
         };
-        env.insert("out".into(), path.clone());
-        outputs.insert(
-            "out".into(),
-            Output {
-                path,
-                hash_algo: format!("{}{}", if recursive { "r:" } else { "" }, parsed.algo()),
-                hash: parsed.to_base16(),
-            },
-        );
+        let out = DerivationOutput::fixed(&name, FixedOutputHash { method, hash }).map_err(drv_err)?;
+        outputs.insert("out".to_string(), out);
     } else {
         for o in &out_names {
-            env.insert(o.clone(), String::new());
-            outputs.insert(
-                o.clone(),
-                Output {
-                    path: String::new(),
-                    hash_algo: String::new(),
-                    hash: String::new(),
-                },
-            );
-        }
-        let modulo = hash_modulo(
-            ev,
-            &outputs,
-            &input_drvs,
-            &input_srcs,
-            &system,
-            &builder,
-            &args,
-            &env,
-        );
-        for o in &out_names {
-            let pname = if o == "out" {
-                name.clone()
-            } else {
-                format!("{name}-{o}")
-            };
-            let p = make_store_path(&store_dir, &format!("output:{o}"), &modulo, &pname);
-            env.insert(o.clone(), p.clone());
-            if let Some(out) = outputs.get_mut(o) {
-                out.path = p;
-            }
+            outputs.insert(o.clone(), DerivationOutput::Deferred);
         }
     }
-    let text = aterm(
-        &outputs,
-        &input_drvs,
-        &input_srcs,
-        &system,
-        &builder,
-        &args,
-        &env,
-    );
-    let mut refs: Vec<String> = input_srcs.iter().cloned().collect();
-    refs.extend(input_drvs.keys().cloned());
+    let mut drv = Derivation {
+        outputs,
+        input_drvs,
+        input_srcs,
+        system,
+        builder,
+        args,
+        env,
+    };
+    {
+        let drvs = ev.drvs.borrow();
+        let lookup = |p: &StorePath| drvs.get(p).map(|i| i.hash_modulo.clone());
+        drv.fill_output_paths(&name, lookup).map_err(drv_err)?;
+    }
+    let text = drv.to_aterm();
+    let refs = drv.references();
     let drv_path = ev
         .store
         .add_text(&format!("{name}.drv"), &text, &refs)
         .map_err(|e| Error::eval(e.to_string()).at(pos))?;
-    let own_modulo = if outputs.len() == 1 && !outputs["out"].hash.is_empty() {
-        let o = &outputs["out"];
-        Hash::of(
-            HashAlgo::Sha256,
-            format!("fixed:out:{}:{}:{}", o.hash_algo, o.hash, o.path).as_bytes(),
-        )
-    } else {
-        hash_modulo(
-            ev,
-            &outputs,
-            &input_drvs,
-            &input_srcs,
-            &system,
-            &builder,
-            &args,
-            &env,
-        )
+    let own_modulo = {
+        let drvs = ev.drvs.borrow();
+        drv.hash_modulo(false, |p: &StorePath| {
+            drvs.get(p).map(|i| i.hash_modulo.clone())
+        })
+        .map_err(drv_err)?
     };
-    ev.drv_hashes
-        .borrow_mut()
-        .insert(drv_path.clone(), own_modulo);
-    ev.drv_outputs
-        .borrow_mut()
-        .insert(drv_path.clone(), outputs.keys().cloned().collect());
-    ev.drv_refs.borrow_mut().insert(drv_path.clone(), refs);
+    let drv_path_str = drv_path.to_absolute_path();
     if let Some(sink) = &ev.sink {
-        sink.derivation(&drv_path, &text);
+        sink.derivation(&drv_path_str, &text);
     }
-    let drv_ctx: Rc<str> = Rc::from(format!("={drv_path}"));
+    let drv_ctx: Rc<str> = Rc::from(format!("={drv_path_str}"));
     let mut fields = vec![(
         "drvPath",
-        Value::string_ctx(drv_path.clone(), vec![drv_ctx]),
+        Value::string_ctx(drv_path_str.clone(), vec![drv_ctx]),
     )];
-    for (o, out) in &outputs {
-        let c: Rc<str> = Rc::from(format!("!{o}!{drv_path}"));
-        fields.push((o.as_str(), Value::string_ctx(out.path.clone(), vec![c])));
+    for (o, out) in &drv.outputs {
+        let c: Rc<str> = Rc::from(format!("!{o}!{drv_path_str}"));
+        let p = out.path().map(|p| p.to_absolute_path()).unwrap_or_default();
+        fields.push((o.as_str(), Value::string_ctx(p, vec![c])));
     }
-    Ok(mk_attrs(fields))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn hash_modulo(
-    ev: &Eval,
-    outputs: &BTreeMap<String, Output>,
-    input_drvs: &BTreeMap<String, BTreeSet<String>>,
-    input_srcs: &BTreeSet<String>,
-    system: &str,
-    builder: &str,
-    args: &[String],
-    env: &BTreeMap<String, String>,
-) -> Hash {
-    let hashes = ev.drv_hashes.borrow();
-    let mut replaced: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (p, outs) in input_drvs {
-        let key = hashes
-            .get(p)
-            .map(|h| h.to_base16())
-            .unwrap_or_else(|| p.clone());
-        replaced
-            .entry(key)
-            .or_default()
-            .extend(outs.iter().cloned());
-    }
-    let text = aterm(outputs, &replaced, input_srcs, system, builder, args, env);
-    Hash::of(HashAlgo::Sha256, text.as_bytes())
+    let result = mk_attrs(fields);
+    ev.drvs.borrow_mut().insert(
+        drv_path,
+        DrvInfo {
+            hash_modulo: own_modulo,
+            outputs: drv.outputs.keys().cloned().collect(),
+            refs,
+        },
+    );
+    Ok(result)
 }

@@ -8,8 +8,10 @@ use crate::eval::{Env, Eval};
 use crate::lower::canon_path;
 use crate::pos::Pos;
 use crate::value::*;
-use kiln_nix::hash::{Hash, HashAlgo};
-use std::path::{Path, PathBuf};
+use kiln_nix::hash::HashAlgo;
+use kiln_nix::store_path::StorePath;
+use std::collections::BTreeSet;
+use std::path::Path;
 use std::rc::Rc;
 
 pub(super) const BUILTINS: &[Builtin] = &[
@@ -50,7 +52,7 @@ fn io(msg: &str, path: &str, e: std::io::Error) -> Error {
 
 fn import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = coerce_path(ev, &a[0], pos)?;
-    ev.eval_file(Path::new(&p)).map_err(|e| e.at(pos))
+    ev.eval_file(&ev.real_path(&p)).map_err(|e| e.at(pos))
 }
 
 fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -58,19 +60,19 @@ fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = coerce_path(ev, &a[1], pos)?;
     let names: Vec<Symbol> = scope.iter().map(|e| e.name.clone()).collect();
     let vals: Vec<Value> = scope.iter().map(|e| e.value.clone()).collect();
-    let e = ev.parse_file(Path::new(&p), Some(names))?;
+    let e = ev.parse_file(&ev.real_path(&p), Some(names))?;
     ev.eval(&Env::new(vals, None), &e)
 }
 
 fn read_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = coerce_path(ev, &a[0], pos)?;
-    let bytes = std::fs::read(&p).map_err(|e| io("opening file", &p, e).at(pos))?;
+    let bytes = std::fs::read(ev.real_path(&p)).map_err(|e| io("opening file", &p, e).at(pos))?;
     Ok(Value::string(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = coerce_path(ev, &a[0], pos)?;
-    let rd = std::fs::read_dir(&p).map_err(|e| io("reading directory", &p, e).at(pos))?;
+    let rd = std::fs::read_dir(ev.real_path(&p)).map_err(|e| io("reading directory", &p, e).at(pos))?;
     let mut entries = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| io("reading directory", &p, e).at(pos))?;
@@ -98,7 +100,7 @@ fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn path_exists(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = coerce_path(ev, &a[0], pos)?;
-    Ok(Value::Bool(Path::new(&p).symlink_metadata().is_ok()))
+    Ok(Value::Bool(ev.real_path(&p).symlink_metadata().is_ok()))
 }
 
 fn base_name_of(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -129,15 +131,24 @@ fn to_path(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn to_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let name = ev.expect_string(&a[0], pos)?;
     let text = ev.coerce_to_string(&a[1], pos, false, false)?;
-    let refs: Vec<String> = text
-        .ctx
-        .iter()
-        .map(|c| c.trim_start_matches('=').to_string())
-        .collect();
+    let mut refs = BTreeSet::new();
+    for c in &text.ctx {
+        if !c.starts_with('/') {
+            return Err(Error::eval(format!(
+                "in 'toFile': the file named '{}' must not contain a reference to a derivation but contains ({c})",
+                name.s
+            ))
+            .at(pos));
+        }
+        refs.insert(StorePath::from_absolute_path(c).map_err(|e| {
+            Error::eval(format!("in 'toFile' of '{}': {e}", name.s)).at(pos)
+        })?);
+    }
     let p = ev
         .store
         .add_text(&name.s, &text.s, &refs)
-        .map_err(|e| Error::eval(e.to_string()).at(pos))?;
+        .map_err(|e| Error::eval(e.to_string()).at(pos))?
+        .to_absolute_path();
     Ok(Value::string_ctx(p.clone(), vec![Rc::from(p.as_str())]))
 }
 
@@ -146,8 +157,11 @@ fn hash_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let algo = HashAlgo::from_name(&algo.s)
         .map_err(|_| Error::eval(format!("unknown hash algorithm '{}'", algo.s)).at(pos))?;
     let p = coerce_path(ev, &a[1], pos)?;
-    let bytes = std::fs::read(&p).map_err(|e| io("opening file", &p, e).at(pos))?;
-    Ok(Value::string(Hash::of(algo, &bytes).to_base16()))
+    let mut file = std::fs::File::open(ev.real_path(&p))
+        .map_err(|e| io("opening file", &p, e).at(pos))?;
+    let mut h = kiln_nix::hash::Hasher::new(algo);
+    std::io::copy(&mut file, &mut h).map_err(|e| io("reading file", &p, e).at(pos))?;
+    Ok(Value::string(h.finish().to_base16()))
 }
 
 fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -206,35 +220,46 @@ fn add_filtered(
     filter: Option<Value>,
     pos: Pos,
 ) -> Result<Value> {
-    let err: std::cell::RefCell<Option<Error>> = std::cell::RefCell::new(None);
-    let f = |p: &Path| -> bool {
+    let real = ev.real_path(path);
+    let mut err: Option<Error> = None;
+    let mut f = |p: &Path, ft: std::fs::FileType| -> bool {
         let Some(filter) = &filter else { return true };
-        if err.borrow().is_some() {
+        if err.is_some() {
             return false;
         }
-        let ty = match p.symlink_metadata() {
-            Ok(m) if m.is_dir() => "directory",
-            Ok(m) if m.file_type().is_symlink() => "symlink",
-            Ok(m) if m.is_file() => "regular",
-            _ => "unknown",
+        let ty = if ft.is_dir() {
+            "directory"
+        } else if ft.is_symlink() {
+            "symlink"
+        } else if ft.is_file() {
+            "regular"
+        } else {
+            "unknown"
+        };
+        // The filter sees the path as the expression named it.
+        let shown = match p.strip_prefix(&real) {
+            Ok(rest) => Path::new(path).join(rest).display().to_string(),
+            Err(_) => p.display().to_string(),
         };
         let r = ev
-            .call(filter, Value::string(p.display().to_string()), pos)
+            .call(filter, Value::string(shown), pos)
             .and_then(|g| ev.call(&g, Value::string(ty), pos))
             .and_then(|r| ev.expect_bool(&r, pos));
         match r {
             Ok(b) => b,
             Err(e) => {
-                *err.borrow_mut() = Some(e);
+                err = Some(e);
                 false
             }
         }
     };
-    let res = ev.store.add_path(&PathBuf::from(path), name, Some(&f));
-    if let Some(e) = err.into_inner() {
+    let res = ev.store.add_path(&real, name, Some(&mut f));
+    if let Some(e) = err {
         return Err(e);
     }
-    let p = res.map_err(|e| Error::eval(e.to_string()).at(pos))?;
+    let p = res
+        .map_err(|e| Error::eval(e.to_string()).at(pos))?
+        .to_absolute_path();
     Ok(Value::string_ctx(p.clone(), vec![Rc::from(p.as_str())]))
 }
 

@@ -50,9 +50,35 @@ pub struct NarDigest {
 /// Serialises `path` (not following a symlink at `path` itself) as a NAR to
 /// `out`, returning `out`.
 pub fn write_path<W: Write>(path: &Path, out: W) -> Result<W, DumpError> {
+    write_path_filtered(path, out, &mut |_, _| true)
+}
+
+/// Like [`write_path`], but every entry below `path` is first shown to
+/// `filter` (its full path and file type, not following symlinks) and left
+/// out, with everything under it, when the filter returns false. The root
+/// itself is always included. This is what `builtins.path { filter = …; }`
+/// and `builtins.filterSource` hash and copy.
+pub fn write_path_filtered<W: Write>(
+    path: &Path,
+    out: W,
+    filter: &mut dyn FnMut(&Path, fs::FileType) -> bool,
+) -> Result<W, DumpError> {
     let mut w = NarWriter::new(out).map_err(|source| write_err(path, source))?;
-    walk(path, &mut w)?;
+    walk(path, &mut w, filter)?;
     w.finish().map_err(|source| write_err(path, source))
+}
+
+/// [`write_path_filtered`] returning the NAR's hash (with `algo`) and size
+/// along with `out`.
+pub fn dump_path_filtered<W: Write>(
+    path: &Path,
+    out: W,
+    algo: HashAlgo,
+    filter: &mut dyn FnMut(&Path, fs::FileType) -> bool,
+) -> Result<(W, NarDigest), DumpError> {
+    let hw = write_path_filtered(path, HashingWriter::new(out, algo), filter)?;
+    let (out, hash, size) = hw.finish();
+    Ok((out, NarDigest { hash, size }))
 }
 
 /// Serialises `path` to `out` and returns `out` with the NAR's sha256 and
@@ -99,7 +125,11 @@ enum Step {
     Leave,
 }
 
-fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
+fn walk<W: Write>(
+    root: &Path,
+    w: &mut NarWriter<W>,
+    filter: &mut dyn FnMut(&Path, fs::FileType) -> bool,
+) -> Result<(), DumpError> {
     let mut todo = vec![Step::Node {
         path: root.to_path_buf(),
         name: None,
@@ -116,6 +146,9 @@ fn walk<W: Write>(root: &Path, w: &mut NarWriter<W>) -> Result<(), DumpError> {
         let name = name.as_deref();
         let meta = fs::symlink_metadata(&path).map_err(io_err("getting status of", &path))?;
         let ft = meta.file_type();
+        if depth > 0 && !filter(&path, ft) {
+            continue;
+        }
         if ft.is_dir() {
             if depth >= MAX_DEPTH {
                 return Err(write_err(
@@ -238,6 +271,49 @@ mod tests {
         assert_eq!(digest.size, expect.len() as u64);
         assert_eq!(digest.hash, Hash::of(HashAlgo::Sha256, &expect));
         assert_eq!(write_path(&root, Vec::new()).unwrap(), expect);
+    }
+
+    #[test]
+    fn filtered_dump_leaves_out_rejected_subtrees() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("keep/drop.log")).unwrap();
+        fs::create_dir_all(root.join("gone")).unwrap();
+        fs::write(root.join("keep/a"), b"a").unwrap();
+        fs::write(root.join("gone/b"), b"b").unwrap();
+        fs::write(root.join("x.log"), b"x").unwrap();
+
+        let mut expect = NarWriter::new(Vec::new()).unwrap();
+        expect.start_directory(None).unwrap();
+        expect.start_directory(Some(b"keep")).unwrap();
+        expect.file(Some(b"a"), false, 1, &mut &b"a"[..]).unwrap();
+        expect.end_directory().unwrap();
+        expect.end_directory().unwrap();
+        let expect = expect.finish().unwrap();
+
+        let mut seen = Vec::new();
+        let mut filter = |p: &Path, ft: fs::FileType| {
+            seen.push((p.strip_prefix(&root).unwrap().to_path_buf(), ft.is_dir()));
+            !(p.ends_with("gone") || p.to_string_lossy().ends_with(".log"))
+        };
+        let (nar, digest) =
+            dump_path_filtered(&root, Vec::new(), HashAlgo::Sha256, &mut filter).unwrap();
+        assert_eq!(nar, expect);
+        assert_eq!(digest.hash, Hash::of(HashAlgo::Sha256, &expect));
+        // The root is never shown to the filter, nor anything under a
+        // rejected directory.
+        seen.sort();
+        let want: Vec<(PathBuf, bool)> = vec![
+            ("gone".into(), true),
+            ("keep".into(), true),
+            ("keep/a".into(), false),
+            ("keep/drop.log".into(), true),
+            ("x.log".into(), false),
+        ];
+        assert_eq!(seen, want);
+        // Accepting everything is the unfiltered dump.
+        let all = write_path_filtered(&root, Vec::new(), &mut |_, _| true).unwrap();
+        assert_eq!(all, write_path(&root, Vec::new()).unwrap());
     }
 
     #[test]

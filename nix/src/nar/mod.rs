@@ -32,7 +32,10 @@ pub mod reader;
 pub mod unpack;
 pub mod writer;
 
-pub use dump::{dump_path, dump_path_with, write_path, DumpError, NarDigest};
+pub use dump::{
+    dump_path, dump_path_filtered, dump_path_with, write_path, write_path_filtered, DumpError,
+    NarDigest,
+};
 pub use reader::{Event, FileContents, NarReader, ReadError};
 pub use unpack::{unpack, UnpackError};
 pub use writer::{NarWriter, WriteError};

@@ -13,11 +13,14 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::error::{Result, StoreError};
-use crate::key::Key;
+use crate::key::{Key, KeyKind};
 
 pub mod http;
 pub mod local;
 pub mod s3;
+mod staged;
+
+pub use staged::FileUpload;
 
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
@@ -60,8 +63,68 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a small object held in memory, atomically.
     async fn put_bytes(&self, key: &Key, data: Bytes) -> Result<()>;
 
+    /// Starts an object of `kind` whose content is streamed before its key
+    /// is known (a NAR is named after the hash of its compressed bytes).
+    /// Memory held is bounded whatever the object's size. Nothing is
+    /// visible under any cache key until [`Upload::commit`]. By default the
+    /// bytes are staged in a file in `temp_dir` and stored with
+    /// [`Store::put_file`]; backends that can stream do better.
+    async fn begin_upload<'a>(
+        &'a self,
+        kind: KeyKind,
+        temp_dir: &Path,
+    ) -> Result<Box<dyn Upload + 'a>> {
+        let _ = kind;
+        Ok(Box::new(FileUpload::create(self, temp_dir).await?))
+    }
+
     /// Removes an object; removing a missing object is not an error.
     async fn delete(&self, key: &Key) -> Result<()>;
+}
+
+/// An object being written by [`Store::begin_upload`].
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends `data`; may wait while earlier bytes are still in flight,
+    /// which bounds the memory an upload holds.
+    async fn write(&mut self, data: Bytes) -> Result<()>;
+
+    /// Makes everything written visible under `key`, atomically. An object
+    /// already under `key` holds the same bytes (keys name content), so it
+    /// may be kept or replaced.
+    async fn commit(self: Box<Self>, key: &Key) -> Result<()>;
+
+    /// Discards everything written; nothing becomes visible.
+    async fn abort(self: Box<Self>);
+}
+
+/// Bytes a [`read_ahead`] task reads at a time.
+const READ_AHEAD_CHUNK: usize = 256 << 10;
+
+/// Reads `input` in a task of its own, up to `depth` chunks ahead of the
+/// consumer, so that receiving (network, disk) overlaps with whatever the
+/// consumer does with the bytes (decompressing, hashing). Memory is bounded
+/// by `depth` chunks; the task ends when the returned stream is dropped.
+/// Must be called within a Tokio runtime.
+pub fn read_ahead(mut input: ByteStream, depth: usize) -> ByteStream {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(depth.max(1));
+    tokio::spawn(async move {
+        loop {
+            let mut buf = bytes::BytesMut::with_capacity(READ_AHEAD_CHUNK);
+            let item = match input.read_buf(&mut buf).await {
+                Ok(0) => return,
+                Ok(_) => Ok(buf.freeze()),
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.send(item).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(tokio_util::io::StreamReader::new(stream::poll_fn(
+        move |cx| rx.poll_recv(cx),
+    )))
 }
 
 /// Reads a whole small object, refusing one larger than `limit` bytes.

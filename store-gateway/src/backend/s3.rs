@@ -22,9 +22,11 @@ use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::Deserialize;
 
-use super::{ByteStream, Store};
+use super::{ByteStream, Store, Upload};
 use crate::error::{Result, StoreError};
-use crate::key::Key;
+use crate::key::{Key, KeyKind};
+
+mod upload;
 
 /// Everything needed to reach a bucket. Built from a store URL, then
 /// completed from the environment; every field can also come from a file.
@@ -398,6 +400,14 @@ impl Store for S3Store {
             .await
             .map_err(|e| self.err("PutObject", &okey, e))?;
         Ok(())
+    }
+
+    async fn begin_upload<'a>(
+        &'a self,
+        kind: KeyKind,
+        _temp_dir: &Path,
+    ) -> Result<Box<dyn Upload + 'a>> {
+        Ok(Box::new(upload::S3Upload::new(self.clone(), kind)))
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {

@@ -1,0 +1,477 @@
+//! The builder worker: consumes build requests from a transport, realises
+//! each request's input closure from the store, builds in the sandbox,
+//! uploads outputs and the log to the store, and reports back.
+//!
+//! The same loop serves the embedded default (in-memory transport, local
+//! store) and a distributed builder (queue transport, S3 store).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kiln_nix::derivation::{Derivation, DerivationOutput};
+use kiln_nix::narinfo::ContentAddress;
+use kiln_nix::store_path::StorePath;
+use kiln_protocol::{
+    BuildLog, BuildOutcome, BuildRequest, BuildResult, BuildStarted, BuiltOutput as WireOutput, Delivery,
+    Envelope, FailureKind, Heartbeat, Message, Route, Transport, TransportError,
+};
+use kiln_store::cache::{BinaryCache, PathMeta};
+use thiserror::Error;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::builder::{BuildError, BuildOptions, Builder, BuilderConfig};
+use crate::outputs::BuiltOutput;
+use crate::run::CancelToken;
+
+/// Settings of a builder worker.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Names this worker in events and heartbeats.
+    pub builder_id: String,
+    /// Systems it builds for (`x86_64-linux`).
+    pub systems: Vec<String>,
+    /// `system-features` it offers.
+    pub features: Vec<String>,
+    /// Where realised inputs and finished outputs are kept on the host.
+    pub cache_dir: PathBuf,
+    /// Settings of the sandboxed builder (max-jobs, scratch directory…).
+    pub builder: BuilderConfig,
+    /// Downloads at once when realising inputs.
+    pub fetch_concurrency: usize,
+    /// How often a heartbeat is published.
+    pub heartbeat_every: Duration,
+}
+
+impl WorkerConfig {
+    /// A worker for this machine's system with `cache_dir` as its home.
+    pub fn new(builder_id: impl Into<String>, cache_dir: impl Into<PathBuf>) -> Self {
+        let cache_dir = cache_dir.into();
+        WorkerConfig {
+            builder_id: builder_id.into(),
+            systems: vec![host_system().to_string()],
+            features: Vec::new(),
+            builder: BuilderConfig::new(cache_dir.join(".scratch")),
+            cache_dir,
+            fetch_concurrency: 8,
+            heartbeat_every: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The Nix system name of this machine.
+pub fn host_system() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "x86_64-linux",
+        "aarch64" => "aarch64-linux",
+        "x86" => "i686-linux",
+        other => other,
+    }
+}
+
+/// Why the worker stopped.
+#[derive(Debug, Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+}
+
+/// Lines per [`BuildLog`] message, and the longest a line waits to be sent.
+const LOG_BATCH: usize = 64;
+const LOG_FLUSH: Duration = Duration::from_millis(100);
+/// Log lines kept for a failure report.
+const LOG_TAIL: usize = 25;
+
+struct Shared {
+    transport: Arc<dyn Transport>,
+    cache: Arc<BinaryCache>,
+    builder: Builder,
+    config: WorkerConfig,
+    running: Mutex<BTreeMap<uuid::Uuid, CancelToken>>,
+    cancelled: Mutex<HashSet<uuid::Uuid>>,
+}
+
+/// Runs the worker until `shutdown` is cancelled; running builds are
+/// cancelled then.
+pub async fn run(
+    transport: Arc<dyn Transport>,
+    cache: Arc<BinaryCache>,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let shared = Arc::new(Shared {
+        builder: Builder::new(config.builder.clone()),
+        transport: transport.clone(),
+        cache,
+        config,
+        running: Mutex::new(BTreeMap::new()),
+        cancelled: Mutex::new(HashSet::new()),
+    });
+    let (tx, mut rx) = mpsc::channel::<Delivery>(1);
+    let mut feeders = Vec::new();
+    for system in &shared.config.systems {
+        for route in Route::build_routes_for(system, &shared.config.features) {
+            let mut sub = transport.subscribe(&route).await?;
+            let tx = tx.clone();
+            feeders.push(tokio::spawn(async move {
+                loop {
+                    match sub.next().await {
+                        Ok(Some(d)) => {
+                            if tx.send(d).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => warn!(error = %e, "dropped a malformed build request"),
+                    }
+                }
+            }));
+        }
+    }
+    drop(tx);
+    let mut control = transport.subscribe(&Route::BuildControl).await?;
+    let mut heartbeat = tokio::time::interval(shared.config.heartbeat_every);
+    let result = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = heartbeat.tick() => shared.heartbeat().await,
+            c = control.next() => match c {
+                Ok(Some(d)) => {
+                    if let Message::CancelBuild { build_id, .. } = d.envelope.body {
+                        shared.cancel(build_id);
+                    }
+                }
+                Ok(None) => break Err(TransportError::Closed { route: Route::BuildControl.name() }.into()),
+                Err(e) => warn!(error = %e, "dropped a malformed control message"),
+            },
+            d = rx.recv() => {
+                let Some(d) = d else { break Ok(()) };
+                let Message::BuildRequest(req) = d.envelope.body.clone() else {
+                    debug!("ignored a message that is not a build request");
+                    let _ = d.ack().await;
+                    continue;
+                };
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    shared.handle(req).await;
+                    if let Err(e) = d.ack().await {
+                        warn!(error = %e, "could not acknowledge a build request");
+                    }
+                });
+            }
+        }
+    };
+    for f in feeders {
+        f.abort();
+    }
+    for token in shared.running.lock().unwrap().values() {
+        token.cancel();
+    }
+    result
+}
+
+impl Shared {
+    fn cancel(&self, build_id: uuid::Uuid) {
+        if let Some(t) = self.running.lock().unwrap().get(&build_id) {
+            t.cancel();
+        }
+        self.cancelled.lock().unwrap().insert(build_id);
+    }
+
+    async fn heartbeat(&self) {
+        let hb = Heartbeat {
+            builder_id: self.config.builder_id.clone(),
+            systems: self.config.systems.clone(),
+            features: self.config.features.clone(),
+            max_jobs: self.config.builder.max_jobs as u32,
+            running: self.running.lock().unwrap().len() as u32,
+        };
+        let _ = self
+            .transport
+            .publish(&Route::Heartbeats, &Envelope::new(Message::Heartbeat(hb)), 0)
+            .await;
+    }
+
+    async fn publish(&self, body: Message) {
+        if let Err(e) = self.transport.publish(&Route::BuildEvents, &Envelope::new(body), 0).await {
+            warn!(error = %e, "could not report to the coordinator");
+        }
+    }
+
+    async fn handle(&self, req: BuildRequest) {
+        let started = Instant::now();
+        let token = CancelToken::new();
+        if self.cancelled.lock().unwrap().remove(&req.build_id) {
+            token.cancel();
+        }
+        self.running.lock().unwrap().insert(req.build_id, token.clone());
+        let (outcome, log) = self.build(&req, token).await;
+        self.running.lock().unwrap().remove(&req.build_id);
+        if let Ok(drv) = StorePath::from_absolute_path(&req.drv_path) {
+            if let Err(e) = self.cache.put_log(&drv, Bytes::from(log)).await {
+                warn!(drv = %req.drv_path, error = %e, "could not store the build log");
+            }
+        }
+        self.publish(Message::BuildResult(BuildResult {
+            build_id: req.build_id,
+            drv_path: req.drv_path.clone(),
+            builder_id: self.config.builder_id.clone(),
+            duration_ms: started.elapsed().as_millis() as u64,
+            outcome,
+        }))
+        .await;
+    }
+
+    /// Realises inputs, builds, uploads; returns the outcome and the log.
+    async fn build(&self, req: &BuildRequest, token: CancelToken) -> (BuildOutcome, Vec<u8>) {
+        let fail = |kind, message: String| BuildOutcome::Failed {
+            kind,
+            message,
+            log_tail: Vec::new(),
+        };
+        let drv = match Derivation::parse_aterm(req.aterm.as_bytes()) {
+            Ok(d) => d,
+            Err(e) => return (fail(FailureKind::Internal, format!("derivation '{}': {e}", req.drv_path)), Vec::new()),
+        };
+        let inputs = match self.realise_inputs(req).await {
+            Ok(i) => i,
+            Err(message) => return (fail(FailureKind::Store, message), Vec::new()),
+        };
+        self.publish(Message::BuildStarted(BuildStarted {
+            build_id: req.build_id,
+            drv_path: req.drv_path.clone(),
+            builder_id: self.config.builder_id.clone(),
+        }))
+        .await;
+
+        let out_dir = self.config.cache_dir.join(".outputs").join(req.build_id.to_string());
+        let (lines_tx, lines_rx) = mpsc::channel(1024);
+        let forward = tokio::spawn(forward_log(
+            self.transport.clone(),
+            req.build_id,
+            req.drv_path.clone(),
+            lines_rx,
+        ));
+        let options = BuildOptions {
+            out_dir: out_dir.clone(),
+            timeout: req.timeout_secs.map(Duration::from_secs),
+            max_silent_time: req.max_silent_secs.map(Duration::from_secs),
+            log_lines: Some(lines_tx),
+            cancel: Some(token),
+        };
+        let result = self.builder.build(&req.drv_path, &drv, &inputs, &options).await;
+        drop(options);
+        let (log, tail) = forward.await.unwrap_or_default();
+        let outcome = match result {
+            Ok(built) => match self.upload(req, &drv, built.outputs).await {
+                Ok(outputs) => BuildOutcome::Built { outputs },
+                Err(message) => fail(FailureKind::Store, message),
+            },
+            Err(e) => BuildOutcome::Failed {
+                kind: failure_kind(&e),
+                message: error_chain(&e),
+                log_tail: tail,
+            },
+        };
+        let _ = tokio::fs::remove_dir_all(&out_dir).await;
+        (outcome, log)
+    }
+
+    /// Fetches the closure of the request's inputs into the cache directory.
+    async fn realise_inputs(&self, req: &BuildRequest) -> Result<BTreeMap<String, PathBuf>, String> {
+        let roots: Vec<StorePath> = req
+            .input_paths
+            .iter()
+            .map(|p| StorePath::from_absolute_path(p).map_err(|e| format!("input '{p}': {e}")))
+            .collect::<Result<_, _>>()?;
+        if roots.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let closure = self
+            .cache
+            .closure(&roots)
+            .await
+            .map_err(|e| format!("cannot find the inputs of '{}' in the store: {e}", req.drv_path))?;
+        kiln_store::realise::realise(&self.cache, &roots, &self.config.cache_dir, self.config.fetch_concurrency)
+            .await
+            .map_err(|e| format!("cannot fetch the inputs of '{}': {e}", req.drv_path))?;
+        Ok(closure
+            .into_iter()
+            .map(|info| {
+                let base = info.store_path.base_name();
+                (info.store_path.to_absolute_path(), self.config.cache_dir.join(base))
+            })
+            .collect())
+    }
+
+    /// Stores each output (those it refers to first) and keeps a copy in the
+    /// cache directory for later builds.
+    async fn upload(
+        &self,
+        req: &BuildRequest,
+        drv: &Derivation,
+        outputs: BTreeMap<String, BuiltOutput>,
+    ) -> Result<Vec<WireOutput>, String> {
+        let deriver = StorePath::from_absolute_path(&req.drv_path).ok();
+        let mut wire = Vec::new();
+        for (name, out) in order_outputs(&outputs) {
+            let path = StorePath::from_absolute_path(&out.path).map_err(|e| e.to_string())?;
+            let references: BTreeSet<StorePath> = out
+                .references
+                .iter()
+                .filter_map(|r| StorePath::from_absolute_path(r).ok())
+                .collect();
+            let ca = match drv.outputs.get(&name) {
+                Some(DerivationOutput::Fixed { hash, .. }) => Some(ContentAddress::Fixed {
+                    method: hash.method,
+                    hash: hash.hash.clone(),
+                }),
+                _ => None,
+            };
+            let meta = PathMeta {
+                path: path.clone(),
+                references,
+                deriver: deriver.clone(),
+                system: Some(drv.system.clone()),
+                ca,
+                sigs: BTreeSet::new(),
+                expected: Some((out.nar_hash.clone(), out.nar_size)),
+            };
+            let (reader, writer) = tokio::io::duplex(1 << 20);
+            let location = out.location.clone();
+            let dump = tokio::task::spawn_blocking(move || {
+                let bridge = tokio_util::io::SyncIoBridge::new(writer);
+                kiln_nix::nar::write_path(&location, bridge).map(|_| ())
+            });
+            let stored = self.cache.add_path(meta, reader).await;
+            let dumped = dump.await.map_err(|e| e.to_string())?;
+            dumped.map_err(|e| format!("serialising output '{name}' of '{}': {e}", req.drv_path))?;
+            stored.map_err(|e| format!("storing output '{name}' of '{}': {e}", req.drv_path))?;
+            let keep = self.config.cache_dir.join(path.base_name());
+            if tokio::fs::symlink_metadata(&keep).await.is_err() {
+                let _ = tokio::fs::rename(&out.location, &keep).await;
+            }
+            wire.push(WireOutput {
+                name,
+                path: out.path.clone(),
+                nar_hash: out.nar_hash.to_sri(),
+                nar_size: out.nar_size,
+                references: out.references.iter().cloned().collect(),
+            });
+        }
+        Ok(wire)
+    }
+}
+
+/// Outputs ordered so that an output comes after the outputs it refers to.
+fn order_outputs(outputs: &BTreeMap<String, BuiltOutput>) -> Vec<(String, BuiltOutput)> {
+    let mut done: HashSet<String> = HashSet::new();
+    let mut ordered = Vec::new();
+    while ordered.len() < outputs.len() {
+        let before = ordered.len();
+        for (name, out) in outputs {
+            if done.contains(&out.path) {
+                continue;
+            }
+            let blocked = outputs
+                .values()
+                .any(|o| o.path != out.path && out.references.contains(&o.path) && !done.contains(&o.path));
+            if !blocked {
+                done.insert(out.path.clone());
+                ordered.push((name.clone(), out.clone()));
+            }
+        }
+        if ordered.len() == before {
+            // A cycle; the builder refuses those, so keep any order.
+            for (name, out) in outputs {
+                if done.insert(out.path.clone()) {
+                    ordered.push((name.clone(), out.clone()));
+                }
+            }
+        }
+    }
+    ordered
+}
+
+/// Batches log lines into [`BuildLog`] messages; returns the whole log and
+/// its last lines.
+async fn forward_log(
+    transport: Arc<dyn Transport>,
+    build_id: uuid::Uuid,
+    drv_path: String,
+    mut rx: mpsc::Receiver<String>,
+) -> (Vec<u8>, Vec<String>) {
+    let mut log = Vec::new();
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    let mut batch: Vec<String> = Vec::new();
+    let mut tick = tokio::time::interval(LOG_FLUSH);
+    loop {
+        let line = tokio::select! {
+            l = rx.recv() => l,
+            _ = tick.tick() => {
+                flush(&transport, build_id, &drv_path, &mut batch).await;
+                continue;
+            }
+        };
+        let Some(line) = line else { break };
+        log.extend_from_slice(line.as_bytes());
+        log.push(b'\n');
+        if tail.len() == LOG_TAIL {
+            tail.pop_front();
+        }
+        tail.push_back(line.clone());
+        batch.push(line);
+        if batch.len() >= LOG_BATCH {
+            flush(&transport, build_id, &drv_path, &mut batch).await;
+        }
+    }
+    flush(&transport, build_id, &drv_path, &mut batch).await;
+    (log, tail.into_iter().collect())
+}
+
+async fn flush(transport: &Arc<dyn Transport>, build_id: uuid::Uuid, drv_path: &str, batch: &mut Vec<String>) {
+    if batch.is_empty() {
+        return;
+    }
+    let msg = Message::BuildLog(BuildLog {
+        build_id,
+        drv_path: drv_path.to_string(),
+        lines: std::mem::take(batch),
+    });
+    let _ = transport.publish(&Route::BuildEvents, &Envelope::new(msg), 0).await;
+}
+
+fn failure_kind(e: &BuildError) -> FailureKind {
+    use crate::outputs::OutputError as O;
+    match e {
+        BuildError::BuilderFailed { .. } | BuildError::LogLimit { .. } => FailureKind::BuilderExit,
+        BuildError::Timeout { .. } => FailureKind::Timeout,
+        BuildError::Silent { .. } => FailureKind::SilentTimeout,
+        BuildError::Cancelled { .. } => FailureKind::Cancelled,
+        BuildError::Env { .. } | BuildError::Recipe { .. } => FailureKind::Unsupported,
+        BuildError::Rootfs { .. } | BuildError::Sandbox { .. } => FailureKind::Sandbox,
+        BuildError::Output(o) => match o {
+            O::HashMismatch { .. } => FailureKind::HashMismatch,
+            O::Cycle { .. } => FailureKind::ReferenceCycle,
+            O::Missing { .. } => FailureKind::OutputMissing,
+            _ => FailureKind::Internal,
+        },
+        BuildError::Io { .. } => FailureKind::Internal,
+    }
+}
+
+/// The error and its causes on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
