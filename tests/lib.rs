@@ -276,7 +276,10 @@ mod tests {
 /// `CI=true`) when `/bin/busybox` is missing.
 pub fn host_busybox(parent: &std::path::Path) -> Option<PathBuf> {
     let host = std::path::Path::new("/bin/busybox");
-    if !require_service("busybox (/bin/busybox, apt-get install busybox-static)", host.is_file()) {
+    if !require_service(
+        "busybox (/bin/busybox, apt-get install busybox-static)",
+        host.is_file(),
+    ) {
         return None;
     }
     let dir = parent.join("busybox");

@@ -15,8 +15,8 @@ use kiln_nix::derivation::{Derivation, DerivationOutput};
 use kiln_nix::narinfo::ContentAddress;
 use kiln_nix::store_path::StorePath;
 use kiln_protocol::{
-    BuildLog, BuildOutcome, BuildRequest, BuildResult, BuildStarted, BuiltOutput as WireOutput, Delivery,
-    Envelope, FailureKind, Heartbeat, Message, Route, Transport, TransportError,
+    BuildLog, BuildOutcome, BuildRequest, BuildResult, BuildStarted, BuiltOutput as WireOutput,
+    Delivery, Envelope, FailureKind, Heartbeat, Message, Route, Transport, TransportError,
 };
 use kiln_store::cache::{BinaryCache, PathMeta};
 use thiserror::Error;
@@ -192,12 +192,20 @@ impl Shared {
         };
         let _ = self
             .transport
-            .publish(&Route::Heartbeats, &Envelope::new(Message::Heartbeat(hb)), 0)
+            .publish(
+                &Route::Heartbeats,
+                &Envelope::new(Message::Heartbeat(hb)),
+                0,
+            )
             .await;
     }
 
     async fn publish(&self, body: Message) {
-        if let Err(e) = self.transport.publish(&Route::BuildEvents, &Envelope::new(body), 0).await {
+        if let Err(e) = self
+            .transport
+            .publish(&Route::BuildEvents, &Envelope::new(body), 0)
+            .await
+        {
             warn!(error = %e, "could not report to the coordinator");
         }
     }
@@ -208,7 +216,10 @@ impl Shared {
         if self.cancelled.lock().unwrap().remove(&req.build_id) {
             token.cancel();
         }
-        self.running.lock().unwrap().insert(req.build_id, token.clone());
+        self.running
+            .lock()
+            .unwrap()
+            .insert(req.build_id, token.clone());
         let (outcome, log) = self.build(&req, token).await;
         self.running.lock().unwrap().remove(&req.build_id);
         if let Ok(drv) = StorePath::from_absolute_path(&req.drv_path) {
@@ -235,7 +246,15 @@ impl Shared {
         };
         let drv = match Derivation::parse_aterm(req.aterm.as_bytes()) {
             Ok(d) => d,
-            Err(e) => return (fail(FailureKind::Internal, format!("derivation '{}': {e}", req.drv_path)), Vec::new()),
+            Err(e) => {
+                return (
+                    fail(
+                        FailureKind::Internal,
+                        format!("derivation '{}': {e}", req.drv_path),
+                    ),
+                    Vec::new(),
+                )
+            }
         };
         let inputs = match self.realise_inputs(req).await {
             Ok(i) => i,
@@ -248,7 +267,11 @@ impl Shared {
         }))
         .await;
 
-        let out_dir = self.config.cache_dir.join(".outputs").join(req.build_id.to_string());
+        let out_dir = self
+            .config
+            .cache_dir
+            .join(".outputs")
+            .join(req.build_id.to_string());
         let (lines_tx, lines_rx) = mpsc::channel(1024);
         let forward = tokio::spawn(forward_log(
             self.transport.clone(),
@@ -263,7 +286,10 @@ impl Shared {
             log_lines: Some(lines_tx),
             cancel: Some(token),
         };
-        let result = self.builder.build(&req.drv_path, &drv, &inputs, &options).await;
+        let result = self
+            .builder
+            .build(&req.drv_path, &drv, &inputs, &options)
+            .await;
         drop(options);
         let (log, tail) = forward.await.unwrap_or_default();
         let outcome = match result {
@@ -282,7 +308,10 @@ impl Shared {
     }
 
     /// Fetches the closure of the request's inputs into the cache directory.
-    async fn realise_inputs(&self, req: &BuildRequest) -> Result<BTreeMap<String, PathBuf>, String> {
+    async fn realise_inputs(
+        &self,
+        req: &BuildRequest,
+    ) -> Result<BTreeMap<String, PathBuf>, String> {
         let roots: Vec<StorePath> = req
             .input_paths
             .iter()
@@ -291,19 +320,28 @@ impl Shared {
         if roots.is_empty() {
             return Ok(BTreeMap::new());
         }
-        let closure = self
-            .cache
-            .closure(&roots)
-            .await
-            .map_err(|e| format!("cannot find the inputs of '{}' in the store: {e}", req.drv_path))?;
-        kiln_store::realise::realise(&self.cache, &roots, &self.config.cache_dir, self.config.fetch_concurrency)
-            .await
-            .map_err(|e| format!("cannot fetch the inputs of '{}': {e}", req.drv_path))?;
+        let closure = self.cache.closure(&roots).await.map_err(|e| {
+            format!(
+                "cannot find the inputs of '{}' in the store: {e}",
+                req.drv_path
+            )
+        })?;
+        kiln_store::realise::realise(
+            &self.cache,
+            &roots,
+            &self.config.cache_dir,
+            self.config.fetch_concurrency,
+        )
+        .await
+        .map_err(|e| format!("cannot fetch the inputs of '{}': {e}", req.drv_path))?;
         Ok(closure
             .into_iter()
             .map(|info| {
                 let base = info.store_path.base_name();
-                (info.store_path.to_absolute_path(), self.config.cache_dir.join(base))
+                (
+                    info.store_path.to_absolute_path(),
+                    self.config.cache_dir.join(base),
+                )
             })
             .collect())
     }
@@ -349,7 +387,8 @@ impl Shared {
             });
             let stored = self.cache.add_path(meta, reader).await;
             let dumped = dump.await.map_err(|e| e.to_string())?;
-            dumped.map_err(|e| format!("serialising output '{name}' of '{}': {e}", req.drv_path))?;
+            dumped
+                .map_err(|e| format!("serialising output '{name}' of '{}': {e}", req.drv_path))?;
             stored.map_err(|e| format!("storing output '{name}' of '{}': {e}", req.drv_path))?;
             let keep = self.config.cache_dir.join(path.base_name());
             if tokio::fs::symlink_metadata(&keep).await.is_err() {
@@ -377,9 +416,9 @@ fn order_outputs(outputs: &BTreeMap<String, BuiltOutput>) -> Vec<(String, BuiltO
             if done.contains(&out.path) {
                 continue;
             }
-            let blocked = outputs
-                .values()
-                .any(|o| o.path != out.path && out.references.contains(&o.path) && !done.contains(&o.path));
+            let blocked = outputs.values().any(|o| {
+                o.path != out.path && out.references.contains(&o.path) && !done.contains(&o.path)
+            });
             if !blocked {
                 done.insert(out.path.clone());
                 ordered.push((name.clone(), out.clone()));
@@ -433,7 +472,12 @@ async fn forward_log(
     (log, tail.into_iter().collect())
 }
 
-async fn flush(transport: &Arc<dyn Transport>, build_id: uuid::Uuid, drv_path: &str, batch: &mut Vec<String>) {
+async fn flush(
+    transport: &Arc<dyn Transport>,
+    build_id: uuid::Uuid,
+    drv_path: &str,
+    batch: &mut Vec<String>,
+) {
     if batch.is_empty() {
         return;
     }
@@ -442,7 +486,9 @@ async fn flush(transport: &Arc<dyn Transport>, build_id: uuid::Uuid, drv_path: &
         drv_path: drv_path.to_string(),
         lines: std::mem::take(batch),
     });
-    let _ = transport.publish(&Route::BuildEvents, &Envelope::new(msg), 0).await;
+    let _ = transport
+        .publish(&Route::BuildEvents, &Envelope::new(msg), 0)
+        .await;
 }
 
 fn failure_kind(e: &BuildError) -> FailureKind {

@@ -6,6 +6,9 @@ use std::process::ExitCode;
 mod hash;
 mod instantiate;
 mod nar;
+// The renderer of job events for `kiln build`, which is being wired up next.
+#[allow(dead_code)]
+mod progress;
 mod store_cmds;
 
 #[derive(Parser)]

@@ -30,7 +30,13 @@ pub fn drv_name(drv_path: &str) -> &str {
 /// build log cannot repaint the user's terminal or garble CI logs.
 pub fn sanitize(line: &str) -> String {
     line.chars()
-        .map(|c| if c.is_control() && c != '\t' { '\u{fffd}' } else { c })
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -102,7 +108,9 @@ impl Progress {
                         Event::Log { drv_path, line } => {
                             bar.println(format!("{}> {}", drv_name(drv_path), sanitize(line)))
                         }
-                        Event::Failed { .. } | Event::Built { .. } | Event::DependencyFailed { .. } => {
+                        Event::Failed { .. }
+                        | Event::Built { .. }
+                        | Event::DependencyFailed { .. } => {
                             if let Some(line) = plain_line(&ev.event) {
                                 bar.println(line);
                             }
@@ -120,7 +128,10 @@ impl Progress {
             Event::Discovered { drv_path, inputs } => {
                 self.planned.insert(drv_path.clone());
                 for i in inputs {
-                    self.dependents.entry(i.clone()).or_default().push(drv_path.clone());
+                    self.dependents
+                        .entry(i.clone())
+                        .or_default()
+                        .push(drv_path.clone());
                 }
             }
             Event::Root { drv_path, .. } => {
@@ -204,21 +215,53 @@ impl Progress {
 fn plain_line(event: &Event) -> Option<String> {
     Some(match event {
         Event::Discovered { drv_path, .. } => format!("planned {drv_path}"),
-        Event::Root { attr_path, drv_path } => format!("root {} = {drv_path}", if attr_path.is_empty() { "<top>" } else { attr_path }),
+        Event::Root {
+            attr_path,
+            drv_path,
+        } => format!(
+            "root {} = {drv_path}",
+            if attr_path.is_empty() {
+                "<top>"
+            } else {
+                attr_path
+            }
+        ),
         Event::Cached { drv_path } => format!("cached {}", drv_name(drv_path)),
         Event::Queued { drv_path } => format!("queued {}", drv_name(drv_path)),
-        Event::Started { drv_path, builder_id } => format!("building {} on {builder_id}", drv_name(drv_path)),
+        Event::Started {
+            drv_path,
+            builder_id,
+        } => format!("building {} on {builder_id}", drv_name(drv_path)),
         Event::Log { drv_path, line } => format!("{}> {}", drv_name(drv_path), sanitize(line)),
-        Event::Built { drv_path, duration_ms, .. } => {
-            format!("built {} in {:.2}s", drv_name(drv_path), *duration_ms as f64 / 1000.0)
+        Event::Built {
+            drv_path,
+            duration_ms,
+            ..
+        } => {
+            format!(
+                "built {} in {:.2}s",
+                drv_name(drv_path),
+                *duration_ms as f64 / 1000.0
+            )
         }
-        Event::Failed { drv_path, reason, .. } => format!("failed {drv_path}: {}", sanitize(reason)),
-        Event::DependencyFailed { drv_path, dependency } => {
-            format!("dependency failed {}: {} failed", drv_name(drv_path), drv_name(dependency))
+        Event::Failed {
+            drv_path, reason, ..
+        } => format!("failed {drv_path}: {}", sanitize(reason)),
+        Event::DependencyFailed {
+            drv_path,
+            dependency,
+        } => {
+            format!(
+                "dependency failed {}: {} failed",
+                drv_name(drv_path),
+                drv_name(dependency)
+            )
         }
         Event::EvalFinished { error: None } => "evaluation finished".to_string(),
         Event::EvalFinished { error: Some(e) } => format!("evaluation failed: {}", sanitize(e)),
-        Event::JobFinished { success, summary, .. } => {
+        Event::JobFinished {
+            success, summary, ..
+        } => {
             let count = |st: DrvStatus| summary.iter().filter(|d| d.status == st).count();
             format!(
                 "job {}: {} built, {} cached, {} failed, {} dependency failed",
@@ -238,7 +281,10 @@ mod tests {
 
     #[test]
     fn names_and_sanitising() {
-        assert_eq!(drv_name("/nix/store/s5nvav9b8g8kczqzrn1n1npbvs31hgs4-hello-2.12.drv"), "hello-2.12");
+        assert_eq!(
+            drv_name("/nix/store/s5nvav9b8g8kczqzrn1n1npbvs31hgs4-hello-2.12.drv"),
+            "hello-2.12"
+        );
         assert_eq!(sanitize("a\x1b[2Jb\rc\td"), "a\u{fffd}[2Jb\u{fffd}c\td");
         let line = plain_line(&Event::Log {
             drv_path: "/nix/store/s5nvav9b8g8kczqzrn1n1npbvs31hgs4-x.drv".into(),
@@ -252,10 +298,22 @@ mod tests {
     fn dependency_path_walks_to_a_root() {
         let mut p = Progress::new(Mode::Plain);
         let d = |n: &str| format!("/nix/store/{}-{n}.drv", "a".repeat(32));
-        p.track(&Event::Discovered { drv_path: d("zlib"), inputs: vec![] });
-        p.track(&Event::Discovered { drv_path: d("lib"), inputs: vec![d("zlib")] });
-        p.track(&Event::Discovered { drv_path: d("app"), inputs: vec![d("lib")] });
-        p.track(&Event::Root { attr_path: "app".into(), drv_path: d("app") });
+        p.track(&Event::Discovered {
+            drv_path: d("zlib"),
+            inputs: vec![],
+        });
+        p.track(&Event::Discovered {
+            drv_path: d("lib"),
+            inputs: vec![d("zlib")],
+        });
+        p.track(&Event::Discovered {
+            drv_path: d("app"),
+            inputs: vec![d("lib")],
+        });
+        p.track(&Event::Root {
+            attr_path: "app".into(),
+            drv_path: d("app"),
+        });
         assert_eq!(p.dependency_path(&d("zlib")), vec!["app", "lib", "zlib"]);
     }
 }

@@ -39,7 +39,8 @@ pub struct DrvInfo {
 impl DrvInfo {
     /// Parses a derivation received as `drv_path` with its ATerm text.
     pub fn parse(drv_path: &str, aterm: &str) -> Result<Self, DrvError> {
-        let sp = StorePath::from_absolute_path(drv_path).map_err(|_| DrvError::BadPath(drv_path.to_string()))?;
+        let sp = StorePath::from_absolute_path(drv_path)
+            .map_err(|_| DrvError::BadPath(drv_path.to_string()))?;
         if !sp.name().ends_with(".drv") {
             return Err(DrvError::BadPath(drv_path.to_string()));
         }
@@ -66,7 +67,11 @@ impl DrvInfo {
                 .iter()
                 .map(|(p, outs)| (p.to_absolute_path(), outs.clone()))
                 .collect(),
-            input_srcs: drv.input_srcs.iter().map(|p| p.to_absolute_path()).collect(),
+            input_srcs: drv
+                .input_srcs
+                .iter()
+                .map(|p| p.to_absolute_path())
+                .collect(),
         })
     }
 }
@@ -77,9 +82,13 @@ fn required_features(drv: &Derivation) -> Vec<String> {
         return v.split_whitespace().map(str::to_string).collect();
     }
     if let Some(json) = drv.env.get("__json") {
-        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json) {
+        if let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(json)
+        {
             if let Some(serde_json::Value::Array(items)) = map.get("requiredSystemFeatures") {
-                return items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect();
+                return items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect();
             }
         }
     }

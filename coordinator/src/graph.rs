@@ -100,7 +100,10 @@ pub enum Effect {
     /// Send this derivation to the builders.
     Dispatch { drv_path: String, priority: i32 },
     /// Stop a dispatched build.
-    CancelBuild { drv_path: String, build_id: uuid::Uuid },
+    CancelBuild {
+        drv_path: String,
+        build_id: uuid::Uuid,
+    },
     /// Tell a job something.
     Emit(JobId, Event),
     /// Answer an IFD request.
@@ -188,7 +191,14 @@ impl Graph {
                 });
                 if let Some(dep) = failed_input.cloned() {
                     self.set_terminal(&drv, NodeState::DependencyFailed, &mut fx);
-                    self.emit_all(&drv, Event::DependencyFailed { drv_path: drv.clone(), dependency: dep }, &mut fx);
+                    self.emit_all(
+                        &drv,
+                        Event::DependencyFailed {
+                            drv_path: drv.clone(),
+                            dependency: dep,
+                        },
+                        &mut fx,
+                    );
                 }
             }
             Some(state) => {
@@ -234,7 +244,9 @@ impl Graph {
     fn report_terminal_to(&mut self, job: JobId, drv: &str, fx: &mut Vec<Effect>) {
         let node = &self.nodes[drv];
         let event = match node.state {
-            NodeState::Cached | NodeState::Built => Event::Cached { drv_path: drv.to_string() },
+            NodeState::Cached | NodeState::Built => Event::Cached {
+                drv_path: drv.to_string(),
+            },
             NodeState::Failed => Event::Failed {
                 drv_path: drv.to_string(),
                 reason: node.failure.clone().unwrap_or_default(),
@@ -264,7 +276,13 @@ impl Graph {
         }
         if present {
             self.set_terminal(drv, NodeState::Cached, &mut fx);
-            self.emit_all(drv, Event::Cached { drv_path: drv.to_string() }, &mut fx);
+            self.emit_all(
+                drv,
+                Event::Cached {
+                    drv_path: drv.to_string(),
+                },
+                &mut fx,
+            );
             self.realised(drv, &mut fx);
         } else {
             node.state = NodeState::Pending;
@@ -298,7 +316,13 @@ impl Graph {
             drv_path: drv.to_string(),
             priority,
         });
-        self.emit_all(drv, Event::Queued { drv_path: drv.to_string() }, fx);
+        self.emit_all(
+            drv,
+            Event::Queued {
+                drv_path: drv.to_string(),
+            },
+            fx,
+        );
     }
 
     /// The shell assigned a build id to a dispatched derivation.
@@ -331,13 +355,26 @@ impl Graph {
     pub fn log(&mut self, drv: &str, line: String) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.nodes.contains_key(drv) {
-            self.emit_all(drv, Event::Log { drv_path: drv.to_string(), line }, &mut fx);
+            self.emit_all(
+                drv,
+                Event::Log {
+                    drv_path: drv.to_string(),
+                    line,
+                },
+                &mut fx,
+            );
         }
         fx
     }
 
     /// `drv` was built.
-    pub fn built(&mut self, drv: &str, duration_ms: u64, outputs: BTreeMap<String, String>, log_key: Option<String>) -> Vec<Effect> {
+    pub fn built(
+        &mut self,
+        drv: &str,
+        duration_ms: u64,
+        outputs: BTreeMap<String, String>,
+        log_key: Option<String>,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         let Some(n) = self.nodes.get_mut(drv) else {
             return fx;
@@ -362,7 +399,14 @@ impl Graph {
     }
 
     /// `drv` failed to build.
-    pub fn failed(&mut self, drv: &str, duration_ms: u64, reason: String, log_tail: Vec<String>, log_key: Option<String>) -> Vec<Effect> {
+    pub fn failed(
+        &mut self,
+        drv: &str,
+        duration_ms: u64,
+        reason: String,
+        log_tail: Vec<String>,
+        log_key: Option<String>,
+    ) -> Vec<Effect> {
         let mut fx = Vec::new();
         let Some(n) = self.nodes.get_mut(drv) else {
             return fx;
@@ -393,11 +437,15 @@ impl Graph {
     }
 
     fn fail_ifd_waiters(&mut self, drv: &str, reason: &str, fx: &mut Vec<Effect>) {
-        for (job_id, request_id) in std::mem::take(&mut self.nodes.get_mut(drv).unwrap().ifd_waiters) {
+        for (job_id, request_id) in
+            std::mem::take(&mut self.nodes.get_mut(drv).unwrap().ifd_waiters)
+        {
             fx.push(Effect::IfdReply {
                 job_id,
                 request_id,
-                result: Err(format!("cannot build '{drv}' needed for import-from-derivation: {reason}")),
+                result: Err(format!(
+                    "cannot build '{drv}' needed for import-from-derivation: {reason}"
+                )),
             });
         }
     }
@@ -455,7 +503,9 @@ impl Graph {
                 continue;
             }
             let node = &self.nodes[&drv];
-            if let (NodeState::Dispatched | NodeState::Running, Some(build_id)) = (&node.state, node.build_id) {
+            if let (NodeState::Dispatched | NodeState::Running, Some(build_id)) =
+                (&node.state, node.build_id)
+            {
                 fx.push(Effect::CancelBuild {
                     drv_path: drv.clone(),
                     build_id,
@@ -494,8 +544,14 @@ impl Graph {
 
     /// `drv`'s outputs are usable: unblock dependents, answer IFD waiters.
     fn realised(&mut self, drv: &str, fx: &mut Vec<Effect>) {
-        let outputs = self.nodes[drv].info.as_ref().map(|i| i.outputs.clone()).unwrap_or_default();
-        for (job_id, request_id) in std::mem::take(&mut self.nodes.get_mut(drv).unwrap().ifd_waiters) {
+        let outputs = self.nodes[drv]
+            .info
+            .as_ref()
+            .map(|i| i.outputs.clone())
+            .unwrap_or_default();
+        for (job_id, request_id) in
+            std::mem::take(&mut self.nodes.get_mut(drv).unwrap().ifd_waiters)
+        {
             fx.push(Effect::IfdReply {
                 job_id,
                 request_id,
@@ -516,10 +572,15 @@ impl Graph {
 
     /// IFD: evaluation of `job` waits for `drv`. Raises the priority of the
     /// derivation and of everything it waits for.
-    pub fn ifd_request(&mut self, job: JobId, request_id: uuid::Uuid, info: DrvInfo) -> Vec<Effect> {
+    pub fn ifd_request(
+        &mut self,
+        job: JobId,
+        request_id: uuid::Uuid,
+        info: DrvInfo,
+    ) -> Vec<Effect> {
         let drv = info.drv_path.clone();
         let mut fx = Vec::new();
-        if !self.nodes.get(&drv).is_some_and(|n| n.info.is_some()) {
+        if self.nodes.get(&drv).is_none_or(|n| n.info.is_none()) {
             fx.extend(self.add_derivation(job, info));
         } else {
             self.join(job, &drv, &mut fx);
@@ -539,7 +600,9 @@ impl Graph {
                 fx.push(Effect::IfdReply {
                     job_id: job,
                     request_id,
-                    result: Err(format!("cannot build '{drv}' needed for import-from-derivation: {why}")),
+                    result: Err(format!(
+                        "cannot build '{drv}' needed for import-from-derivation: {why}"
+                    )),
                 });
             }
             _ => {
@@ -553,7 +616,9 @@ impl Graph {
     fn boost(&mut self, drv: &str, priority: i32) {
         let mut stack = vec![drv.to_string()];
         while let Some(cur) = stack.pop() {
-            let Some(n) = self.nodes.get_mut(&cur) else { continue };
+            let Some(n) = self.nodes.get_mut(&cur) else {
+                continue;
+            };
             if n.priority >= priority && cur != drv {
                 continue;
             }
@@ -598,7 +663,9 @@ impl Graph {
     /// Forgets a finished job; nodes nobody wants any more are dropped once
     /// terminal (the store remembers what was built).
     pub fn remove_job(&mut self, job: JobId) {
-        let Some(j) = self.jobs.remove(&job) else { return };
+        let Some(j) = self.jobs.remove(&job) else {
+            return;
+        };
         for d in j.members {
             if let Some(n) = self.nodes.get_mut(&d) {
                 n.jobs.remove(&job);
@@ -607,7 +674,11 @@ impl Graph {
         let dead: Vec<String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| n.jobs.is_empty() && n.ifd_waiters.is_empty() && (n.state.is_terminal() || n.state == NodeState::Placeholder))
+            .filter(|(_, n)| {
+                n.jobs.is_empty()
+                    && n.ifd_waiters.is_empty()
+                    && (n.state.is_terminal() || n.state == NodeState::Placeholder)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         let dead: std::collections::HashSet<String> = dead.into_iter().collect();

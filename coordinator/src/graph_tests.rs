@@ -17,7 +17,12 @@ fn drv(name: &str, inputs: &[&str]) -> DrvInfo {
         outputs: BTreeMap::from([("out".to_string(), format!("/nix/store/{name}"))]),
         input_drvs: inputs
             .iter()
-            .map(|i| (format!("/nix/store/{i}.drv"), BTreeSet::from(["out".to_string()])))
+            .map(|i| {
+                (
+                    format!("/nix/store/{i}.drv"),
+                    BTreeSet::from(["out".to_string()]),
+                )
+            })
             .collect(),
         input_srcs: vec![],
     }
@@ -102,11 +107,25 @@ fn failure_marks_dependents_and_fail_fast_stops_the_job() {
     let fx = g.store_checked(&p("other"), false);
     assert_eq!(dispatched(&fx), vec![p("other")]);
     g.dispatched(&p("other"), Uuid::new_v4());
-    let fx = g.failed(&p("a"), 1, "builder failed with exit code 1".into(), vec![], None);
+    let fx = g.failed(
+        &p("a"),
+        1,
+        "builder failed with exit code 1".into(),
+        vec![],
+        None,
+    );
     let ev = events(&fx, job);
-    assert!(ev.contains(&Event::DependencyFailed { drv_path: p("b"), dependency: p("a") }));
-    assert!(ev.contains(&Event::DependencyFailed { drv_path: p("c"), dependency: p("a") }));
-    assert!(fx.iter().any(|e| matches!(e, Effect::CancelBuild { drv_path, .. } if *drv_path == p("other"))));
+    assert!(ev.contains(&Event::DependencyFailed {
+        drv_path: p("b"),
+        dependency: p("a")
+    }));
+    assert!(ev.contains(&Event::DependencyFailed {
+        drv_path: p("c"),
+        dependency: p("a")
+    }));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::CancelBuild { drv_path, .. } if *drv_path == p("other"))));
     assert_eq!(g.nodes[&p("other")].state, NodeState::Cancelled);
     assert!(g.job_idle(job));
 }
@@ -138,11 +157,16 @@ fn shared_derivations_are_built_once_for_every_job() {
     let mut fx = g.add_derivation(j1, drv("shared", &[]));
     fx.extend(g.store_checked(&p("shared"), false));
     let fx2 = g.add_derivation(j2, drv("shared", &[]));
-    assert!(!fx2.iter().any(|e| matches!(e, Effect::CheckStore(_))), "no second check");
+    assert!(
+        !fx2.iter().any(|e| matches!(e, Effect::CheckStore(_))),
+        "no second check"
+    );
     assert_eq!(dispatched(&fx).len() + dispatched(&fx2).len(), 1);
     let fx = g.built(&p("shared"), 3, BTreeMap::new(), None);
     for j in [j1, j2] {
-        assert!(events(&fx, j).iter().any(|e| matches!(e, Event::Built { .. })));
+        assert!(events(&fx, j)
+            .iter()
+            .any(|e| matches!(e, Event::Built { .. })));
         assert!(g.job_idle(j));
     }
     // A job arriving after the build hears it is done, without a rebuild.
@@ -150,7 +174,9 @@ fn shared_derivations_are_built_once_for_every_job() {
     g.add_job(j3, false, 0);
     let fx = g.add_derivation(j3, drv("shared", &[]));
     assert!(dispatched(&fx).is_empty());
-    assert!(events(&fx, j3).contains(&Event::Cached { drv_path: p("shared") }));
+    assert!(events(&fx, j3).contains(&Event::Cached {
+        drv_path: p("shared")
+    }));
 }
 
 #[test]
@@ -178,20 +204,33 @@ fn ifd_is_answered_and_boosted() {
     g.add_derivation(job, drv("dep", &[]));
     let req = Uuid::new_v4();
     let fx = g.ifd_request(job, req, drv("gen", &["dep"]));
-    assert!(fx.iter().any(|e| matches!(e, Effect::CheckStore(v) if v == &vec![p("gen")])));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::CheckStore(v) if v == &vec![p("gen")])));
     assert_eq!(g.nodes[&p("dep")].priority, i32::MAX);
     let fx = g.store_checked(&p("dep"), false);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Dispatch { priority: i32::MAX, .. })));
+    assert!(fx.iter().any(|e| matches!(
+        e,
+        Effect::Dispatch {
+            priority: i32::MAX,
+            ..
+        }
+    )));
     g.store_checked(&p("gen"), false);
     g.built(&p("dep"), 1, BTreeMap::new(), None);
     let fx = g.built(&p("gen"), 1, BTreeMap::new(), None);
     let reply = fx.iter().find_map(|e| match e {
-        Effect::IfdReply { request_id, result, .. } if *request_id == req => Some(result.clone()),
+        Effect::IfdReply {
+            request_id, result, ..
+        } if *request_id == req => Some(result.clone()),
         _ => None,
     });
     assert_eq!(
         reply,
-        Some(Ok(BTreeMap::from([("out".to_string(), "/nix/store/gen".to_string())])))
+        Some(Ok(BTreeMap::from([(
+            "out".to_string(),
+            "/nix/store/gen".to_string()
+        )])))
     );
 }
 
@@ -206,7 +245,9 @@ fn cancelling_a_job_cancels_its_builds() {
     }
     g.dispatched(&p("a"), Uuid::new_v4());
     let fx = g.cancel_job(job);
-    assert!(fx.iter().any(|e| matches!(e, Effect::CancelBuild { drv_path, .. } if *drv_path == p("a"))));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::CancelBuild { drv_path, .. } if *drv_path == p("a"))));
     assert!(g.job_idle(job));
     g.remove_job(job);
     assert!(g.nodes.is_empty());

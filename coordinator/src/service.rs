@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kiln_protocol::{
-    BuildOutcome, BuildRequest, Delivery, Envelope, EvalRoot, Event, IfdResponse, JobEvent, JobId, JobSpec,
-    Message, Route, Transport, TransportError, UploadMode,
+    BuildOutcome, BuildRequest, Delivery, Envelope, EvalRoot, Event, IfdResponse, JobEvent, JobId,
+    JobSpec, Message, Route, Transport, TransportError, UploadMode,
 };
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -32,7 +32,8 @@ impl OutputStore for kiln_store::cache::BinaryCache {
     async fn valid_paths(&self, paths: &[String]) -> Result<Vec<bool>, String> {
         let mut hash_parts = Vec::with_capacity(paths.len());
         for p in paths {
-            let sp = kiln_nix::store_path::StorePath::from_absolute_path(p).map_err(|e| format!("'{p}': {e}"))?;
+            let sp = kiln_nix::store_path::StorePath::from_absolute_path(p)
+                .map_err(|e| format!("'{p}': {e}"))?;
             hash_parts.push(sp.hash_part());
         }
         self.has_paths(&hash_parts).await.map_err(|e| e.to_string())
@@ -144,7 +145,12 @@ impl Coordinator {
     async fn delivered(&mut self, next: Next) -> Result<(), CoordinatorError> {
         let delivery = match next {
             Ok(Some(d)) => d,
-            Ok(None) => return Err(TransportError::Closed { route: "coordinator inputs".into() }.into()),
+            Ok(None) => {
+                return Err(TransportError::Closed {
+                    route: "coordinator inputs".into(),
+                }
+                .into())
+            }
             Err(TransportError::Codec { route, source }) => {
                 warn!(%route, error = %source, "dropped a malformed message");
                 return Ok(());
@@ -198,7 +204,8 @@ impl Coordinator {
                     if let Some(j) = self.jobs.get_mut(&f.job_id) {
                         j.eval_done = Some(None);
                     }
-                    self.emit(f.job_id, Event::EvalFinished { error: None }).await?;
+                    self.emit(f.job_id, Event::EvalFinished { error: None })
+                        .await?;
                 }
                 Some(e) => self.eval_failed(f.job_id, e).await?,
             },
@@ -216,7 +223,8 @@ impl Coordinator {
                         request_id: r.request_id,
                         result: Err(e.to_string()),
                     };
-                    self.publish(&Route::IfdReply(r.job_id), Message::IfdResponse(resp), 9).await?;
+                    self.publish(&Route::IfdReply(r.job_id), Message::IfdResponse(resp), 9)
+                        .await?;
                 }
             },
             Message::BuildStarted(s) => {
@@ -241,9 +249,11 @@ impl Coordinator {
                         }
                         self.graph.built(&r.drv_path, r.duration_ms, outs, log_key)
                     }
-                    BuildOutcome::Failed { message, log_tail, .. } => {
-                        self.graph.failed(&r.drv_path, r.duration_ms, message, log_tail, log_key)
-                    }
+                    BuildOutcome::Failed {
+                        message, log_tail, ..
+                    } => self
+                        .graph
+                        .failed(&r.drv_path, r.duration_ms, message, log_tail, log_key),
                 };
                 self.apply(fx).await?;
             }
@@ -269,8 +279,10 @@ impl Coordinator {
                 options: spec.options.clone(),
             },
         );
-        self.graph.add_job(job, spec.options.keep_going, spec.options.priority);
-        self.publish(&Route::Eval, Message::EvalRequest(spec), 0).await
+        self.graph
+            .add_job(job, spec.options.keep_going, spec.options.priority);
+        self.publish(&Route::Eval, Message::EvalRequest(spec), 0)
+            .await
     }
 
     async fn eval_failed(&mut self, job: JobId, error: String) -> Result<(), CoordinatorError> {
@@ -280,7 +292,8 @@ impl Coordinator {
         if j.eval_done.is_none() {
             j.eval_done = Some(Some(error.clone()));
         }
-        self.emit(job, Event::EvalFinished { error: Some(error) }).await?;
+        self.emit(job, Event::EvalFinished { error: Some(error) })
+            .await?;
         let fx = self.graph.cancel_job(job);
         self.apply(fx).await
     }
@@ -289,10 +302,16 @@ impl Coordinator {
         for e in fx {
             match e {
                 Effect::CheckStore(drvs) => self.to_check.extend(drvs),
-                Effect::Dispatch { drv_path, priority } => self.dispatch(&drv_path, priority).await?,
+                Effect::Dispatch { drv_path, priority } => {
+                    self.dispatch(&drv_path, priority).await?
+                }
                 Effect::CancelBuild { drv_path, build_id } => {
-                    self.publish(&Route::BuildControl, Message::CancelBuild { build_id, drv_path }, 0)
-                        .await?
+                    self.publish(
+                        &Route::BuildControl,
+                        Message::CancelBuild { build_id, drv_path },
+                        0,
+                    )
+                    .await?
                 }
                 Effect::Emit(job, event) => self.emit(job, event).await?,
                 Effect::IfdReply {
@@ -305,7 +324,8 @@ impl Coordinator {
                         request_id,
                         result,
                     };
-                    self.publish(&Route::IfdReply(job_id), Message::IfdResponse(resp), 9).await?
+                    self.publish(&Route::IfdReply(job_id), Message::IfdResponse(resp), 9)
+                        .await?
                 }
             }
         }
@@ -339,7 +359,12 @@ impl Coordinator {
             upload: self.config.upload,
         };
         let route = Route::build(&info.system, &info.required_features);
-        self.publish(&route, Message::BuildRequest(req), transport_priority(priority)).await
+        self.publish(
+            &route,
+            Message::BuildRequest(req),
+            transport_priority(priority),
+        )
+        .await
     }
 
     /// The strictest limits among the jobs that want `drv`.
@@ -355,7 +380,10 @@ impl Coordinator {
             .iter()
             .filter_map(|j| self.jobs.get(j))
             .fold((None, None), |(t, s), j| {
-                (min(t, j.options.timeout_secs), min(s, j.options.max_silent_secs))
+                (
+                    min(t, j.options.timeout_secs),
+                    min(s, j.options.max_silent_secs),
+                )
             })
     }
 
@@ -365,7 +393,8 @@ impl Coordinator {
         }
         let now = Instant::now();
         let ttl = self.config.positive_cache_ttl;
-        self.present_cache.retain(|_, t| now.duration_since(*t) < ttl);
+        self.present_cache
+            .retain(|_, t| now.duration_since(*t) < ttl);
         let drvs: Vec<String> = std::mem::take(&mut self.to_check);
         for batch in drvs.chunks(self.config.check_batch.max(1)) {
             let mut query: Vec<String> = Vec::new();
@@ -378,7 +407,10 @@ impl Coordinator {
                     .and_then(|n| n.info.as_ref())
                     .map(|i| i.outputs.values().cloned().collect())
                     .unwrap_or_default();
-                let unknown: Vec<String> = outs.into_iter().filter(|o| !self.present_cache.contains_key(o)).collect();
+                let unknown: Vec<String> = outs
+                    .into_iter()
+                    .filter(|o| !self.present_cache.contains_key(o))
+                    .collect();
                 query.extend(unknown.iter().cloned());
                 per_drv.push((d.clone(), unknown));
             }
@@ -389,7 +421,12 @@ impl Coordinator {
                     Ok(HashSet::new())
                 } else {
                     store.valid_paths(&query).await.map(|v| {
-                        query.iter().zip(v).filter(|(_, ok)| *ok).map(|(p, _)| p.clone()).collect::<HashSet<_>>()
+                        query
+                            .iter()
+                            .zip(v)
+                            .filter(|(_, ok)| *ok)
+                            .map(|(p, _)| p.clone())
+                            .collect::<HashSet<_>>()
                     })
                 };
                 let results = per_drv
@@ -418,7 +455,8 @@ impl Coordinator {
             at_ms: j.accepted.elapsed().as_millis() as u64,
             event,
         };
-        self.publish(&Route::JobEvents(job), Message::JobEvent(ev), 0).await
+        self.publish(&Route::JobEvents(job), Message::JobEvent(ev), 0)
+            .await
     }
 
     async fn finish_jobs(&mut self) -> Result<(), CoordinatorError> {
@@ -434,15 +472,30 @@ impl Coordinator {
             let entry = &self.jobs[&job];
             let success = !failed && !entry.cancelled && matches!(entry.eval_done, Some(None));
             let roots = entry.roots.clone();
-            self.emit(job, Event::JobFinished { success, roots, summary }).await?;
+            self.emit(
+                job,
+                Event::JobFinished {
+                    success,
+                    roots,
+                    summary,
+                },
+            )
+            .await?;
             self.graph.remove_job(job);
             self.jobs.remove(&job);
         }
         Ok(())
     }
 
-    async fn publish(&self, route: &Route, body: Message, priority: u8) -> Result<(), CoordinatorError> {
-        self.transport.publish(route, &Envelope::new(body), priority).await?;
+    async fn publish(
+        &self,
+        route: &Route,
+        body: Message,
+        priority: u8,
+    ) -> Result<(), CoordinatorError> {
+        self.transport
+            .publish(route, &Envelope::new(body), priority)
+            .await?;
         Ok(())
     }
 }

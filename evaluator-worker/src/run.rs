@@ -108,12 +108,7 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     for p in paths {
         let v = evr.select_attr_path(&root, &p, &args).map_err(fmt)?;
         if !req.eval {
-            let mut drvs = Vec::new();
-            collect_drvs(&evr, &v, true, &mut drvs).map_err(fmt)?;
-            if drvs.is_empty() {
-                return Err("error: expression does not evaluate to a derivation (or a set or list of those)".into());
-            }
-            for d in drvs {
+            for d in collect_drvs(&evr, &v, &args).map_err(fmt)? {
                 out.push_str(&d);
                 out.push('\n');
             }
@@ -136,52 +131,168 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     Ok(out)
 }
 
-/// The `.drv` paths (with `!output` for non-default outputs) of the
-/// derivations in `v`, as `nix-instantiate` finds them.
-fn collect_drvs(evr: &Evaluator, v: &Value, top: bool, out: &mut Vec<String>) -> crate::Result<()> {
-    let pos = crate::pos::Pos {
-        file: 0,
-        line: 1,
-        col: 1,
-    };
-    let v = evr.ev.force(v)?;
-    match &v {
-        Value::Attrs(a) => {
-            if crate::ops::is_derivation(&evr.ev, a)? {
-                let drv = a
-                    .get("drvPath")
-                    .ok_or_else(|| crate::Error::eval("derivation has no 'drvPath'"))?;
-                let drv = evr.ev.expect_string(drv, pos)?.s.clone();
-                let output = match a.get("outputName") {
-                    Some(o) => evr.ev.expect_string(o, pos)?.s.clone(),
-                    None => "out".into(),
-                };
-                out.push(if output == "out" {
-                    drv
-                } else {
-                    format!("{drv}!{output}")
-                });
-                return Ok(());
-            }
-            let recurse = match a.get("recurseForDerivations") {
-                Some(r) => matches!(evr.ev.force(r)?, Value::Bool(true)),
-                None => false,
-            };
-            if top || recurse {
+/// Whether an attribute name is one `nix-instantiate` looks into
+/// (`[A-Za-z_][A-Za-z0-9-_+]*`, Nix's `attrRegex`).
+fn is_plain_attr_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '+'))
+}
+
+/// Finds the derivations in a value as Nix's `getDerivations` does and
+/// returns, for each, the line `nix-instantiate` prints: the `.drv` path,
+/// with `!output` when the selected output is not `out`.
+struct DrvCollector<'a> {
+    evr: &'a Evaluator,
+    args: &'a crate::value::Attrs,
+    /// Derivations already found (the same set reached twice counts once).
+    done: std::collections::HashSet<*const crate::value::Attrs>,
+    /// Derivations in the order found.
+    found: Vec<std::rc::Rc<crate::value::Attrs>>,
+}
+
+impl DrvCollector<'_> {
+    /// Nix's `getDerivation`: `Ok(true)` when `v` is not a derivation (the
+    /// caller may look inside it), else records it and returns `Ok(false)`.
+    fn derivation(&mut self, v: &Value) -> crate::Result<bool> {
+        let Value::Attrs(a) = self.evr.ev.force(v)? else {
+            return Ok(true);
+        };
+        if !crate::ops::is_derivation(&self.evr.ev, &a)? {
+            return Ok(true);
+        }
+        if self.done.insert(std::rc::Rc::as_ptr(&a)) {
+            let name = a
+                .get("name")
+                .ok_or_else(|| crate::Error::eval("derivation name missing"))?;
+            self.evr.ev.expect_string(name, NO_POS)?;
+            self.found.push(a);
+        }
+        Ok(false)
+    }
+
+    /// Nix's `getDerivations`.
+    fn derivations(&mut self, v: &Value) -> crate::Result<()> {
+        let v = self.evr.auto_call(v, self.args)?;
+        if !self.derivation(&v)? {
+            return Ok(());
+        }
+        match &v {
+            Value::Attrs(a) => {
                 for attr in a.iter() {
-                    let x = evr.ev.force(&attr.value)?;
-                    if let Value::Attrs(_) = x {
-                        collect_drvs(evr, &x, false, out)?;
+                    if !is_plain_attr_name(attr.name.as_str()) {
+                        continue;
+                    }
+                    if self.derivation(&attr.value)? {
+                        if let Value::Attrs(inner) = self.evr.ev.force(&attr.value)? {
+                            if let Some(r) = inner.get("recurseForDerivations") {
+                                if self.evr.ev.expect_bool(r, NO_POS)? {
+                                    self.derivations(&attr.value)?;
+                                }
+                            }
+                        }
                     }
                 }
+                Ok(())
             }
-        }
-        Value::List(l) if top => {
-            for x in l.iter() {
-                collect_drvs(evr, x, false, out)?;
+            Value::List(l) => {
+                for x in l.iter() {
+                    if self.derivation(x)? {
+                        self.derivations(x)?;
+                    }
+                }
+                Ok(())
             }
+            _ => Err(crate::Error::eval(
+                "expression does not evaluate to a derivation (or a set or list of those)",
+            )),
         }
-        _ => {}
     }
-    Ok(())
+}
+
+const NO_POS: crate::pos::Pos = crate::pos::Pos {
+    file: 0,
+    line: 1,
+    col: 1,
+};
+
+/// The lines `nix-instantiate` (without `--eval`) prints for `v`: one
+/// `.drv` path per derivation found, with `!output` for an output other
+/// than `out`.
+fn collect_drvs(
+    evr: &Evaluator,
+    v: &Value,
+    args: &crate::value::Attrs,
+) -> crate::Result<Vec<String>> {
+    let mut c = DrvCollector {
+        evr,
+        args,
+        done: Default::default(),
+        found: Vec::new(),
+    };
+    c.derivations(v)?;
+    let mut lines = Vec::with_capacity(c.found.len());
+    for a in &c.found {
+        let drv = a
+            .get("drvPath")
+            .ok_or_else(|| crate::Error::eval("derivation has no 'drvPath' attribute"))?;
+        let drv = evr.ev.coerce_to_string(drv, NO_POS, false, false)?.s;
+        let output = match a.get("outputName") {
+            Some(o) => evr.ev.expect_string(o, NO_POS)?.s.clone(),
+            None => String::new(),
+        };
+        if output.is_empty() {
+            return Err(crate::Error::eval(format!(
+                "derivation '{drv}' lacks an 'outputName' attribute"
+            )));
+        }
+        lines.push(if output == "out" {
+            drv
+        } else {
+            format!("{drv}!{output}")
+        });
+    }
+    Ok(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instantiate(expr: &str) -> Result<String, String> {
+        let req = Request {
+            expr: Some(expr.to_string()),
+            cwd: "/".into(),
+            ..Default::default()
+        };
+        crate::with_big_stack(move || eval_request(&req)).expect("no panic")
+    }
+
+    const D: &str = r#"derivation { name = "a"; builder = "b"; system = "c"; }"#;
+    const A: &str = "/nix/store/arhvjaf6zmlyn8vh8fgn55rpwnxq0n7l-a.drv";
+
+    #[test]
+    fn prints_drv_paths_like_nix_instantiate() {
+        assert_eq!(instantiate(D).unwrap(), format!("{A}\n"));
+        // A set reached twice is printed once; lists are walked; non-plain
+        // attribute names and non-recursed sets are skipped.
+        let e = format!(
+            "let d = {D}; in {{ x = d; y = d; \"a.b\" = d // {{ name = \"z\"; }}; \
+             n = {{ inner = d // {{ name = \"n\"; }}; }}; l = [ d ]; }}"
+        );
+        assert_eq!(instantiate(&e).unwrap(), format!("{A}\n"));
+        let e = format!("[ {D} [ ] ]");
+        assert_eq!(instantiate(&e).unwrap(), format!("{A}\n"));
+        assert_eq!(instantiate("{ }").unwrap(), "");
+        let e = format!("let d = {D} // {{ outputName = \"dev\"; }}; in d");
+        assert_eq!(instantiate(&e).unwrap(), format!("{A}!dev\n"));
+        let e = format!(
+            "{{ s = {{ recurseForDerivations = true; d = {D}; }}; }}"
+        );
+        assert_eq!(instantiate(&e).unwrap(), format!("{A}\n"));
+        let err = instantiate("1").unwrap_err();
+        assert!(err.contains("does not evaluate to a derivation"), "{err}");
+    }
 }

@@ -96,7 +96,10 @@ mod tests {
         let mut old = env.clone();
         old.version = 99;
         let bytes = rmp_serde::to_vec_named(&old).unwrap();
-        assert!(matches!(decode(&bytes), Err(CodecError::Version { got: 99 })));
+        assert!(matches!(
+            decode(&bytes),
+            Err(CodecError::Version { got: 99 })
+        ));
     }
 
     #[test]

@@ -54,7 +54,11 @@ impl Queue {
         let mut g = self.items.lock().unwrap();
         g.1 += 1;
         let seq = std::cmp::Reverse(g.1);
-        g.0.push(Item { priority, seq, bytes });
+        g.0.push(Item {
+            priority,
+            seq,
+            bytes,
+        });
         drop(g);
         self.notify.notify_one();
     }
@@ -97,7 +101,12 @@ impl MemoryTransport {
 
 #[async_trait]
 impl Transport for MemoryTransport {
-    async fn publish(&self, route: &Route, env: &Envelope, priority: u8) -> Result<(), TransportError> {
+    async fn publish(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        priority: u8,
+    ) -> Result<(), TransportError> {
         let name = route.name();
         let bytes = encode(env).map_err(|source| TransportError::Codec {
             route: name.clone(),
@@ -125,7 +134,13 @@ impl Transport for MemoryTransport {
             })),
             Fanout::Broadcast => {
                 let (tx, rx) = mpsc::unbounded_channel();
-                self.inner.lock().unwrap().topics.entry(name.clone()).or_default().push(tx);
+                self.inner
+                    .lock()
+                    .unwrap()
+                    .topics
+                    .entry(name.clone())
+                    .or_default()
+                    .push(tx);
                 Ok(Box::new(TopicSub { name, rx }))
             }
         }
@@ -292,6 +307,10 @@ mod tests {
         let err = sub.next().await.unwrap_err();
         assert!(err.to_string().contains("kiln.drvs"), "{err}");
         assert_eq!(sub.next().await.unwrap().unwrap().envelope, good);
-        assert_eq!(t.dead_letters().len(), 0, "garbage cannot be decoded for listing");
+        assert_eq!(
+            t.dead_letters().len(),
+            0,
+            "garbage cannot be decoded for listing"
+        );
     }
 }

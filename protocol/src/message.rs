@@ -312,16 +312,46 @@ pub enum Event {
         inputs: Vec<String>,
     },
     /// A root attribute of the job evaluated to this derivation.
-    Root { attr_path: String, drv_path: String },
-    Cached { drv_path: String },
-    Queued { drv_path: String },
-    Started { drv_path: String, builder_id: String },
-    Log { drv_path: String, line: String },
-    Built { drv_path: String, duration_ms: u64, outputs: BTreeMap<String, String> },
-    Failed { drv_path: String, reason: String, log_tail: Vec<String> },
-    DependencyFailed { drv_path: String, dependency: String },
-    EvalFinished { error: Option<String> },
-    JobFinished { success: bool, roots: Vec<EvalRoot>, summary: Vec<DrvSummary> },
+    Root {
+        attr_path: String,
+        drv_path: String,
+    },
+    Cached {
+        drv_path: String,
+    },
+    Queued {
+        drv_path: String,
+    },
+    Started {
+        drv_path: String,
+        builder_id: String,
+    },
+    Log {
+        drv_path: String,
+        line: String,
+    },
+    Built {
+        drv_path: String,
+        duration_ms: u64,
+        outputs: BTreeMap<String, String>,
+    },
+    Failed {
+        drv_path: String,
+        reason: String,
+        log_tail: Vec<String>,
+    },
+    DependencyFailed {
+        drv_path: String,
+        dependency: String,
+    },
+    EvalFinished {
+        error: Option<String>,
+    },
+    JobFinished {
+        success: bool,
+        roots: Vec<EvalRoot>,
+        summary: Vec<DrvSummary>,
+    },
 }
 
 /// An [`Event`] of one job, numbered so a front end can spot gaps.

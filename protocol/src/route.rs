@@ -29,7 +29,10 @@ pub enum Route {
     /// `kiln.build.<system>.<features>`: build requests. `features` is the
     /// sorted set of `requiredSystemFeatures` joined by `+`, or `-` when
     /// empty; a builder consumes the queues of every subset of its features.
-    Build { system: String, features: Vec<String> },
+    Build {
+        system: String,
+        features: Vec<String>,
+    },
     /// `kiln.build-control`: build cancellations, seen by every builder.
     BuildControl,
     /// `kiln.build-events`: started, log, NAR chunks and results from builders.
@@ -64,7 +67,11 @@ impl Route {
                 let mut f = features.clone();
                 f.sort();
                 f.dedup();
-                let f = if f.is_empty() { "-".to_string() } else { f.join("+") };
+                let f = if f.is_empty() {
+                    "-".to_string()
+                } else {
+                    f.join("+")
+                };
                 format!("kiln.build.{system}.{f}")
             }
             Route::BuildControl => "kiln.build-control".into(),
@@ -107,14 +114,18 @@ mod tests {
 
     #[test]
     fn build_route_names_are_canonical() {
-        let a = Route::build("x86_64-linux", &["kvm".into(), "big-parallel".into(), "kvm".into()]);
+        let a = Route::build(
+            "x86_64-linux",
+            &["kvm".into(), "big-parallel".into(), "kvm".into()],
+        );
         assert_eq!(a.name(), "kiln.build.x86_64-linux.big-parallel+kvm");
         let none = Route::Build {
             system: "x86_64-linux".into(),
             features: vec![],
         };
         assert_eq!(none.name(), "kiln.build.x86_64-linux.-");
-        let served = Route::build_routes_for("x86_64-linux", &["kvm".into(), "big-parallel".into()]);
+        let served =
+            Route::build_routes_for("x86_64-linux", &["kvm".into(), "big-parallel".into()]);
         assert_eq!(served.len(), 4);
         assert!(served.contains(&a) && served.contains(&none));
     }

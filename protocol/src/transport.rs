@@ -28,7 +28,12 @@ pub enum TransportError {
 pub trait Transport: Send + Sync + 'static {
     /// Publishes `env` on `route`. Higher `priority` is delivered first on
     /// work queues (0 is normal).
-    async fn publish(&self, route: &Route, env: &Envelope, priority: u8) -> Result<(), TransportError>;
+    async fn publish(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        priority: u8,
+    ) -> Result<(), TransportError>;
 
     /// Starts consuming `route`. For a broadcast route only messages
     /// published after this call are seen.
@@ -83,6 +88,8 @@ impl Delivery {
 
 impl std::fmt::Debug for Delivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Delivery").field("envelope", &self.envelope).finish()
+        f.debug_struct("Delivery")
+            .field("envelope", &self.envelope)
+            .finish()
     }
 }

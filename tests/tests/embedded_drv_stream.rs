@@ -14,8 +14,8 @@ use kiln_nix::derivation::Derivation;
 use kiln_nix::store_path::{make_source_path, StorePath};
 use kiln_protocol::memory::MemoryTransport;
 use kiln_protocol::{
-    DerivationMsg, DrvStatus, Envelope, EvalFinished, EvalRoot, Event, ExprSource, JobOptions, JobSpec, Message,
-    Route, Transport,
+    DerivationMsg, DrvStatus, Envelope, EvalFinished, EvalRoot, Event, ExprSource, JobOptions,
+    JobSpec, Message, Route, Transport,
 };
 use kiln_store::backend::local::LocalStore;
 use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
@@ -60,7 +60,10 @@ async fn add_busybox(cache: &BinaryCache, dir: &std::path::Path) {
     let mut nar = Vec::new();
     let (_, digest) = kiln_nix::nar::dump_path(dir, &mut nar).unwrap();
     let path = make_source_path("busybox", &digest.hash, &Default::default(), false).unwrap();
-    assert_eq!(path.to_absolute_path(), "/nix/store/71fc7s32zl20dc955bhghy5dvalm7ndz-busybox");
+    assert_eq!(
+        path.to_absolute_path(),
+        "/nix/store/71fc7s32zl20dc955bhghy5dvalm7ndz-busybox"
+    );
     let meta = PathMeta {
         path,
         references: Default::default(),
@@ -76,7 +79,10 @@ async fn add_busybox(cache: &BinaryCache, dir: &std::path::Path) {
 /// Submits a job, plays the evaluator for it, and collects its events.
 async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
     let job_id = uuid::Uuid::new_v4();
-    let mut events = transport.subscribe(&Route::JobEvents(job_id)).await.unwrap();
+    let mut events = transport
+        .subscribe(&Route::JobEvents(job_id))
+        .await
+        .unwrap();
     let mut eval = transport.subscribe(&Route::Eval).await.unwrap();
     let spec = JobSpec {
         job_id,
@@ -92,7 +98,12 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             ..JobOptions::default()
         },
     };
-    let send = |m: Message| async move { transport.publish(&Route::Derivations, &Envelope::new(m), 0).await.unwrap() };
+    let send = |m: Message| async move {
+        transport
+            .publish(&Route::Derivations, &Envelope::new(m), 0)
+            .await
+            .unwrap()
+    };
     transport
         .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
         .await
@@ -121,7 +132,11 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             .collect(),
     }))
     .await;
-    send(Message::EvalFinished(EvalFinished { job_id, error: None })).await;
+    send(Message::EvalFinished(EvalFinished {
+        job_id,
+        error: None,
+    }))
+    .await;
     let mut seen = Vec::new();
     loop {
         let d = tokio::time::timeout(Duration::from_secs(120), events.next())
@@ -129,7 +144,9 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             .expect("job finished in time")
             .unwrap()
             .unwrap();
-        let Message::JobEvent(ev) = d.envelope.body else { panic!("not an event") };
+        let Message::JobEvent(ev) = d.envelope.body else {
+            panic!("not an event")
+        };
         let done = matches!(ev.event, Event::JobFinished { .. });
         seen.push(ev.event);
         if done {
@@ -141,7 +158,9 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
     let tmp = tempfile::tempdir().unwrap();
-    let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else { return };
+    let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else {
+        return;
+    };
     let store = Arc::new(LocalStore::open(tmp.path().join("store")).await.unwrap());
     let cache = Arc::new(BinaryCache::new(
         store,
@@ -174,20 +193,36 @@ async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
     let t0 = Instant::now();
     let first = run_job(&transport, &cases).await;
     let first_time = t0.elapsed();
-    let Some(Event::JobFinished { success, summary, roots }) = first.last() else { unreachable!() };
+    let Some(Event::JobFinished {
+        success,
+        summary,
+        roots,
+    }) = first.last()
+    else {
+        unreachable!()
+    };
     assert!(success, "first job failed: {first:#?}");
     assert_eq!(roots.len(), 1);
     assert_eq!(summary.len(), 8);
-    assert!(summary.iter().all(|s| s.status == DrvStatus::Built), "{summary:#?}");
+    assert!(
+        summary.iter().all(|s| s.status == DrvStatus::Built),
+        "{summary:#?}"
+    );
     // Every derivation started only after its inputs were built.
     let position = |pred: &dyn Fn(&Event) -> bool| first.iter().position(pred).unwrap();
     for c in &cases {
         let drv = Derivation::parse_aterm(c.aterm.as_bytes()).unwrap();
-        let started = position(&|e| matches!(e, Event::Started { drv_path, .. } if *drv_path == c.drv_path));
+        let started =
+            position(&|e| matches!(e, Event::Started { drv_path, .. } if *drv_path == c.drv_path));
         for input in drv.input_drvs.keys() {
             let input = input.to_absolute_path();
-            let built = position(&|e| matches!(e, Event::Built { drv_path, .. } if *drv_path == input));
-            assert!(built < started, "{} started before its input {input} was built", c.drv_path);
+            let built =
+                position(&|e| matches!(e, Event::Built { drv_path, .. } if *drv_path == input));
+            assert!(
+                built < started,
+                "{} started before its input {input} was built",
+                c.drv_path
+            );
         }
     }
     // The store holds Nix's NAR hashes, sizes and references, and the logs.
@@ -197,12 +232,24 @@ async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
             let path = out.path().unwrap();
             let info = cache.path_info(path).await.unwrap().expect("output stored");
             let want = &c.built[name];
-            assert_eq!(info.nar_hash.to_sri(), want["narHash"].as_str().unwrap(), "{path}");
+            assert_eq!(
+                info.nar_hash.to_sri(),
+                want["narHash"].as_str().unwrap(),
+                "{path}"
+            );
             assert_eq!(info.nar_size, want["narSize"].as_u64().unwrap(), "{path}");
-            let refs: Vec<String> = info.references.iter().map(StorePath::to_absolute_path).collect();
-            let want_refs: Vec<String> = serde_json::from_value(want["references"].clone()).unwrap();
+            let refs: Vec<String> = info
+                .references
+                .iter()
+                .map(StorePath::to_absolute_path)
+                .collect();
+            let want_refs: Vec<String> =
+                serde_json::from_value(want["references"].clone()).unwrap();
             assert_eq!(refs, want_refs, "{path}");
-            assert_eq!(info.deriver.as_ref().map(|d| d.to_absolute_path()), Some(c.drv_path.clone()));
+            assert_eq!(
+                info.deriver.as_ref().map(|d| d.to_absolute_path()),
+                Some(c.drv_path.clone())
+            );
         }
         let log = cache
             .get_log(&StorePath::from_absolute_path(&c.drv_path).unwrap())
@@ -215,9 +262,17 @@ async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
     let t1 = Instant::now();
     let second = run_job(&transport, &cases).await;
     let second_time = t1.elapsed();
-    let Some(Event::JobFinished { success, summary, .. }) = second.last() else { unreachable!() };
+    let Some(Event::JobFinished {
+        success, summary, ..
+    }) = second.last()
+    else {
+        unreachable!()
+    };
     assert!(success);
-    assert!(summary.iter().all(|s| s.status == DrvStatus::Cached), "{summary:#?}");
+    assert!(
+        summary.iter().all(|s| s.status == DrvStatus::Cached),
+        "{summary:#?}"
+    );
     assert!(!second.iter().any(|e| matches!(e, Event::Started { .. })));
     let counts: BTreeMap<&str, usize> = second.iter().fold(BTreeMap::new(), |mut m, e| {
         *m.entry(match e {
@@ -230,7 +285,10 @@ async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
     });
     assert_eq!(counts.get("cached"), Some(&8), "{counts:?}");
     eprintln!("first run {first_time:?}, second run {second_time:?}");
-    assert!(second_time < first_time / 10, "second run {second_time:?} vs first {first_time:?}");
+    assert!(
+        second_time < first_time / 10,
+        "second run {second_time:?} vs first {first_time:?}"
+    );
 
     shutdown.cancel();
     coordinator.await.unwrap().unwrap();

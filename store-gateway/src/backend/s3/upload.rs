@@ -311,17 +311,20 @@ impl S3Upload {
     }
 
     async fn commit_large(&mut self, key: &Key, upload_id: String) -> Result<()> {
+        let t0 = std::time::Instant::now();
         if let Err(e) = self.complete(&upload_id).await {
             self.in_flight.abort_all();
             self.store.abort(&self.staging, &upload_id).await;
             return Err(e);
         }
+        eprintln!("P9 complete {:?}", t0.elapsed());
         let okey = self.store.config.object_key(key);
         let copied = match self.store.exists(key).await {
             Ok(true) => Ok(()),
             Ok(false) => self.copy_to(&okey).await,
             Err(e) => Err(e),
         };
+        eprintln!("P9 copied {:?}", t0.elapsed());
         let removed = self
             .store
             .client
