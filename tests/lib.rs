@@ -287,3 +287,66 @@ pub fn host_busybox(parent: &std::path::Path) -> Option<PathBuf> {
     std::fs::copy(host, dir.join("bin/busybox")).expect("copying /bin/busybox");
     Some(dir)
 }
+
+/// Store paths, NARs and path metadata for store tests.
+pub mod store_fixtures {
+    use std::collections::BTreeSet;
+    use std::hash::{BuildHasher, Hasher as _};
+
+    use kiln_nix::nar::NarWriter;
+    use kiln_nix::store_path::StorePath;
+    use kiln_store::cache::PathMeta;
+
+    /// A random 20-byte digest, different on every call.
+    pub fn random_digest() -> [u8; 20] {
+        let mut out = [0u8; 20];
+        for chunk in out.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos(),
+            );
+            chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
+        }
+        out
+    }
+
+    /// A fresh store path named `name`.
+    pub fn new_path(name: &str) -> StorePath {
+        StorePath::new(random_digest(), name).unwrap()
+    }
+
+    /// A NAR of a directory holding one file (and a symlink to `refers_to`).
+    pub fn make_nar(content: &[u8], refers_to: Option<&StorePath>) -> Vec<u8> {
+        let mut w = NarWriter::new(Vec::new()).unwrap();
+        w.start_directory(None).unwrap();
+        w.file(
+            Some(b"data"),
+            false,
+            content.len() as u64,
+            &mut &content[..],
+        )
+        .unwrap();
+        if let Some(r) = refers_to {
+            w.symlink(Some(b"dep"), r.to_absolute_path().as_bytes())
+                .unwrap();
+        }
+        w.end_directory().unwrap();
+        w.finish().unwrap()
+    }
+
+    /// Metadata of `path` with `refs`, for `system`.
+    pub fn meta(path: &StorePath, refs: &[&StorePath], system: Option<&str>) -> PathMeta {
+        PathMeta {
+            path: path.clone(),
+            references: refs.iter().map(|r| (*r).clone()).collect(),
+            deriver: None,
+            system: system.map(str::to_string),
+            ca: None,
+            sigs: BTreeSet::new(),
+            expected: None,
+        }
+    }
+}

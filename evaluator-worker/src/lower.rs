@@ -15,9 +15,47 @@ use std::rc::Rc;
 /// A lexical scope during lowering.
 enum Scope {
     /// A frame of named slots (`let`, `rec`, lambda arguments, `scopedImport`).
-    Vars(Vec<Symbol>),
+    Vars(Vars),
     /// A `with` frame (one slot, the namespace).
     With,
+}
+
+/// The names of a frame's slots; large frames also get a hash index so
+/// that resolving each variable does not scan thousands of names.
+struct Vars {
+    names: Vec<Symbol>,
+    index: Option<HashMap<Symbol, u32>>,
+}
+
+/// Frames with at least this many names get an index.
+const INDEX_MIN_NAMES: usize = 16;
+
+impl Scope {
+    fn vars(names: Vec<Symbol>) -> Scope {
+        let index = (names.len() >= INDEX_MIN_NAMES).then(|| {
+            // Later duplicates win, as a search from the end would find them.
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i as u32))
+                .collect()
+        });
+        Scope::Vars(Vars { names, index })
+    }
+}
+
+impl Vars {
+    /// The slot of `name` (the last one if it appears twice).
+    fn slot(&self, name: &Symbol) -> Option<u32> {
+        match &self.index {
+            Some(ix) => ix.get(name).copied(),
+            None => self
+                .names
+                .iter()
+                .rposition(|s| s == name)
+                .map(|i| i as u32),
+        }
+    }
 }
 
 /// Lowers one file.
@@ -36,7 +74,32 @@ pub struct Lowerer<'a> {
 struct PAttrs {
     rec: bool,
     entries: Vec<PEntry>,
+    /// Position of each name in `entries` (sets can have thousands of
+    /// attributes: a linear search per attribute would be quadratic).
+    index: HashMap<Symbol, usize>,
     dynamic: Vec<(ast::Attr, PValue, Pos)>,
+}
+
+impl PAttrs {
+    fn new(rec: bool) -> Self {
+        PAttrs {
+            rec,
+            entries: Vec::new(),
+            index: HashMap::new(),
+            dynamic: Vec::new(),
+        }
+    }
+
+    fn find(&self, name: &Symbol) -> Option<usize> {
+        self.index.get(name).copied()
+    }
+
+    fn push(&mut self, e: PEntry) -> usize {
+        let i = self.entries.len();
+        self.index.insert(e.name.clone(), i);
+        self.entries.push(e);
+        i
+    }
 }
 
 struct PEntry {
@@ -64,7 +127,7 @@ impl<'a> Lowerer<'a> {
         globals: &'a HashMap<Symbol, u32>,
         outer: Option<Vec<Symbol>>,
     ) -> Self {
-        let scopes = outer.map(|v| vec![Scope::Vars(v)]).unwrap_or_default();
+        let scopes = outer.map(|v| vec![Scope::vars(v)]).unwrap_or_default();
         Lowerer {
             file,
             src,
@@ -159,12 +222,8 @@ impl<'a> Lowerer<'a> {
             let level = (level + skip) as u32;
             match scope {
                 Scope::Vars(v) => {
-                    if let Some(slot) = v.iter().rposition(|s| s == name) {
-                        return Ok(Expr::Var {
-                            level,
-                            slot: slot as u32,
-                            pos,
-                        });
+                    if let Some(slot) = v.slot(name) {
+                        return Ok(Expr::Var { level, slot, pos });
                     }
                 }
                 Scope::With => withs.push(level),
@@ -299,7 +358,7 @@ impl<'a> Lowerer<'a> {
                 p.rec = true;
                 let names: Vec<Symbol> = p.entries.iter().map(|e| e.name.clone()).collect();
                 let binds = self.lower_pattrs(p)?;
-                self.scopes.push(Scope::Vars(names));
+                self.scopes.push(Scope::vars(names));
                 let body = self.child(l.body(), pos).and_then(|b| self.lower(&b));
                 self.scopes.pop();
                 Expr::Let { binds, body: body? }
@@ -384,7 +443,7 @@ impl<'a> Lowerer<'a> {
             ast::Param::IdentParam(ip) => {
                 let id = self.child(ip.ident(), pos)?;
                 let name = self.sym(&id.syntax().text().to_string());
-                self.scopes.push(Scope::Vars(vec![name.clone()]));
+                self.scopes.push(Scope::vars(vec![name.clone()]));
                 let body = self.child(l.body(), pos).and_then(|b| self.lower(&b));
                 self.scopes.pop();
                 Ok(LambdaDef {
@@ -429,7 +488,7 @@ impl<'a> Lowerer<'a> {
                 let mut slots = names.clone();
                 slots.extend(at.clone());
                 let nslots = slots.len();
-                self.scopes.push(Scope::Vars(slots));
+                self.scopes.push(Scope::vars(slots));
                 let res = (|| {
                     let mut entries = Vec::new();
                     for (n, d) in names.into_iter().zip(defaults) {
@@ -648,11 +707,7 @@ impl<'a> Lowerer<'a> {
     }
 
     fn collect_entries(&mut self, n: &impl HasEntry, rec: bool) -> Result<PAttrs> {
-        let mut p = PAttrs {
-            rec,
-            entries: Vec::new(),
-            dynamic: Vec::new(),
-        };
+        let mut p = PAttrs::new(rec);
         for entry in n.entries() {
             match entry {
                 ast::Entry::Inherit(inh) => {
@@ -673,14 +728,14 @@ impl<'a> Lowerer<'a> {
                                 )
                             }
                         };
-                        if let Some(prev) = p.entries.iter().find(|e| e.name == name) {
-                            return Err(self.dup(&name, apos, prev.pos));
+                        if let Some(prev) = p.find(&name) {
+                            return Err(self.dup(&name, apos, p.entries[prev].pos));
                         }
                         let value = match &from {
                             Some(f) => PValue::InheritFrom(f.clone(), name.clone(), apos),
                             None => PValue::Inherit(name.clone(), apos),
                         };
-                        p.entries.push(PEntry {
+                        p.push(PEntry {
                             name,
                             value,
                             pos: apos,
@@ -732,7 +787,7 @@ impl<'a> Lowerer<'a> {
         match key {
             Ok(name) => {
                 path.push(name.as_str().to_string());
-                let idx = p.entries.iter().position(|e| e.name == name);
+                let idx = p.find(&name);
                 if rest.is_empty() {
                     let new_val = match &value {
                         ast::Expr::AttrSet(s) => {
@@ -746,16 +801,15 @@ impl<'a> Lowerer<'a> {
                             match (&mut p.entries[i].value, new_val) {
                                 (PValue::Nested(existing), PValue::Nested(new)) => {
                                     for e in new.entries {
-                                        if let Some(prev) =
-                                            existing.entries.iter().find(|x| x.name == e.name)
-                                        {
+                                        if let Some(prev) = existing.find(&e.name) {
                                             let full = Symbol::from(
                                                 format!("{}.{}", path.join("."), e.name.as_str())
                                                     .as_str(),
                                             );
-                                            return Err(self.dup(&full, e.pos, prev.pos));
+                                            let prev_pos = existing.entries[prev].pos;
+                                            return Err(self.dup(&full, e.pos, prev_pos));
                                         }
-                                        existing.entries.push(e);
+                                        existing.push(e);
                                     }
                                     existing.dynamic.extend(new.dynamic);
                                 }
@@ -765,11 +819,13 @@ impl<'a> Lowerer<'a> {
                                 }
                             }
                         }
-                        None => p.entries.push(PEntry {
-                            name,
-                            value: new_val,
-                            pos: kpos,
-                        }),
+                        None => {
+                            p.push(PEntry {
+                                name,
+                                value: new_val,
+                                pos: kpos,
+                            });
+                        }
                     }
                     Ok(())
                 } else {
@@ -781,18 +837,11 @@ impl<'a> Lowerer<'a> {
                             }
                             i
                         }
-                        None => {
-                            p.entries.push(PEntry {
-                                name,
-                                value: PValue::Nested(PAttrs {
-                                    rec: false,
-                                    entries: Vec::new(),
-                                    dynamic: Vec::new(),
-                                }),
-                                pos: kpos,
-                            });
-                            p.entries.len() - 1
-                        }
+                        None => p.push(PEntry {
+                            name,
+                            value: PValue::Nested(PAttrs::new(false)),
+                            pos: kpos,
+                        }),
                     };
                     match &mut p.entries[i].value {
                         PValue::Nested(inner) => self.add_attr(inner, rest, value, path),
@@ -804,11 +853,7 @@ impl<'a> Lowerer<'a> {
                 if rest.is_empty() {
                     p.dynamic.push((first.clone(), PValue::Expr(value), kpos));
                 } else {
-                    let mut inner = PAttrs {
-                        rec: false,
-                        entries: Vec::new(),
-                        dynamic: Vec::new(),
-                    };
+                    let mut inner = PAttrs::new(false);
                     self.add_attr(&mut inner, rest, value, path)?;
                     p.dynamic.push((first.clone(), PValue::Nested(inner), kpos));
                 }
@@ -845,7 +890,7 @@ impl<'a> Lowerer<'a> {
         let names: Vec<Symbol> = p.entries.iter().map(|e| e.name.clone()).collect();
         let saved = self.in_rec;
         if p.rec {
-            self.scopes.push(Scope::Vars(names));
+            self.scopes.push(Scope::vars(names));
         }
         self.in_rec = p.rec;
         let res = (|| {

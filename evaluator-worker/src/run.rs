@@ -283,7 +283,7 @@ mod tests {
              n = {{ inner = d // {{ name = \"n\"; }}; }}; l = [ d ]; }}"
         );
         assert_eq!(instantiate(&e).unwrap(), format!("{A}\n"));
-        let e = format!("[ {D} [ ] ]");
+        let e = format!("[ ({D}) [ ] ]");
         assert_eq!(instantiate(&e).unwrap(), format!("{A}\n"));
         assert_eq!(instantiate("{ }").unwrap(), "");
         let e = format!("let d = {D} // {{ outputName = \"dev\"; }}; in d");

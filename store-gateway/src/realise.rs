@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::stream::{self, StreamExt};
 use kiln_nix::narinfo::NarInfo;
 use kiln_nix::store_path::StorePath;
 use tokio_util::io::SyncIoBridge;
@@ -47,8 +47,13 @@ pub async fn realise(
         }
     }))
     .buffer_unordered(concurrency.max(1))
-    .try_collect()
-    .await?;
+    // Wait for every started unpack, even after a failure: dropping one
+    // mid-way would leave its blocking task writing into staging after we
+    // return.
+    .collect::<Vec<Result<(StorePath, bool)>>>()
+    .await
+    .into_iter()
+    .collect::<Result<_>>()?;
     let mut report = RealiseReport::default();
     for (p, fetched) in outcomes {
         if fetched {

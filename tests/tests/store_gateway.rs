@@ -1,14 +1,11 @@
 //! The store gateway over HTTP, with Kiln and real Nix 2.8 as clients, and
 //! Kiln reading the signed conformance caches written by Nix.
 
-use std::collections::BTreeSet;
-use std::hash::{BuildHasher, Hasher as _};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use kiln_nix::nar::NarWriter;
 use kiln_nix::signing::{PublicKey, SecretKey, TrustedKeys};
 use kiln_nix::store_path::StorePath;
 use kiln_store::backend::http::HttpStore;
@@ -18,56 +15,12 @@ use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
 use kiln_store::copy::copy_paths;
 use kiln_store::gateway::{serve, GatewayState};
 use kiln_store::realise::realise;
+use kiln_tests::store_fixtures::{self, make_nar, new_path};
 
 const TOKEN: &str = "test-upload-token";
 
-fn random_digest() -> [u8; 20] {
-    let mut out = [0u8; 20];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos(),
-        );
-        chunk.copy_from_slice(&h.finish().to_le_bytes()[..chunk.len()]);
-    }
-    out
-}
-
-fn new_path(name: &str) -> StorePath {
-    StorePath::new(random_digest(), name).unwrap()
-}
-
-fn make_nar(content: &[u8], refers_to: Option<&StorePath>) -> Vec<u8> {
-    let mut w = NarWriter::new(Vec::new()).unwrap();
-    w.start_directory(None).unwrap();
-    w.file(
-        Some(b"data"),
-        false,
-        content.len() as u64,
-        &mut &content[..],
-    )
-    .unwrap();
-    if let Some(r) = refers_to {
-        w.symlink(Some(b"dep"), r.to_absolute_path().as_bytes())
-            .unwrap();
-    }
-    w.end_directory().unwrap();
-    w.finish().unwrap()
-}
-
 fn meta(path: &StorePath, refs: &[&StorePath]) -> PathMeta {
-    PathMeta {
-        path: path.clone(),
-        references: refs.iter().map(|r| (*r).clone()).collect(),
-        deriver: None,
-        system: None,
-        ca: None,
-        sigs: BTreeSet::new(),
-        expected: None,
-    }
+    store_fixtures::meta(path, refs, None)
 }
 
 /// A running gateway over a fresh local cache.

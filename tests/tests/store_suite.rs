@@ -3,13 +3,10 @@
 //! It covers the object layer, the binary cache layout, signatures,
 //! closures, copying, realisation and corruption handling.
 
-use std::collections::BTreeSet;
-use std::hash::{BuildHasher, Hasher as _};
 use std::path::Path;
 use std::sync::Arc;
 
 use kiln_nix::hash::{Hash, HashAlgo};
-use kiln_nix::nar::NarWriter;
 use kiln_nix::signing::{SecretKey, TrustedKeys};
 use kiln_nix::store_path::StorePath;
 use kiln_store::backend::local::LocalStore;
@@ -21,58 +18,11 @@ use kiln_store::copy::copy_paths;
 use kiln_store::realise::realise;
 use kiln_store::Bytes;
 use kiln_store::{Key, StoreError};
+use kiln_tests::store_fixtures::{self, make_nar, new_path};
 use tokio::io::AsyncReadExt;
 
-/// A random 20-byte digest, different on every call.
-fn random_digest() -> [u8; 20] {
-    let mut out = [0u8; 20];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos(),
-        );
-        let v = h.finish().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
-    out
-}
-
-fn new_path(name: &str) -> StorePath {
-    StorePath::new(random_digest(), name).unwrap()
-}
-
-/// A NAR of a directory holding one file (and a symlink to `refers_to`).
-fn make_nar(content: &[u8], refers_to: Option<&StorePath>) -> Vec<u8> {
-    let mut w = NarWriter::new(Vec::new()).unwrap();
-    w.start_directory(None).unwrap();
-    w.file(
-        Some(b"data"),
-        false,
-        content.len() as u64,
-        &mut &content[..],
-    )
-    .unwrap();
-    if let Some(r) = refers_to {
-        w.symlink(Some(b"dep"), r.to_absolute_path().as_bytes())
-            .unwrap();
-    }
-    w.end_directory().unwrap();
-    w.finish().unwrap()
-}
-
 fn meta(path: &StorePath, refs: &[&StorePath]) -> PathMeta {
-    PathMeta {
-        path: path.clone(),
-        references: refs.iter().map(|r| (*r).clone()).collect(),
-        deriver: None,
-        system: Some("x86_64-linux".into()),
-        ca: None,
-        sigs: BTreeSet::new(),
-        expected: None,
-    }
+    store_fixtures::meta(path, refs, Some("x86_64-linux"))
 }
 
 fn nar_hash_of_dir(dir: &Path) -> (Hash, u64) {
