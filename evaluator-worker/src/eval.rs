@@ -6,12 +6,14 @@ use crate::lower::{canon_path, Lowerer};
 use crate::pos::{Pos, Source, Sources};
 use crate::store::{DerivationSink, Realiser, Store};
 use crate::value::*;
-use std::cell::{Cell, RefCell};
 use kiln_nix::derivation::DrvHashModulo;
 use kiln_nix::store_path::StorePath;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+
+mod coerce;
 
 /// An environment frame: slots for one `let`/`rec`/lambda/`with`.
 pub struct Env {
@@ -65,6 +67,8 @@ pub struct Eval {
     /// Search path (`-I` entries first, then `NIX_PATH`).
     pub search_path: Vec<SearchPathEntry>,
     pub(crate) import_cache: RefCell<HashMap<PathBuf, Value>>,
+    /// Every file parsed so far, by resolved path.
+    parse_cache: RefCell<HashMap<PathBuf, Rc<Expr>>>,
     depth: Cell<usize>,
     /// Maximum evaluation depth before a clean "stack overflow" error.
     pub max_depth: usize,
@@ -101,6 +105,7 @@ impl Eval {
             global_names: HashMap::new(),
             search_path,
             import_cache: RefCell::new(HashMap::new()),
+            parse_cache: RefCell::new(HashMap::new()),
             depth: Cell::new(0),
             max_depth: 10_000,
             store,
@@ -142,12 +147,26 @@ impl Eval {
     }
 
     /// Parse the file at `path` (a directory means its `default.nix`).
+    /// Each file is read and parsed once per evaluator (Nix's
+    /// `fileParseCache`); `scopedImport` (`outer` names) parses afresh since
+    /// its variables resolve differently.
     pub fn parse_file(&self, path: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        let mut p = path.to_path_buf();
-        if p.is_dir() {
-            p = p.join("default.nix");
+        let p = resolve_import_path(path);
+        if outer.is_none() {
+            if let Some(e) = self.parse_cache.borrow().get(&p) {
+                return Ok(e.clone());
+            }
         }
-        let text = std::fs::read_to_string(&p).map_err(|e| {
+        let cacheable = outer.is_none();
+        let e = self.parse_file_uncached(&p, outer)?;
+        if cacheable {
+            self.parse_cache.borrow_mut().insert(p, e.clone());
+        }
+        Ok(e)
+    }
+
+    fn parse_file_uncached(&self, p: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
+        let text = std::fs::read_to_string(p).map_err(|e| {
             Error::new(ErrorKind::Io {
                 msg: format!("opening file: {e}:"),
                 path: p.display().to_string(),
@@ -157,12 +176,19 @@ impl Eval {
             .parent()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "/".into());
-        self.parse(&text, p.display().to_string(), Some(p.clone()), &dir, outer)
+        self.parse(
+            &text,
+            p.display().to_string(),
+            Some(p.to_path_buf()),
+            &dir,
+            outer,
+        )
     }
 
-    /// Evaluate a file (cached, like `import`).
+    /// Evaluate a file (cached by its resolved path, like `import`: Nix's
+    /// `fileEvalCache`).
     pub fn eval_file(&self, path: &Path) -> Result<Value> {
-        let key = path.to_path_buf();
+        let key = resolve_import_path(path);
         if let Some(v) = self.import_cache.borrow().get(&key) {
             return Ok(v.clone());
         }
@@ -724,180 +750,14 @@ impl Eval {
         *env.vals.borrow_mut() = vals;
         self.eval(&env, &def.body)
     }
+}
 
-    /// Force `v` and require an attribute set.
-    pub fn expect_attrs(&self, v: &Value, pos: Pos) -> Result<Rc<Attrs>> {
-        match self.force(v)? {
-            Value::Attrs(a) => Ok(a),
-            other => Err(Error::eval(format!(
-                "value is {} while a set was expected",
-                other.type_desc()
-            ))
-            .at(pos)),
-        }
-    }
-
-    /// Force `v` and require a list.
-    pub fn expect_list(&self, v: &Value, pos: Pos) -> Result<Rc<Vec<Value>>> {
-        match self.force(v)? {
-            Value::List(l) => Ok(l),
-            other => Err(Error::eval(format!(
-                "value is {} while a list was expected",
-                other.type_desc()
-            ))
-            .at(pos)),
-        }
-    }
-
-    /// Force `v` and require an integer.
-    pub fn expect_int(&self, v: &Value, pos: Pos) -> Result<i64> {
-        match self.force(v)? {
-            Value::Int(i) => Ok(i),
-            other => Err(Error::eval(format!(
-                "value is {} while an integer was expected",
-                other.type_desc()
-            ))
-            .at(pos)),
-        }
-    }
-
-    /// Force `v` and require a Boolean.
-    pub fn expect_bool(&self, v: &Value, pos: Pos) -> Result<bool> {
-        match self.force(v)? {
-            Value::Bool(b) => Ok(b),
-            other => Err(Error::eval(format!(
-                "value is {} while a Boolean was expected",
-                other.type_desc()
-            ))
-            .at(pos)),
-        }
-    }
-
-    /// Force `v` and require a function.
-    pub fn expect_function(&self, v: &Value, pos: Pos) -> Result<Value> {
-        let f = self.force(v)?;
-        if f.is_function() || matches!(&f, Value::Attrs(a) if a.get("__functor").is_some()) {
-            Ok(f)
-        } else {
-            Err(Error::eval(format!(
-                "value is {} while a function was expected",
-                f.type_desc()
-            ))
-            .at(pos))
-        }
-    }
-
-    /// Force `v` and require a string (no coercion); returns it with its context.
-    pub fn expect_string(&self, v: &Value, pos: Pos) -> Result<Rc<NixString>> {
-        match self.force(v)? {
-            Value::Str(s) => Ok(s),
-            other => Err(Error::eval(format!(
-                "value is {} while a string was expected",
-                other.type_desc()
-            ))
-            .at(pos)),
-        }
-    }
-
-    /// Nix's `coerceToString`. `more` enables the `toString` conversions (numbers,
-    /// Booleans, null, lists); `copy` copies paths to the store.
-    pub fn coerce_to_string(
-        &self,
-        v: &Value,
-        pos: Pos,
-        more: bool,
-        copy: bool,
-    ) -> Result<NixString> {
-        let v = self.force(v)?;
-        match &v {
-            Value::Str(s) => Ok((**s).clone()),
-            Value::Path(p) => {
-                if copy {
-                    let sp = self.copy_path_to_store(p).map_err(|e| e.at(pos))?;
-                    Ok(NixString {
-                        s: sp.clone(),
-                        ctx: vec![Rc::from(sp.as_str())],
-                    })
-                } else {
-                    Ok(NixString::plain(&**p))
-                }
-            }
-            Value::Attrs(a) => {
-                if let Some(f) = a.get("__toString") {
-                    let f = self.force(f)?;
-                    let r = self.call(&f, v.clone(), pos)?;
-                    return self.coerce_to_string(&r, pos, more, copy);
-                }
-                if let Some(o) = a.get("outPath") {
-                    return self.coerce_to_string(o, pos, more, copy);
-                }
-                Err(Error::eval("cannot coerce a set to a string").at(pos))
-            }
-            Value::Int(i) if more => Ok(NixString::plain(i.to_string())),
-            Value::Float(f) if more => Ok(NixString::plain(format!("{f:.6}"))),
-            Value::Bool(b) if more => Ok(NixString::plain(if *b { "1" } else { "" })),
-            Value::Null if more => Ok(NixString::plain("")),
-            Value::List(l) if more => {
-                let mut out = NixString::plain(String::new());
-                for (i, item) in l.iter().enumerate() {
-                    let s = self.coerce_to_string(item, pos, more, copy)?;
-                    out.s.push_str(&s.s);
-                    out.add_context(&s.ctx);
-                    if i + 1 < l.len() {
-                        let item = self.force(item)?;
-                        let empty_list = matches!(&item, Value::List(x) if x.is_empty());
-                        if !empty_list {
-                            out.s.push(' ');
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            other => {
-                Err(Error::eval(format!("cannot coerce {} to a string", other.type_desc())).at(pos))
-            }
-        }
-    }
-
-    /// Copy a source path into the store (cached per path), returning its store path.
-    pub fn copy_path_to_store(&self, p: &str) -> Result<String> {
-        if let Some(sp) = self.src_cache.borrow().get(p) {
-            return Ok(sp.clone());
-        }
-        let name = p.rsplit('/').next().unwrap_or("source");
-        let real = self.real_path(p);
-        let sp = self
-            .store
-            .add_path(&real, name, None)
-            .map_err(|e| Error::eval(e.to_string()))?
-            .to_absolute_path();
-        self.src_cache
-            .borrow_mut()
-            .insert(p.to_string(), sp.clone());
-        Ok(sp)
-    }
-
-    /// Where the file named `p` can be read: inside the store directory, the
-    /// location the [`Store`] gives for it (for example a `toFile` result
-    /// written into a [`crate::store::DirStore`]); anywhere else, `p` itself.
-    pub fn real_path(&self, p: &str) -> PathBuf {
-        let dir = self.store.store_dir();
-        let in_store = p
-            .strip_prefix(dir)
-            .is_some_and(|rest| rest.starts_with('/'));
-        if in_store {
-            if let Ok((sp, rest)) = StorePath::from_absolute_path_prefix(p) {
-                if let Some(real) = self.store.real_path(&sp) {
-                    let rest = rest.trim_start_matches('/');
-                    return if rest.is_empty() {
-                        real
-                    } else {
-                        real.join(rest)
-                    };
-                }
-            }
-        }
-        PathBuf::from(p)
+/// The file `import path` reads: `path/default.nix` for a directory.
+fn resolve_import_path(path: &Path) -> PathBuf {
+    if path.is_dir() {
+        path.join("default.nix")
+    } else {
+        path.to_path_buf()
     }
 }
 

@@ -312,11 +312,16 @@ mod tests {
 
     #[test]
     fn intersect_attrs_either_size() {
-        let small_first = "builtins.intersectAttrs { a = 1; c = 2; } { a = 10; b = 20; c = 30; d = 40; }";
+        let small_first =
+            "builtins.intersectAttrs { a = 1; c = 2; } { a = 10; b = 20; c = 30; d = 40; }";
         assert_eq!(eval(small_first).unwrap(), "{ a = 10; c = 30; }");
-        let big_first = "builtins.intersectAttrs { a = 10; b = 20; c = 30; d = 40; } { a = 1; c = 2; e = 5; }";
+        let big_first =
+            "builtins.intersectAttrs { a = 10; b = 20; c = 30; d = 40; } { a = 1; c = 2; e = 5; }";
         assert_eq!(eval(big_first).unwrap(), "{ a = 1; c = 2; }");
-        assert_eq!(eval("builtins.intersectAttrs { } { a = 1; }").unwrap(), "{ }");
+        assert_eq!(
+            eval("builtins.intersectAttrs { } { a = 1; }").unwrap(),
+            "{ }"
+        );
     }
 
     #[test]
@@ -338,6 +343,27 @@ mod tests {
             out,
             "[ \"/nix/store/vxjiwkjkn7x4079qvh1jkl5pn05j2aw0-foo\" \"bar\" true ]"
         );
+    }
+
+    #[test]
+    fn path_checks_its_expected_sha256() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), "hello\n").unwrap();
+        let f = dir.path().join("f").display().to_string();
+        // `nix-hash --type sha256 --base32` of the file, and the path Nix
+        // 2.8 gives it.
+        let ok = format!(
+            "builtins.path {{ path = {f}; name = \"f\"; sha256 = \"04zwf782yjwnh3q6hz5izfd6jyip8kgw6g6yj43fiqhbyhdd0dqw\"; }}"
+        );
+        let want = "\"/nix/store/xp0dpr9yz5h0fk5c5lpj7zzqjbdh3w8c-f\"";
+        assert_eq!(eval(&ok).unwrap(), want);
+        let plain = eval(&format!("builtins.path {{ path = {f}; name = \"f\"; }}")).unwrap();
+        assert_eq!(plain, want);
+        let bad = format!(
+            "builtins.path {{ path = {f}; name = \"f\"; sha256 = \"0000000000000000000000000000000000000000000000000000\"; }}"
+        );
+        let e = eval(&bad).unwrap_err();
+        assert!(e.contains("store path mismatch"), "{e}");
     }
 
     #[test]

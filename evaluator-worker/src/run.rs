@@ -288,9 +288,7 @@ mod tests {
         assert_eq!(instantiate("{ }").unwrap(), "");
         let e = format!("let d = {D} // {{ outputName = \"dev\"; }}; in d");
         assert_eq!(instantiate(&e).unwrap(), format!("{A}!dev\n"));
-        let e = format!(
-            "{{ s = {{ recurseForDerivations = true; d = {D}; }}; }}"
-        );
+        let e = format!("{{ s = {{ recurseForDerivations = true; d = {D}; }}; }}");
         assert_eq!(instantiate(&e).unwrap(), format!("{A}\n"));
         let err = instantiate("1").unwrap_err();
         assert!(err.contains("does not evaluate to a derivation"), "{err}");

@@ -151,8 +151,8 @@ async fn main() -> Result<(), BoxError> {
         .await?;
     let store_up = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut nar = cache.nar(&info).await?;
-    let store_down_bytes = tokio::io::copy(&mut nar, &mut tokio::io::sink()).await?;
+    let nar = cache.nar(&info).await?;
+    let store_down_bytes = drain(nar).await?;
     let store_down = t.elapsed().as_secs_f64();
     assert_eq!(store_down_bytes, nar_size);
 
@@ -161,16 +161,8 @@ async fn main() -> Result<(), BoxError> {
     s3.put_file(&raw_key, &nar_path).await?;
     let raw_up = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let mut raw = s3.get(&raw_key).await?.ok_or("raw object vanished")?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut raw_down_bytes = 0u64;
-    loop {
-        let n = raw.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        raw_down_bytes += n as u64;
-    }
+    let raw = s3.get(&raw_key).await?.ok_or("raw object vanished")?;
+    let raw_down_bytes = drain(raw).await?;
     let raw_down = t.elapsed().as_secs_f64();
     assert_eq!(raw_down_bytes, nar_size);
     s3.delete(&raw_key).await?;
@@ -194,6 +186,20 @@ async fn main() -> Result<(), BoxError> {
         raw_down / store_down
     );
     Ok(())
+}
+
+/// Reads a stream to its end the same way for both sides of the
+/// comparison (1 MiB reads), returning its length.
+async fn drain(mut stream: kiln_store::ByteStream) -> std::io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(total);
+        }
+        total += n as u64;
+    }
 }
 
 /// Endless pseudo-random (xorshift) bytes, incompressible like real

@@ -23,8 +23,8 @@ use crate::key::{Key, KeyKind};
 const READ_CHUNK: usize = 1 << 20;
 /// Chunks read ahead of the compressor.
 const READ_AHEAD: usize = 4;
-/// Compressed bytes gathered before they are handed to the upload.
-const FLUSH_AT: usize = 1 << 20;
+/// Most compressed bytes gathered before they are handed to the upload.
+const MAX_FLUSH: usize = 64 << 20;
 
 fn nar_key(file_hash: &Hash, compression: Compression) -> Result<Key> {
     Ok(Key::parse(&format!(
@@ -99,6 +99,22 @@ pub async fn write_nar<'a, R: AsyncRead + Unpin + Send>(
     }
 }
 
+/// Hands every whole chunk of `want` bytes at the start of `out` to
+/// `upload`, keeping the rest in `out`.
+async fn send_full(
+    upload: &mut (dyn Upload + '_),
+    out: &mut Vec<u8>,
+    want: &mut usize,
+) -> Result<()> {
+    while out.len() >= *want {
+        let rest = out.split_off(*want);
+        let full = std::mem::replace(out, rest);
+        upload.write(Bytes::from(full)).await?;
+        *want = upload.preferred_chunk().clamp(1, MAX_FLUSH);
+    }
+    Ok(())
+}
+
 /// The pipeline of [`write_nar`]: one future reads ahead into a bounded
 /// channel while the other hashes, compresses and sends.
 async fn compress_into<R: AsyncRead + Unpin + Send>(
@@ -108,6 +124,18 @@ async fn compress_into<R: AsyncRead + Unpin + Send>(
     what: &str,
 ) -> Result<NarDigests> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    // The NAR's own hash is computed by a task of its own, on another
+    // thread when the runtime has one, beside compression and file hashing.
+    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    let nar_hasher = tokio::spawn(async move {
+        let mut hasher = Hasher::new(HashAlgo::Sha256);
+        let mut size = 0u64;
+        while let Some(chunk) = hash_rx.recv().await {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+        }
+        (hasher.finish(), size)
+    });
     let feed = async move {
         loop {
             let mut buf = BytesMut::with_capacity(READ_CHUNK);
@@ -115,47 +143,53 @@ async fn compress_into<R: AsyncRead + Unpin + Send>(
                 .read_buf(&mut buf)
                 .await
                 .map_err(|e| StoreError::stream(format!("reading {what}"), e))?;
-            // A closed channel means the consumer failed; its error wins.
-            if n == 0 || tx.send(buf.freeze()).await.is_err() {
+            if n == 0 {
                 return Ok::<_, StoreError>(());
+            }
+            let chunk = buf.freeze();
+            // A closed channel means the consumer failed; its error wins.
+            if hash_tx.send(chunk.clone()).await.is_err() || tx.send(chunk).await.is_err() {
+                return Ok(());
             }
         }
     };
     let consume = async {
         let werr = |e| StoreError::stream(format!("compressing {what}"), e);
+        // Compressed bytes go to the upload in the chunks it prefers, so
+        // that a multipart upload can send them as parts without copying.
+        let mut want = upload.preferred_chunk().clamp(1, MAX_FLUSH);
         let mut enc = compression.encoder(HashingAsyncWriter::new(Vec::with_capacity(
-            FLUSH_AT + READ_CHUNK,
+            want + READ_CHUNK,
         )));
-        let mut hasher = Hasher::new(HashAlgo::Sha256);
-        let mut nar_size = 0u64;
         while let Some(chunk) = rx.recv().await {
-            hasher.update(&chunk);
-            nar_size += chunk.len() as u64;
             enc.write_all(&chunk).await.map_err(werr)?;
             let out = enc.get_mut().get_mut();
-            if out.len() >= FLUSH_AT {
-                let full = std::mem::replace(out, Vec::with_capacity(FLUSH_AT + READ_CHUNK));
-                upload.write(Bytes::from(full)).await?;
-            }
+            send_full(upload, out, &mut want).await?;
+            out.reserve((want + READ_CHUNK).saturating_sub(out.len()));
         }
         enc.shutdown().await.map_err(werr)?;
-        let (rest, file_hash, file_size) = enc.into_inner().finish();
+        let (mut rest, file_hash, file_size) = enc.into_inner().finish();
+        send_full(upload, &mut rest, &mut want).await?;
         if !rest.is_empty() {
             upload.write(Bytes::from(rest)).await?;
         }
-        Ok::<_, StoreError>(NarDigests {
-            compression,
-            nar_hash: hasher.finish(),
-            nar_size,
-            file_hash,
-            file_size,
-        })
+        Ok::<_, StoreError>((file_hash, file_size))
     };
     let (fed, consumed) = tokio::join!(feed, consume);
     // A read error ends the channel early, which the consumer cannot tell
     // from the NAR's end: the reader's verdict comes first.
     fed?;
-    consumed
+    let (file_hash, file_size) = consumed?;
+    let (nar_hash, nar_size) = nar_hasher
+        .await
+        .map_err(|e| StoreError::stream(format!("hashing {what}"), std::io::Error::other(e)))?;
+    Ok(NarDigests {
+        compression,
+        nar_hash,
+        nar_size,
+        file_hash,
+        file_size,
+    })
 }
 
 /// A compressed NAR in a temporary file, with both hashes and sizes.
@@ -260,5 +294,125 @@ mod tests {
                 assert!(stored.len() < data.len() / 4);
             }
         }
+    }
+
+    /// Records what an upload receives.
+    #[derive(Default)]
+    struct Recorder {
+        chunks: Vec<Bytes>,
+        preferred: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl Upload for Recorder {
+        fn preferred_chunk(&self) -> usize {
+            self.preferred
+        }
+        async fn write(&mut self, data: Bytes) -> Result<()> {
+            self.chunks.push(data);
+            Ok(())
+        }
+        async fn commit(self: Box<Self>, _key: &Key) -> Result<()> {
+            Ok(())
+        }
+        async fn abort(self: Box<Self>) {}
+    }
+
+    /// Yields `data`, then fails.
+    struct Failing(std::io::Cursor<Vec<u8>>);
+
+    impl AsyncRead for Failing {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if self.0.position() == self.0.get_ref().len() as u64 {
+                return std::task::Poll::Ready(Err(std::io::Error::other("disk on fire")));
+            }
+            std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn pipeline_sends_preferred_chunks_and_hashes_both_sides() {
+        let data = noise(3 * READ_CHUNK + 12_345);
+        for c in [Compression::None, Compression::Zstd, Compression::Xz] {
+            let mut rec = Recorder {
+                preferred: 100_000,
+                ..Recorder::default()
+            };
+            let d = compress_into(&mut rec, &data[..], c, "test").await.unwrap();
+            assert_eq!(d.nar_size, data.len() as u64);
+            assert_eq!(d.nar_hash, Hash::of(HashAlgo::Sha256, &data));
+            let (last, whole) = rec.chunks.split_last().unwrap();
+            assert!(whole.iter().all(|b| b.len() == 100_000), "{c:?}");
+            assert!(!last.is_empty() && last.len() <= 100_000, "{c:?}");
+            let stored: Vec<u8> = rec.chunks.concat();
+            assert_eq!(d.file_size, stored.len() as u64);
+            assert_eq!(d.file_hash, Hash::of(HashAlgo::Sha256, &stored));
+            let mut back = Vec::new();
+            c.decoder(Box::pin(std::io::Cursor::new(stored)))
+                .read_to_end(&mut back)
+                .await
+                .unwrap();
+            assert_eq!(back, data, "{c:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn written_nar_is_visible_only_after_commit() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::backend::local::LocalStore::open(root.path())
+            .await
+            .unwrap();
+        let data = noise(200_000);
+        let pending = write_nar(&store, &data[..], Compression::Zstd, tmp.path(), "t")
+            .await
+            .unwrap();
+        let key = pending.digests.key().unwrap();
+        assert!(!store.exists(&key).await.unwrap());
+        assert_eq!(pending.commit().await.unwrap(), key);
+        let stored = std::fs::read(store.object_path(&key)).unwrap();
+        let named = Hash::of(HashAlgo::Sha256, &stored).to_base32();
+        assert_eq!(key.as_str(), format!("nar/{named}.nar.zst"));
+
+        let pending = write_nar(&store, &b"other"[..], Compression::Zstd, tmp.path(), "t")
+            .await
+            .unwrap();
+        let other = pending.digests.key().unwrap();
+        pending.abort().await;
+        assert!(!store.exists(&other).await.unwrap());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn read_error_fails_and_stores_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let store = crate::backend::local::LocalStore::open(root.path())
+            .await
+            .unwrap();
+        let src = Failing(std::io::Cursor::new(noise(3 * READ_CHUNK)));
+        let e = write_nar(&store, src, Compression::Zstd, tmp.path(), "NAR of 'x'")
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("reading NAR of 'x'"), "{e}");
+        assert!(!root.path().join("nar").exists());
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
     }
 }

@@ -79,8 +79,8 @@ fn check_case(
     let v = evr.select_attr_path(root, name, args).map_err(fmt)?;
     if want["kind"] == "value" {
         evr.force_deep(&v).map_err(fmt)?;
-        let got: serde_json::Value = serde_json::from_str(&evr.print_json(&v).map_err(fmt)?)
-            .map_err(|e| e.to_string())?;
+        let got: serde_json::Value =
+            serde_json::from_str(&evr.print_json(&v).map_err(fmt)?).map_err(|e| e.to_string())?;
         if got != want["value"] {
             return Err(format!("value {got} != {}", want["value"]));
         }
@@ -94,7 +94,9 @@ fn check_case(
     let want_drv = want["drvPath"].as_str().ok_or("no expected drvPath")?;
     let sp = kiln_nix::store_path::StorePath::from_absolute_path(&drv)
         .map_err(|e| format!("drvPath '{drv}': {e}"))?;
-    let written = store.real_path(&sp).ok_or("the store has no location for it")?;
+    let written = store
+        .real_path(&sp)
+        .ok_or("the store has no location for it")?;
     let aterm = std::fs::read_to_string(&written)
         .map_err(|e| format!("reading the written {}: {e}", written.display()))?;
     let want_aterm = want["aterm"].as_str().ok_or("no expected aterm")?;
@@ -112,7 +114,9 @@ fn check_case(
         }
     }
     if aterm != want_aterm {
-        return Err(format!("aterm differs:\n  got:  {aterm}\n  want: {want_aterm}"));
+        return Err(format!(
+            "aterm differs:\n  got:  {aterm}\n  want: {want_aterm}"
+        ));
     }
     Ok(())
 }
@@ -185,7 +189,12 @@ fn stage_paths_case(eval_dir: &Path, dest: &Path) -> PathBuf {
     let src = dest.join("src");
     copy_tree(&eval_dir.join("src"), &src);
     let link = src.join("link");
-    if !link.symlink_metadata().expect("src/link").file_type().is_symlink() {
+    if !link
+        .symlink_metadata()
+        .expect("src/link")
+        .file_type()
+        .is_symlink()
+    {
         let target = std::fs::read_to_string(&link).expect("src/link contents");
         std::fs::remove_file(&link).expect("remove src/link");
         symlink(target.trim_end_matches('\n'), &link).expect("recreate src/link");
@@ -205,7 +214,11 @@ fn report(what: &str, checked: usize, fails: &[String], want: usize) {
         println!("FAIL {f}");
     }
     println!("{what}: {checked} cases checked, {} failed", fails.len());
-    assert!(fails.is_empty(), "{} {what} cases differ from Nix", fails.len());
+    assert!(
+        fails.is_empty(),
+        "{} {what} cases differ from Nix",
+        fails.len()
+    );
     assert_eq!(checked, want, "number of {what} cases checked");
 }
 
@@ -263,7 +276,10 @@ fn stage_busybox(tmp: &Path, want_sha256: &str) -> Option<PathBuf> {
         println!("SKIP: {msg}");
         return None;
     }
-    println!("busybox: {} matches the corpus (sha256 {got})", host.display());
+    println!(
+        "busybox: {} matches the corpus (sha256 {got})",
+        host.display()
+    );
     let dir = tmp.join("busybox");
     std::fs::create_dir_all(dir.join("bin")).expect("create busybox/bin");
     std::fs::copy(host, dir.join("bin/busybox")).expect("copy busybox");

@@ -190,8 +190,9 @@ fn derivation_strict(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             }
         }
     }
-    let drv_err =
-        |e: kiln_nix::derivation::DerivationError| Error::eval(format!("derivation '{name}': {e}")).at(pos);
+    let drv_err = |e: kiln_nix::derivation::DerivationError| {
+        Error::eval(format!("derivation '{name}': {e}")).at(pos)
+    };
     let mut outputs = BTreeMap::new();
     if let Some(h) = hash {
         if out_names != ["out"] {
@@ -219,7 +220,8 @@ fn derivation_strict(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
                 .at(pos))
             }
         };
-        let out = DerivationOutput::fixed(&name, FixedOutputHash { method, hash }).map_err(drv_err)?;
+        let out =
+            DerivationOutput::fixed(&name, FixedOutputHash { method, hash }).map_err(drv_err)?;
         outputs.insert("out".to_string(), out);
     } else {
         for o in &out_names {

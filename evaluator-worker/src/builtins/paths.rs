@@ -72,7 +72,8 @@ fn read_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = coerce_path(ev, &a[0], pos)?;
-    let rd = std::fs::read_dir(ev.real_path(&p)).map_err(|e| io("reading directory", &p, e).at(pos))?;
+    let rd =
+        std::fs::read_dir(ev.real_path(&p)).map_err(|e| io("reading directory", &p, e).at(pos))?;
     let mut entries = Vec::new();
     for ent in rd {
         let ent = ent.map_err(|e| io("reading directory", &p, e).at(pos))?;
@@ -140,9 +141,10 @@ fn to_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             ))
             .at(pos));
         }
-        refs.insert(StorePath::from_absolute_path(c).map_err(|e| {
-            Error::eval(format!("in 'toFile' of '{}': {e}", name.s)).at(pos)
-        })?);
+        refs.insert(
+            StorePath::from_absolute_path(c)
+                .map_err(|e| Error::eval(format!("in 'toFile' of '{}': {e}", name.s)).at(pos))?,
+        );
     }
     let p = ev
         .store
@@ -157,8 +159,8 @@ fn hash_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let algo = HashAlgo::from_name(&algo.s)
         .map_err(|_| Error::eval(format!("unknown hash algorithm '{}'", algo.s)).at(pos))?;
     let p = coerce_path(ev, &a[1], pos)?;
-    let mut file = std::fs::File::open(ev.real_path(&p))
-        .map_err(|e| io("opening file", &p, e).at(pos))?;
+    let mut file =
+        std::fs::File::open(ev.real_path(&p)).map_err(|e| io("opening file", &p, e).at(pos))?;
     let mut h = kiln_nix::hash::Hasher::new(algo);
     std::io::copy(&mut file, &mut h).map_err(|e| io("reading file", &p, e).at(pos))?;
     Ok(Value::string(h.finish().to_base16()))
@@ -284,8 +286,32 @@ fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         Some(f) => Some(ev.expect_function(f, pos)?),
         None => None,
     };
-    if let Some(h) = args.get("sha256") {
-        let _ = ev.expect_string(h, pos)?;
+    let expected = match args.get("sha256") {
+        Some(h) => {
+            let h = ev.expect_string(h, pos)?;
+            let hash = kiln_nix::hash::Hash::parse_any(&h.s, Some(HashAlgo::Sha256))
+                .map_err(|e| Error::eval(format!("invalid sha256 '{}': {e}", h.s)).at(pos))?;
+            let sp = kiln_nix::store_path::make_fixed_output_path(
+                &name,
+                kiln_nix::store_path::FileIngestionMethod::Recursive,
+                &hash,
+                &BTreeSet::new(),
+            )
+            .map_err(|e| Error::eval(e.to_string()).at(pos))?;
+            Some(sp.to_absolute_path())
+        }
+        None => None,
+    };
+    let v = add_filtered(ev, &p, &name, filter, pos)?;
+    if let Some(want) = expected {
+        let got = ev.expect_string(&v, pos)?;
+        if got.s != want {
+            return Err(Error::eval(format!(
+                "store path mismatch in (possibly filtered) path added from '{p}': expected '{want}', got '{}'",
+                got.s
+            ))
+            .at(pos));
+        }
     }
-    add_filtered(ev, &p, &name, filter, pos)
+    Ok(v)
 }

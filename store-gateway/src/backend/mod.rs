@@ -85,6 +85,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 /// An object being written by [`Store::begin_upload`].
 #[async_trait]
 pub trait Upload: Send {
+    /// The size of the chunks [`Upload::write`] handles best (a whole
+    /// part, for multipart uploads); writers may send any size.
+    fn preferred_chunk(&self) -> usize {
+        1 << 20
+    }
+
     /// Appends `data`; may wait while earlier bytes are still in flight,
     /// which bounds the memory an upload holds.
     async fn write(&mut self, data: Bytes) -> Result<()>;

@@ -175,7 +175,12 @@ impl S3Upload {
                 .send()
                 .await
                 .map_err(|e| {
-                    failure(&bucket, "UploadPart", &key, DisplayErrorContext(e).to_string())
+                    failure(
+                        &bucket,
+                        "UploadPart",
+                        &key,
+                        DisplayErrorContext(e).to_string(),
+                    )
                 })?;
             Ok(CompletedPart::builder()
                 .part_number(number)
@@ -311,20 +316,17 @@ impl S3Upload {
     }
 
     async fn commit_large(&mut self, key: &Key, upload_id: String) -> Result<()> {
-        let t0 = std::time::Instant::now();
         if let Err(e) = self.complete(&upload_id).await {
             self.in_flight.abort_all();
             self.store.abort(&self.staging, &upload_id).await;
             return Err(e);
         }
-        eprintln!("P9 complete {:?}", t0.elapsed());
         let okey = self.store.config.object_key(key);
         let copied = match self.store.exists(key).await {
             Ok(true) => Ok(()),
             Ok(false) => self.copy_to(&okey).await,
             Err(e) => Err(e),
         };
-        eprintln!("P9 copied {:?}", t0.elapsed());
         let removed = self
             .store
             .client
@@ -346,8 +348,22 @@ impl S3Upload {
 
 #[async_trait]
 impl Upload for S3Upload {
-    async fn write(&mut self, data: Bytes) -> Result<()> {
+    fn preferred_chunk(&self) -> usize {
+        part_size(self.base_part, self.next_part)
+    }
+
+    async fn write(&mut self, mut data: Bytes) -> Result<()> {
         self.size += data.len() as u64;
+        // Whole parts of a chunk handed over at a part boundary are sent
+        // as they are, without copying.
+        while self.buf.is_empty() {
+            let want = part_size(self.base_part, self.next_part);
+            if data.len() < want {
+                break;
+            }
+            let part = data.split_to(want);
+            self.send_part(part).await?;
+        }
         self.buf.extend_from_slice(&data);
         loop {
             let want = part_size(self.base_part, self.next_part);
@@ -386,10 +402,7 @@ impl Drop for S3Upload {
         if self.settled {
             return;
         }
-        if let (Some(id), Ok(rt)) = (
-            self.upload_id.take(),
-            tokio::runtime::Handle::try_current(),
-        ) {
+        if let (Some(id), Ok(rt)) = (self.upload_id.take(), tokio::runtime::Handle::try_current()) {
             let store = self.store.clone();
             let staging = self.staging.clone();
             rt.spawn(async move { store.abort(&staging, &id).await });
