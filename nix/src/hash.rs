@@ -222,8 +222,9 @@ impl Hash {
         if !sri && body.len() == size * 2 {
             let mut digest = Vec::with_capacity(size);
             for i in 0..size {
-                let byte = u8::from_str_radix(body.get(2 * i..2 * i + 2).ok_or_else(|| bad(16))?, 16)
-                    .map_err(|_| bad(16))?;
+                let byte =
+                    u8::from_str_radix(body.get(2 * i..2 * i + 2).ok_or_else(|| bad(16))?, 16)
+                        .map_err(|_| bad(16))?;
                 digest.push(byte);
             }
             Ok(Hash { algo, digest })
@@ -350,15 +351,32 @@ mod tests {
             h.to_base16(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
-        assert_eq!(h.to_base32(), "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73");
-        assert_eq!(h.to_sri(), "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=");
-        for enc in [Encoding::Base16, Encoding::Base32, Encoding::Base64, Encoding::Sri] {
+        assert_eq!(
+            h.to_base32(),
+            "0mdqa9w1p6cmli6976v4wi0sw9r4p5prkj7lzfd1877wk11c9c73"
+        );
+        assert_eq!(
+            h.to_sri(),
+            "sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU="
+        );
+        for enc in [
+            Encoding::Base16,
+            Encoding::Base32,
+            Encoding::Base64,
+            Encoding::Sri,
+        ] {
             assert_eq!(Hash::parse_any_prefixed(&h.encode(enc, true)).unwrap(), h);
             if enc != Encoding::Sri {
-                assert_eq!(Hash::parse_any(&h.encode(enc, false), Some(HashAlgo::Sha256)).unwrap(), h);
+                assert_eq!(
+                    Hash::parse_any(&h.encode(enc, false), Some(HashAlgo::Sha256)).unwrap(),
+                    h
+                );
             }
         }
-        assert_eq!(Hash::of(HashAlgo::Md5, b"").to_base16(), "d41d8cd98f00b204e9800998ecf8427e");
+        assert_eq!(
+            Hash::of(HashAlgo::Md5, b"").to_base16(),
+            "d41d8cd98f00b204e9800998ecf8427e"
+        );
         assert_eq!(
             Hash::of(HashAlgo::Sha1, b"").to_base16(),
             "da39a3ee5e6b4b0d3255bfef95601890afd80709"
@@ -368,9 +386,18 @@ mod tests {
 
     #[test]
     fn refuses_bad_hashes() {
-        assert!(matches!(Hash::parse_any_prefixed("sha257:00"), Err(HashError::UnknownAlgo(_))));
-        assert!(matches!(Hash::parse_any_prefixed("abcd"), Err(HashError::MissingAlgo(_))));
-        assert!(matches!(Hash::parse_any_prefixed("sha256:abcd"), Err(HashError::WrongLength { .. })));
+        assert!(matches!(
+            Hash::parse_any_prefixed("sha257:00"),
+            Err(HashError::UnknownAlgo(_))
+        ));
+        assert!(matches!(
+            Hash::parse_any_prefixed("abcd"),
+            Err(HashError::MissingAlgo(_))
+        ));
+        assert!(matches!(
+            Hash::parse_any_prefixed("sha256:abcd"),
+            Err(HashError::WrongLength { .. })
+        ));
         let h = Hash::of(HashAlgo::Sha1, b"x").to_sri();
         assert!(matches!(
             Hash::parse_any(&h, Some(HashAlgo::Sha256)),

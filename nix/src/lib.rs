@@ -6,9 +6,9 @@
 
 pub mod derivation;
 pub mod hash;
-pub mod nixbase32;
-pub mod store_path;
-pub mod signing;
-pub mod narinfo;
 pub mod nar;
+pub mod narinfo;
+pub mod nixbase32;
 pub mod refscan;
+pub mod signing;
+pub mod store_path;

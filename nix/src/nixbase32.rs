@@ -115,8 +115,14 @@ mod tests {
     #[test]
     fn rejects_bad_input() {
         assert_eq!(decode(b"e0"), Err(DecodeError::InvalidChar('e')));
-        assert!(matches!(decode_exact(b"zz", 1), Err(DecodeError::Overflow(1))));
-        assert!(matches!(decode_exact(b"000", 1), Err(DecodeError::InvalidLength { .. })));
+        assert!(matches!(
+            decode_exact(b"zz", 1),
+            Err(DecodeError::Overflow(1))
+        ));
+        assert!(matches!(
+            decode_exact(b"000", 1),
+            Err(DecodeError::InvalidLength { .. })
+        ));
     }
 
     proptest::proptest! {
