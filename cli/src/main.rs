@@ -3,11 +3,10 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod build;
 mod hash;
 mod instantiate;
 mod nar;
-// The renderer of job events for `kiln build`, which is being wired up next.
-#[allow(dead_code)]
 mod progress;
 mod store_cmds;
 
@@ -20,6 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Evaluate, schedule and build derivations in one process, like `nix-build`.
+    Build(build::Args),
     /// Serialise or restore Nix archives (NAR).
     #[command(subcommand)]
     Nar(nar::NarCommand),
@@ -39,6 +40,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Build(a) => build::run(a),
         Command::Nar(c) => nar::run(c),
         Command::Hash(c) => hash::run(c),
         Command::Instantiate(a) => instantiate::run(a),

@@ -19,7 +19,7 @@ use kiln_store::url::StoreUrl;
 use serde::Serialize;
 
 /// Options every store command shares.
-#[derive(Args, Debug, Clone)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct StoreOpts {
     /// Accept only paths signed by this public key (`name:base64`);
     /// repeatable.
@@ -88,7 +88,7 @@ pub struct GatewayArgs {
     upload_token_file: Option<PathBuf>,
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -124,7 +124,11 @@ fn secret_keys(files: &[PathBuf]) -> Result<Vec<SecretKey>> {
         .collect()
 }
 
-async fn open_cache(url: &str, opts: &StoreOpts, cache_opts: CacheOptions) -> Result<BinaryCache> {
+pub(crate) async fn open_cache(
+    url: &str,
+    opts: &StoreOpts,
+    cache_opts: CacheOptions,
+) -> Result<BinaryCache> {
     let token = opts.token_file.as_ref().map(read_token).transpose()?;
     let store = StoreUrl::parse(url)?.open(env, token).await?;
     let mut cache_opts = cache_opts;

@@ -15,6 +15,7 @@ pub mod run;
 pub mod store;
 pub mod strlit;
 pub mod value;
+pub mod worker;
 
 pub use error::{Error, ErrorKind, Result};
 pub use eval::{Eval, SearchPathEntry};

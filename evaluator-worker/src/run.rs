@@ -79,25 +79,7 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     if req.parse_only {
         return Ok(String::new());
     }
-    let mut entries = Vec::new();
-    for (name, a) in &req.args {
-        let v = match a {
-            AutoArg::Str(s) => Value::string(s.clone()),
-            AutoArg::Expr(e) => {
-                let ex = evr.parse_string(e, &req.cwd).map_err(fmt)?;
-                Value::Thunk(crate::value::Thunk::new(
-                    crate::eval::Env::new(Vec::new(), None),
-                    ex,
-                ))
-            }
-        };
-        entries.push(crate::value::Attr {
-            name: name.as_str().into(),
-            value: v,
-            pos: None,
-        });
-    }
-    let args = crate::value::Attrs::from_unsorted(entries);
+    let args = auto_args(&evr, &req.args, &req.cwd).map_err(fmt)?;
     let root = evr.eval_expr(&expr).map_err(fmt)?;
     let paths = if req.attr_paths.is_empty() {
         vec![String::new()]
@@ -108,8 +90,12 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     for p in paths {
         let v = evr.select_attr_path(&root, &p, &args).map_err(fmt)?;
         if !req.eval {
-            for d in collect_drvs(&evr, &v, &args).map_err(fmt)? {
-                out.push_str(&d);
+            for r in roots(&evr, &v, &args).map_err(fmt)? {
+                out.push_str(&r.drv_path);
+                if r.output != "out" {
+                    out.push('!');
+                    out.push_str(&r.output);
+                }
                 out.push('\n');
             }
             continue;
@@ -218,14 +204,48 @@ const NO_POS: crate::pos::Pos = crate::pos::Pos {
     col: 1,
 };
 
-/// The lines `nix-instantiate` (without `--eval`) prints for `v`: one
-/// `.drv` path per derivation found, with `!output` for an output other
-/// than `out`.
-fn collect_drvs(
+/// The `--arg`/`--argstr` values as the attribute set functions are
+/// auto-called with; expressions resolve relative paths against `cwd`.
+pub fn auto_args(
     evr: &Evaluator,
-    v: &Value,
-    args: &crate::value::Attrs,
-) -> crate::Result<Vec<String>> {
+    args: &[(String, AutoArg)],
+    cwd: &std::path::Path,
+) -> crate::Result<crate::value::Attrs> {
+    let mut entries = Vec::new();
+    for (name, a) in args {
+        let v = match a {
+            AutoArg::Str(s) => Value::string(s.clone()),
+            AutoArg::Expr(e) => {
+                let ex = evr.parse_string(e, cwd)?;
+                Value::Thunk(crate::value::Thunk::new(
+                    crate::eval::Env::new(Vec::new(), None),
+                    ex,
+                ))
+            }
+        };
+        entries.push(crate::value::Attr {
+            name: name.as_str().into(),
+            value: v,
+            pos: None,
+        });
+    }
+    Ok(crate::value::Attrs::from_unsorted(entries))
+}
+
+/// A derivation found in a value, as `nix-instantiate` and `nix-build` see
+/// it: its `.drv` path, the selected output and that output's path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    /// The `.drv` store path.
+    pub drv_path: String,
+    /// `outputName` (`out` unless an output was selected).
+    pub output: String,
+    /// The selected output's path (`outPath`).
+    pub out_path: String,
+}
+
+/// The derivations in `v`, found as Nix's `getDerivations` does.
+pub fn roots(evr: &Evaluator, v: &Value, args: &crate::value::Attrs) -> crate::Result<Vec<Root>> {
     let mut c = DrvCollector {
         evr,
         args,
@@ -233,28 +253,32 @@ fn collect_drvs(
         found: Vec::new(),
     };
     c.derivations(v)?;
-    let mut lines = Vec::with_capacity(c.found.len());
+    let mut found = Vec::with_capacity(c.found.len());
     for a in &c.found {
         let drv = a
             .get("drvPath")
             .ok_or_else(|| crate::Error::eval("derivation has no 'drvPath' attribute"))?;
-        let drv = evr.ev.coerce_to_string(drv, NO_POS, false, false)?.s;
+        let drv_path = evr.ev.coerce_to_string(drv, NO_POS, false, false)?.s;
         let output = match a.get("outputName") {
             Some(o) => evr.ev.expect_string(o, NO_POS)?.s.clone(),
             None => String::new(),
         };
         if output.is_empty() {
             return Err(crate::Error::eval(format!(
-                "derivation '{drv}' lacks an 'outputName' attribute"
+                "derivation '{drv_path}' lacks an 'outputName' attribute"
             )));
         }
-        lines.push(if output == "out" {
-            drv
-        } else {
-            format!("{drv}!{output}")
+        let out = a
+            .get("outPath")
+            .ok_or_else(|| crate::Error::eval("derivation has no 'outPath' attribute"))?;
+        let out_path = evr.ev.coerce_to_string(out, NO_POS, false, false)?.s;
+        found.push(Root {
+            drv_path,
+            output,
+            out_path,
         });
     }
-    Ok(lines)
+    Ok(found)
 }
 
 #[cfg(test)]

@@ -57,6 +57,14 @@ pub enum StoreError {
     /// The realiser could not build an output.
     #[error("cannot realise '{0}': {1}")]
     Realise(String, String),
+    /// Uploading an added path to Kiln's store failed.
+    #[error("uploading '{path}' to the store: {message}")]
+    Upload {
+        /// The store path.
+        path: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// Decides which entries below a path added with a filter are kept: called

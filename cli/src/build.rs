@@ -1,0 +1,313 @@
+//! `kiln build`: evaluate, schedule and build in one process, like
+//! `nix-build`. The coordinator, an evaluator worker and a builder worker
+//! run as tasks talking over the in-memory transport, with a local (or any)
+//! store; the CLI only submits the job and renders its events.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use kiln_nix::store_path::StorePath;
+use kiln_protocol::memory::MemoryTransport;
+use kiln_protocol::{
+    ArgValue, AutoArg, Envelope, EvalRoot, Event, ExprSource, JobOptions, JobSpec, Message, Route,
+    SearchPathEntry, Transport,
+};
+use kiln_store::cache::{BinaryCache, CacheOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::progress::{drv_name, Mode, Progress};
+use crate::store_cmds::{open_cache, runtime, StoreOpts};
+
+/// `kiln build`.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// File to evaluate (default: ./default.nix).
+    #[arg(value_name = "FILE", conflicts_with = "file_flag")]
+    pub file: Option<PathBuf>,
+    /// File to evaluate.
+    #[arg(short = 'f', long = "file", id = "file_flag", value_name = "FILE")]
+    pub file_flag: Option<PathBuf>,
+    /// Evaluate this expression instead of a file.
+    #[arg(short = 'E', long = "expr")]
+    pub expr: Option<String>,
+    /// Attribute to build (repeatable).
+    #[arg(short = 'A', long = "attr")]
+    pub attr: Vec<String>,
+    /// `--arg NAME EXPR`: automatic argument given as a Nix expression.
+    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"])]
+    pub arg: Vec<String>,
+    /// `--argstr NAME STRING`: automatic argument given as a string.
+    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "STRING"])]
+    pub argstr: Vec<String>,
+    /// Add `[NAME=]PATH` to the search path.
+    #[arg(short = 'I')]
+    pub include: Vec<String>,
+    /// Build everything that can be built after a failure.
+    #[arg(short = 'k', long = "keep-going")]
+    pub keep_going: bool,
+    /// Builds at once.
+    #[arg(short = 'j', long = "max-jobs", default_value_t = 1)]
+    pub jobs: usize,
+    /// Store (directory, `file://`, `s3://…`, `http(s)://…`); default
+    /// `~/.cache/kiln/store`.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Name of the result link.
+    #[arg(short = 'o', long = "out-link", default_value = "result")]
+    pub out_link: PathBuf,
+    /// Make no result link.
+    #[arg(long = "no-out-link")]
+    pub no_out_link: bool,
+    /// Print the job's events as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `~/.cache/kiln` (or `$XDG_CACHE_HOME/kiln`).
+fn kiln_home() -> Result<PathBuf> {
+    if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
+        return Ok(PathBuf::from(x).join("kiln"));
+    }
+    let home = std::env::var_os("HOME").context("HOME is not set; pass --store")?;
+    Ok(PathBuf::from(home).join(".cache/kiln"))
+}
+
+fn spec(args: &Args) -> Result<JobSpec> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let source = match (&args.expr, args.file.as_ref().or(args.file_flag.as_ref())) {
+        (Some(text), _) => ExprSource::Expr {
+            text: text.clone(),
+            base_dir: cwd.display().to_string(),
+        },
+        (None, file) => {
+            let file = file
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from("default.nix"));
+            let file = cwd.join(file);
+            if !file.exists() {
+                bail!("file '{}' does not exist", file.display());
+            }
+            ExprSource::File {
+                path: file.display().to_string(),
+            }
+        }
+    };
+    let mut auto = Vec::new();
+    for pair in args.arg.chunks(2) {
+        auto.push(AutoArg {
+            name: pair[0].clone(),
+            value: ArgValue::Expr(pair[1].clone()),
+        });
+    }
+    for pair in args.argstr.chunks(2) {
+        auto.push(AutoArg {
+            name: pair[0].clone(),
+            value: ArgValue::Str(pair[1].clone()),
+        });
+    }
+    let mut search_path: Vec<SearchPathEntry> = args
+        .include
+        .iter()
+        .map(|i| match i.split_once('=') {
+            Some((p, path)) => SearchPathEntry {
+                prefix: Some(p.to_string()),
+                path: path.to_string(),
+            },
+            None => SearchPathEntry {
+                prefix: None,
+                path: i.clone(),
+            },
+        })
+        .collect();
+    if let Ok(np) = std::env::var("NIX_PATH") {
+        search_path.extend(np.split(':').filter(|e| !e.is_empty()).map(
+            |e| match e.split_once('=') {
+                Some((p, path)) => SearchPathEntry {
+                    prefix: Some(p.to_string()),
+                    path: path.to_string(),
+                },
+                None => SearchPathEntry {
+                    prefix: None,
+                    path: e.to_string(),
+                },
+            },
+        ));
+    }
+    Ok(JobSpec {
+        job_id: uuid::Uuid::new_v4(),
+        source,
+        attr_paths: args.attr.clone(),
+        args: auto,
+        search_path,
+        options: JobOptions {
+            keep_going: args.keep_going,
+            max_jobs: args.jobs.max(1) as u32,
+            ..JobOptions::default()
+        },
+    })
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let spec = spec(&args)?;
+    let home = kiln_home()?;
+    let store_url = match &args.store {
+        Some(s) => s.clone(),
+        None => home.join("store").display().to_string(),
+    };
+    let mode = if args.json {
+        Mode::Json
+    } else if std::io::stderr().is_terminal() {
+        Mode::Live
+    } else {
+        Mode::Plain
+    };
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let cache_opts = CacheOptions {
+            temp_dir: home.join("tmp"),
+            ..CacheOptions::default()
+        };
+        std::fs::create_dir_all(&cache_opts.temp_dir)
+            .with_context(|| format!("creating '{}'", cache_opts.temp_dir.display()))?;
+        let cache = Arc::new(open_cache(&store_url, &StoreOpts::default(), cache_opts).await?);
+        cache.ensure_cache_info().await?;
+        let realised = home.join("realised");
+        let outcome = run_job(&args, spec, cache.clone(), &home, &realised, mode).await?;
+        finish(&args, &cache, &realised, outcome).await
+    })
+}
+
+struct Outcome {
+    success: bool,
+    roots: Vec<EvalRoot>,
+    failures: Vec<(String, String, Vec<String>)>,
+    eval_error: Option<String>,
+}
+
+async fn run_job(
+    args: &Args,
+    spec: JobSpec,
+    cache: Arc<BinaryCache>,
+    home: &Path,
+    realised: &Path,
+    mode: Mode,
+) -> Result<Outcome> {
+    let transport = MemoryTransport::new();
+    let t: Arc<dyn Transport> = Arc::new(transport.clone());
+    let shutdown = CancellationToken::new();
+    let coordinator = tokio::spawn(kiln_coordinator::run(
+        t.clone(),
+        cache.clone(),
+        kiln_coordinator::CoordinatorConfig::default(),
+        shutdown.clone(),
+    ));
+    let evaluator = tokio::spawn(kiln_evaluator::worker::run(
+        t.clone(),
+        cache.clone(),
+        kiln_evaluator::worker::EvalWorkerConfig {
+            work_dir: home.join("eval"),
+        },
+        shutdown.clone(),
+    ));
+    let mut wc = kiln_builder::worker::WorkerConfig::new("local", realised);
+    wc.builder.max_jobs = args.jobs.max(1);
+    let builder = tokio::spawn(kiln_builder::worker::run(
+        t.clone(),
+        cache.clone(),
+        wc,
+        shutdown.clone(),
+    ));
+
+    let job_id = spec.job_id;
+    let mut events = transport.subscribe(&Route::JobEvents(job_id)).await?;
+    transport
+        .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
+        .await?;
+    let mut progress = Progress::new(mode);
+    let mut failures = Vec::new();
+    let mut eval_error = None;
+    let outcome = loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {
+                transport
+                    .publish(&Route::Jobs, &Envelope::new(Message::CancelJob { job_id }), 0)
+                    .await?;
+            }
+            d = events.next() => {
+                let Some(d) = d? else { bail!("the job's event stream closed") };
+                let Message::JobEvent(ev) = d.envelope.body else { continue };
+                progress.event(&ev);
+                match ev.event {
+                    Event::Failed { drv_path, reason, log_tail } => {
+                        let tail = if log_tail.is_empty() { progress.tail(&drv_path).to_vec() } else { log_tail };
+                        failures.push((drv_path, reason, tail));
+                    }
+                    Event::EvalFinished { error: Some(e) } => eval_error = Some(e),
+                    Event::JobFinished { success, roots, .. } => {
+                        break Outcome { success, roots, failures, eval_error };
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    progress.finish();
+    shutdown.cancel();
+    let _ = coordinator.await;
+    let _ = evaluator.await;
+    let _ = builder.await;
+    Ok(outcome)
+}
+
+async fn finish(args: &Args, cache: &BinaryCache, realised: &Path, o: Outcome) -> Result<ExitCode> {
+    if let Some(e) = &o.eval_error {
+        eprintln!("{e}");
+    }
+    for (drv, reason, tail) in &o.failures {
+        eprintln!("error: {reason}");
+        if !tail.is_empty() {
+            eprintln!("       last {} log lines of {}:", tail.len(), drv_name(drv));
+            for l in tail {
+                eprintln!("       > {}", crate::progress::sanitize(l));
+            }
+        }
+    }
+    if !o.success {
+        if o.failures.len() > 1 {
+            eprintln!("error: {} derivations failed", o.failures.len());
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    let mut out = std::io::stdout().lock();
+    for (i, root) in o.roots.iter().enumerate() {
+        for (output, path) in &root.outputs {
+            let sp =
+                StorePath::from_absolute_path(path).with_context(|| format!("output '{path}'"))?;
+            kiln_store::realise::realise(cache, std::slice::from_ref(&sp), realised, 8)
+                .await
+                .with_context(|| format!("fetching '{path}' from the store"))?;
+            if !args.no_out_link {
+                let mut link = args.out_link.as_os_str().to_owned();
+                if i > 0 {
+                    link.push(format!("-{}", i + 1));
+                }
+                if output != "out" {
+                    link.push(format!("-{output}"));
+                }
+                let link = PathBuf::from(link);
+                if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+                    std::fs::remove_file(&link)
+                        .with_context(|| format!("replacing '{}'", link.display()))?;
+                }
+                std::os::unix::fs::symlink(realised.join(sp.base_name()), &link)
+                    .with_context(|| format!("creating the link '{}'", link.display()))?;
+            }
+            use std::io::Write;
+            writeln!(out, "{path}")?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,93 @@
+//! `kiln build` end to end: the bundled example builds for real in the
+//! sandbox (with the host's dash and glibc as its toolchain), links
+//! `result`, prints the output path; a second run builds nothing; a failing
+//! derivation makes the command fail and names it with its log tail.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn kiln(cache: &Path, cwd: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("XDG_CACHE_HOME", cache)
+        .current_dir(cwd)
+        .output()
+        .expect("running kiln")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn builds_the_example_then_finds_it_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = kiln_tests::workspace_root().join("examples/default.nix");
+    let example = example.to_str().unwrap();
+    let cache = tmp.path().join("cache");
+
+    let first = kiln(&cache, tmp.path(), &["build", "-f", example, "-A", "hello"]);
+    let stderr = text(&first.stderr);
+    assert!(first.status.success(), "kiln build failed:\n{stderr}");
+    let printed = text(&first.stdout);
+    assert!(
+        printed.trim().starts_with("/nix/store/") && printed.trim().ends_with("-hello-2.12"),
+        "{printed}"
+    );
+    let content = std::fs::read_to_string(tmp.path().join("result")).unwrap();
+    assert_eq!(content, "Hello, world!\nbuilt with libgreet 1.0\n");
+    assert!(
+        stderr.contains("job succeeded: 3 built, 0 cached"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.chars().any(|c| c.is_control() && c != '\n'),
+        "plain output has no control characters"
+    );
+
+    let second = kiln(
+        &cache,
+        tmp.path(),
+        &["build", "-f", example, "-A", "hello", "--no-out-link"],
+    );
+    let stderr = text(&second.stderr);
+    assert!(second.status.success(), "{stderr}");
+    assert_eq!(text(&second.stdout), printed);
+    assert!(
+        stderr.contains("0 built"),
+        "second run built something:\n{stderr}"
+    );
+    assert!(!stderr.contains("building "), "{stderr}");
+}
+
+#[test]
+fn a_failing_build_fails_the_command_and_shows_its_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bootstrap = kiln_tests::workspace_root().join("examples/bootstrap.nix");
+    let expr = format!(
+        "(import {} {{ }}).mkDerivation {{ name = \"broken\"; script = ''echo about to fail; exit 3''; }}",
+        bootstrap.display()
+    );
+    let out = kiln(
+        &tmp.path().join("cache"),
+        tmp.path(),
+        &["build", "-E", &expr, "--json"],
+    );
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "a failing build succeeded");
+    assert!(
+        stderr.contains("broken.drv") && stderr.contains("failed with exit code 3"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("about to fail"), "log tail shown: {stderr}");
+    let stdout = text(&out.stdout);
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        events.iter().any(|e| e["event"]["event"] == "failed"),
+        "{stdout}"
+    );
+    assert!(!tmp.path().join("result").exists());
+}

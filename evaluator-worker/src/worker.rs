@@ -1,0 +1,287 @@
+//! The evaluator worker: consumes evaluation requests from a transport,
+//! evaluates each job on its own big-stack thread, and publishes every
+//! derivation the moment it is instantiated, then the job's roots and the
+//! end of evaluation. Sources copied to the store during evaluation are
+//! uploaded to the binary cache so builders can fetch them.
+//!
+//! Import from derivation is not served yet: reading a derivation output
+//! during evaluation fails with a clear error.
+
+use std::cell::RefCell;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use kiln_nix::store_path::StorePath;
+use kiln_protocol::{
+    ArgValue, DerivationMsg, Envelope, EvalFinished, EvalRoot, ExprSource, JobSpec, Message, Route,
+    Transport, TransportError,
+};
+use kiln_store::cache::{BinaryCache, PathMeta};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::run::{auto_args, roots, AutoArg};
+use crate::store::{DerivationSink, DirStore, PathFilter, Store, StoreError};
+use crate::{Evaluator, Options, SearchPathEntry};
+
+/// Settings of an evaluator worker.
+#[derive(Debug, Clone)]
+pub struct EvalWorkerConfig {
+    /// Where sources and `toFile` texts are written while evaluating.
+    pub work_dir: PathBuf,
+}
+
+/// Runs the worker until `shutdown` is cancelled.
+pub async fn run(
+    transport: Arc<dyn Transport>,
+    cache: Arc<BinaryCache>,
+    config: EvalWorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), TransportError> {
+    let mut sub = transport.subscribe(&Route::Eval).await?;
+    loop {
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            n = sub.next() => n,
+        };
+        let delivery = match next {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                warn!(error = %e, "dropped a malformed evaluation request");
+                continue;
+            }
+        };
+        if let Message::EvalRequest(spec) = delivery.envelope.body.clone() {
+            evaluate_job(&transport, &cache, &config, spec).await?;
+        }
+        delivery.ack().await?;
+    }
+}
+
+/// Evaluates one job, streaming its messages to the coordinator.
+async fn evaluate_job(
+    transport: &Arc<dyn Transport>,
+    cache: &Arc<BinaryCache>,
+    config: &EvalWorkerConfig,
+    spec: JobSpec,
+) -> Result<(), TransportError> {
+    let job_id = spec.job_id;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let handle = tokio::runtime::Handle::current();
+    let cache = cache.clone();
+    let work_dir = config.work_dir.clone();
+    let eval = tokio::task::spawn_blocking(move || {
+        crate::with_big_stack(move || evaluate(spec, tx, cache, handle, &work_dir))
+            .unwrap_or_else(|_| Err("the evaluator crashed".to_string()))
+    });
+    while let Some(msg) = rx.recv().await {
+        transport
+            .publish(&Route::Derivations, &Envelope::new(msg), 0)
+            .await?;
+    }
+    let error = match eval.await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(format!("the evaluator crashed: {e}")),
+    };
+    let done = Message::EvalFinished(EvalFinished { job_id, error });
+    transport
+        .publish(&Route::Derivations, &Envelope::new(done), 0)
+        .await
+}
+
+/// Runs on the evaluation thread.
+fn evaluate(
+    spec: JobSpec,
+    tx: mpsc::UnboundedSender<Message>,
+    cache: Arc<BinaryCache>,
+    handle: tokio::runtime::Handle,
+    work_dir: &Path,
+) -> Result<(), String> {
+    let dir = work_dir.join(spec.job_id.to_string());
+    let store = DirStore::new(&dir).map_err(|e| e.to_string())?;
+    let store = Rc::new(CacheStore {
+        dir: store,
+        cache,
+        handle,
+        uploaded: RefCell::new(BTreeSet::new()),
+    });
+    let search_path = spec
+        .search_path
+        .iter()
+        .map(|e| match &e.prefix {
+            Some(p) => SearchPathEntry::parse(&format!("{p}={}", e.path)),
+            None => SearchPathEntry::parse(&e.path),
+        })
+        .collect();
+    let mut evr = Evaluator::new(Options {
+        search_path,
+        store: Some(store.clone()),
+        ..Default::default()
+    });
+    evr.ev.sink = Some(Rc::new(ChannelSink {
+        job_id: spec.job_id,
+        tx: tx.clone(),
+    }));
+    let result = evaluate_roots(&evr, &spec, &tx);
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+fn evaluate_roots(
+    evr: &Evaluator,
+    spec: &JobSpec,
+    tx: &mpsc::UnboundedSender<Message>,
+) -> Result<(), String> {
+    let fmt = |e: crate::Error| evr.format_error(&e, false);
+    let (expr, cwd) = match &spec.source {
+        ExprSource::File { path } => {
+            let path = PathBuf::from(path);
+            let cwd = path.parent().map(Path::to_path_buf).unwrap_or_default();
+            (evr.parse_file(&path).map_err(fmt)?, cwd)
+        }
+        ExprSource::Expr { text, base_dir } => {
+            let cwd = PathBuf::from(base_dir);
+            (evr.parse_string(text, &cwd).map_err(fmt)?, cwd)
+        }
+    };
+    let args: Vec<(String, AutoArg)> = spec
+        .args
+        .iter()
+        .map(|a| {
+            let v = match &a.value {
+                ArgValue::Expr(e) => AutoArg::Expr(e.clone()),
+                ArgValue::Str(s) => AutoArg::Str(s.clone()),
+            };
+            (a.name.clone(), v)
+        })
+        .collect();
+    let args = auto_args(evr, &args, &cwd).map_err(fmt)?;
+    let root = evr.eval_expr(&expr).map_err(fmt)?;
+    let paths = if spec.attr_paths.is_empty() {
+        vec![String::new()]
+    } else {
+        spec.attr_paths.clone()
+    };
+    for p in paths {
+        let v = evr.select_attr_path(&root, &p, &args).map_err(fmt)?;
+        for r in roots(evr, &v, &args).map_err(fmt)? {
+            let msg = Message::EvalRoot(EvalRoot {
+                job_id: spec.job_id,
+                attr_path: p.clone(),
+                drv_path: r.drv_path,
+                outputs: [(r.output, r.out_path)].into_iter().collect(),
+            });
+            let _ = tx.send(msg);
+        }
+    }
+    Ok(())
+}
+
+/// Hands each instantiated derivation to the forwarding task.
+struct ChannelSink {
+    job_id: uuid::Uuid,
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+impl DerivationSink for ChannelSink {
+    fn derivation(&self, drv_path: &str, aterm: &str) {
+        let _ = self.tx.send(Message::Derivation(DerivationMsg {
+            job_id: self.job_id,
+            drv_path: drv_path.to_string(),
+            aterm: aterm.to_string(),
+        }));
+    }
+}
+
+/// Writes what evaluation adds into a directory and uploads sources and
+/// texts (not `.drv` files, which travel as messages) to the binary cache.
+struct CacheStore {
+    dir: DirStore,
+    cache: Arc<BinaryCache>,
+    handle: tokio::runtime::Handle,
+    uploaded: RefCell<BTreeSet<StorePath>>,
+}
+
+impl CacheStore {
+    fn upload(&self, path: &StorePath, refs: &BTreeSet<StorePath>) -> Result<(), StoreError> {
+        if path.name().ends_with(".drv") || self.uploaded.borrow().contains(path) {
+            return Ok(());
+        }
+        let local = self
+            .dir
+            .real_path(path)
+            .ok_or_else(|| upload_error(path, "not written locally".into()))?;
+        let cache = self.cache.clone();
+        let meta = PathMeta {
+            path: path.clone(),
+            references: refs.clone(),
+            deriver: None,
+            system: None,
+            ca: None,
+            sigs: BTreeSet::new(),
+            expected: None,
+        };
+        self.handle
+            .block_on(async move {
+                if cache.has_paths(&[meta.path.hash_part()]).await?[0] {
+                    return Ok(());
+                }
+                let (reader, writer) = tokio::io::duplex(1 << 20);
+                let dump = tokio::task::spawn_blocking(move || {
+                    let bridge = tokio_util::io::SyncIoBridge::new(writer);
+                    kiln_nix::nar::write_path(&local, bridge).map(|_| ())
+                });
+                let stored = cache.add_path(meta, reader).await;
+                if let Ok(Err(e)) = dump.await {
+                    return Err(kiln_store::StoreError::Format {
+                        context: "serialising a source".into(),
+                        message: e.to_string(),
+                    });
+                }
+                stored.map(|_| ())
+            })
+            .map_err(|e| upload_error(path, e.to_string()))?;
+        self.uploaded.borrow_mut().insert(path.clone());
+        Ok(())
+    }
+}
+
+fn upload_error(path: &StorePath, message: String) -> StoreError {
+    StoreError::Upload {
+        path: path.to_absolute_path(),
+        message,
+    }
+}
+
+impl Store for CacheStore {
+    fn add_path(
+        &self,
+        path: &Path,
+        name: &str,
+        filter: Option<&mut PathFilter<'_>>,
+    ) -> Result<StorePath, StoreError> {
+        let sp = self.dir.add_path(path, name, filter)?;
+        self.upload(&sp, &BTreeSet::new())?;
+        Ok(sp)
+    }
+
+    fn add_text(
+        &self,
+        name: &str,
+        text: &str,
+        refs: &BTreeSet<StorePath>,
+    ) -> Result<StorePath, StoreError> {
+        let sp = self.dir.add_text(name, text, refs)?;
+        self.upload(&sp, refs)?;
+        Ok(sp)
+    }
+
+    fn real_path(&self, path: &StorePath) -> Option<PathBuf> {
+        self.dir.real_path(path)
+    }
+}
