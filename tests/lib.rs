@@ -350,3 +350,17 @@ pub mod store_fixtures {
         }
     }
 }
+
+/// A binary cache over a fresh local store in `dir/store`, staging in `dir`.
+pub async fn local_cache(dir: &std::path::Path) -> std::sync::Arc<kiln_store::cache::BinaryCache> {
+    let store = kiln_store::backend::local::LocalStore::open(dir.join("store"))
+        .await
+        .expect("opening a local store");
+    std::sync::Arc::new(kiln_store::cache::BinaryCache::new(
+        std::sync::Arc::new(store),
+        kiln_store::cache::CacheOptions {
+            temp_dir: dir.to_path_buf(),
+            ..kiln_store::cache::CacheOptions::default()
+        },
+    ))
+}

@@ -24,27 +24,11 @@ use crate::store_cmds::{open_cache, runtime, StoreOpts};
 /// `kiln build`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// File to evaluate (default: ./default.nix).
-    #[arg(value_name = "FILE", conflicts_with = "file_flag")]
-    pub file: Option<PathBuf>,
-    /// File to evaluate.
-    #[arg(short = 'f', long = "file", id = "file_flag", value_name = "FILE")]
+    #[command(flatten)]
+    pub expr: crate::expr_args::ExprArgs,
+    /// File to evaluate (as `nix-build -f`).
+    #[arg(short = 'f', long = "file", value_name = "FILE")]
     pub file_flag: Option<PathBuf>,
-    /// Evaluate this expression instead of a file.
-    #[arg(short = 'E', long = "expr")]
-    pub expr: Option<String>,
-    /// Attribute to build (repeatable).
-    #[arg(short = 'A', long = "attr")]
-    pub attr: Vec<String>,
-    /// `--arg NAME EXPR`: automatic argument given as a Nix expression.
-    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"])]
-    pub arg: Vec<String>,
-    /// `--argstr NAME STRING`: automatic argument given as a string.
-    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "STRING"])]
-    pub argstr: Vec<String>,
-    /// Add `[NAME=]PATH` to the search path.
-    #[arg(short = 'I')]
-    pub include: Vec<String>,
     /// Build everything that can be built after a failure.
     #[arg(short = 'k', long = "keep-going")]
     pub keep_going: bool,
@@ -77,7 +61,13 @@ fn kiln_home() -> Result<PathBuf> {
 
 fn spec(args: &Args) -> Result<JobSpec> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
-    let source = match (&args.expr, args.file.as_ref().or(args.file_flag.as_ref())) {
+    if args.expr.file.is_some() && args.file_flag.is_some() {
+        bail!("give the file either as an argument or with -f, not both");
+    }
+    let source = match (
+        &args.expr.expr,
+        args.expr.file.as_ref().or(args.file_flag.as_ref()),
+    ) {
         (Some(text), _) => ExprSource::Expr {
             text: text.clone(),
             base_dir: cwd.display().to_string(),
@@ -96,50 +86,40 @@ fn spec(args: &Args) -> Result<JobSpec> {
         }
     };
     let mut auto = Vec::new();
-    for pair in args.arg.chunks(2) {
+    for (name, e) in args.expr.exprs() {
         auto.push(AutoArg {
-            name: pair[0].clone(),
-            value: ArgValue::Expr(pair[1].clone()),
+            name: name.clone(),
+            value: ArgValue::Expr(e.clone()),
         });
     }
-    for pair in args.argstr.chunks(2) {
+    for (name, s) in args.expr.strs() {
         auto.push(AutoArg {
-            name: pair[0].clone(),
-            value: ArgValue::Str(pair[1].clone()),
+            name: name.clone(),
+            value: ArgValue::Str(s.clone()),
         });
     }
-    let mut search_path: Vec<SearchPathEntry> = args
+    let nix_path = std::env::var("NIX_PATH").unwrap_or_default();
+    let search_path: Vec<SearchPathEntry> = args
+        .expr
         .include
         .iter()
-        .map(|i| match i.split_once('=') {
+        .map(String::as_str)
+        .chain(nix_path.split(':').filter(|e| !e.is_empty()))
+        .map(|e| match e.split_once('=') {
             Some((p, path)) => SearchPathEntry {
                 prefix: Some(p.to_string()),
                 path: path.to_string(),
             },
             None => SearchPathEntry {
                 prefix: None,
-                path: i.clone(),
+                path: e.to_string(),
             },
         })
         .collect();
-    if let Ok(np) = std::env::var("NIX_PATH") {
-        search_path.extend(np.split(':').filter(|e| !e.is_empty()).map(
-            |e| match e.split_once('=') {
-                Some((p, path)) => SearchPathEntry {
-                    prefix: Some(p.to_string()),
-                    path: path.to_string(),
-                },
-                None => SearchPathEntry {
-                    prefix: None,
-                    path: e.to_string(),
-                },
-            },
-        ));
-    }
     Ok(JobSpec {
         job_id: uuid::Uuid::new_v4(),
         source,
-        attr_paths: args.attr.clone(),
+        attr_paths: args.expr.attr.clone(),
         args: auto,
         search_path,
         options: JobOptions {

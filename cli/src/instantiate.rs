@@ -3,29 +3,13 @@
 use anyhow::Context;
 use kiln_evaluator::run::{eval_request, AutoArg, Request};
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Flags compatible with `nix-instantiate`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// File to evaluate (default: ./default.nix).
-    pub file: Option<PathBuf>,
-    /// Evaluate this expression instead of a file.
-    #[arg(short = 'E', long = "expr")]
-    pub expr: Option<String>,
-    /// Select an attribute (repeatable).
-    #[arg(short = 'A', long = "attr")]
-    pub attr: Vec<String>,
-    /// `--arg NAME EXPR`: automatic argument given as a Nix expression.
-    #[arg(long = "arg", num_args = 2, value_names = ["NAME", "EXPR"])]
-    pub arg: Vec<String>,
-    /// `--argstr NAME STRING`: automatic argument given as a string.
-    #[arg(long = "argstr", num_args = 2, value_names = ["NAME", "STRING"])]
-    pub argstr: Vec<String>,
-    /// Add `[NAME=]PATH` to the search path.
-    #[arg(short = 'I')]
-    pub include: Vec<String>,
+    #[command(flatten)]
+    pub expr: crate::expr_args::ExprArgs,
     /// Evaluate and print the value.
     #[arg(long)]
     pub eval: bool,
@@ -51,10 +35,10 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut req = Request {
-        file: args.file,
-        expr: args.expr,
-        attr_paths: args.attr,
-        include: args.include,
+        file: args.expr.file.clone(),
+        expr: args.expr.expr.clone(),
+        attr_paths: args.expr.attr.clone(),
+        include: args.expr.include.clone(),
         nix_path: std::env::var("NIX_PATH").ok(),
         eval: args.eval,
         strict: args.strict,
@@ -65,13 +49,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cwd: std::env::current_dir().context("current directory")?,
         ..Default::default()
     };
-    for pair in args.arg.chunks(2) {
-        req.args
-            .push((pair[0].clone(), AutoArg::Expr(pair[1].clone())));
+    for (name, e) in args.expr.exprs() {
+        req.args.push((name.clone(), AutoArg::Expr(e.clone())));
     }
-    for pair in args.argstr.chunks(2) {
-        req.args
-            .push((pair[0].clone(), AutoArg::Str(pair[1].clone())));
+    for (name, s) in args.expr.strs() {
+        req.args.push((name.clone(), AutoArg::Str(s.clone())));
     }
     let result = kiln_evaluator::with_big_stack(move || eval_request(&req))
         .map_err(|_| anyhow::anyhow!("the evaluator panicked"))?;

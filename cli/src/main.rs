@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod build;
+mod expr_args;
 mod hash;
 mod instantiate;
 mod nar;

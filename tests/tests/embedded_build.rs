@@ -13,8 +13,6 @@ use kiln_protocol::{
     ArgValue, AutoArg, DrvStatus, Envelope, Event, ExprSource, JobOptions, JobSpec, Message, Route,
     Transport,
 };
-use kiln_store::backend::local::LocalStore;
-use kiln_store::cache::{BinaryCache, CacheOptions};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,14 +21,7 @@ async fn a_job_is_evaluated_scheduled_and_built_like_nix() {
     let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else {
         return;
     };
-    let store = Arc::new(LocalStore::open(tmp.path().join("store")).await.unwrap());
-    let cache = Arc::new(BinaryCache::new(
-        store,
-        CacheOptions {
-            temp_dir: tmp.path().to_path_buf(),
-            ..CacheOptions::default()
-        },
-    ));
+    let cache = kiln_tests::local_cache(tmp.path()).await;
     let transport = MemoryTransport::new();
     let shutdown = CancellationToken::new();
     let t: Arc<dyn Transport> = Arc::new(transport.clone());

@@ -17,8 +17,7 @@ use kiln_protocol::{
     DerivationMsg, DrvStatus, Envelope, EvalFinished, EvalRoot, Event, ExprSource, JobOptions,
     JobSpec, Message, Route, Transport,
 };
-use kiln_store::backend::local::LocalStore;
-use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
+use kiln_store::cache::{BinaryCache, PathMeta};
 use tokio_util::sync::CancellationToken;
 
 struct Case {
@@ -161,14 +160,7 @@ async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
     let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else {
         return;
     };
-    let store = Arc::new(LocalStore::open(tmp.path().join("store")).await.unwrap());
-    let cache = Arc::new(BinaryCache::new(
-        store,
-        CacheOptions {
-            temp_dir: tmp.path().to_path_buf(),
-            ..CacheOptions::default()
-        },
-    ));
+    let cache = kiln_tests::local_cache(tmp.path()).await;
     add_busybox(&cache, &busybox).await;
 
     let transport = MemoryTransport::new();
