@@ -248,7 +248,7 @@ async fn fixed_output_hashes_are_verified() {
         );
         env.build(&r, &env.options())
             .await
-            .unwrap_or_else(|e| panic!("{algo:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{algo:?}: {e}: {e:?}"));
     }
     // Recursive sha1: the hash of the NAR of a one-file directory.
     let mut r = recipe("echo hello > $out");
