@@ -471,11 +471,28 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
             };
             libc::setrlimit(libc::RLIMIT_CORE, &lim)
         }
-        Step::Exec => libc::execve(
-            plan.program.as_ptr(),
-            plan.argv_ptrs.as_ptr(),
-            plan.envp_ptrs.as_ptr(),
-        ),
+        Step::Exec => {
+            // A child cloned by another thread may briefly hold a write
+            // descriptor to a just-written binary until it execs itself
+            // (ETXTBSY); retry for up to ~1 s, as Go's os/exec does.
+            let mut tries = 0;
+            loop {
+                let r = libc::execve(
+                    plan.program.as_ptr(),
+                    plan.argv_ptrs.as_ptr(),
+                    plan.envp_ptrs.as_ptr(),
+                );
+                if *libc::__errno_location() != libc::ETXTBSY || tries == 100 {
+                    break r;
+                }
+                tries += 1;
+                let pause = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 10_000_000,
+                };
+                libc::nanosleep(&pause, std::ptr::null_mut());
+            }
+        }
     }
 }
 
