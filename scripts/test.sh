@@ -31,6 +31,11 @@ fi
 log "KILN_SHARED=${KILN_SHARED:-<unset>} S3=$KILN_S3_ENDPOINT/$KILN_S3_BUCKET CI=${CI:-<unset>}"
 
 mkdir -p "$LOG_DIR"
+# Incremental artefacts only help repeated edits; in a one-shot run they
+# double the target directory.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+disk() { df -h "$ROOT" 2>/dev/null | awk 'NR == 2 { print $4 " free on " $6 }'; }
+log "disk: $(disk)"
 BUILD_LOG="$LOG_DIR/build.log"
 TEST_LOG="$LOG_DIR/test.log"
 
@@ -55,12 +60,12 @@ for attempt in 1 2 3 4 5; do
         fi
     done
     if [ "$added" = 0 ] || [ "$attempt" = 5 ]; then
-        log "FAILED: build did not compile after $((SECONDS - T1))s (full log: $BUILD_LOG)"
+        log "FAILED: build did not compile after $((SECONDS - T1))s (full log: $BUILD_LOG; disk: $(disk))"
         exit 1
     fi
     log "does not compile: ${BROKEN[*]}; building the rest"
 done
-log "build done in $((SECONDS - T1))s"
+log "build done in $((SECONDS - T1))s (target: $(du -sh "$ROOT/target" 2>/dev/null | cut -f1); disk: $(disk))"
 
 log "running tests (log: $TEST_LOG)"
 T2=$SECONDS

@@ -51,7 +51,7 @@ pub struct Args {
 }
 
 /// `~/.cache/kiln` (or `$XDG_CACHE_HOME/kiln`).
-fn kiln_home() -> Result<PathBuf> {
+pub(crate) fn kiln_home() -> Result<PathBuf> {
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("kiln"));
     }
@@ -130,13 +130,19 @@ fn spec(args: &Args) -> Result<JobSpec> {
     })
 }
 
+/// The store named on the command line, else the embedded default
+/// (`~/.cache/kiln/store`).
+pub(crate) fn default_store(given: Option<&str>) -> Result<String> {
+    match given {
+        Some(s) => Ok(s.to_string()),
+        None => Ok(kiln_home()?.join("store").display().to_string()),
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let spec = spec(&args)?;
     let home = kiln_home()?;
-    let store_url = match &args.store {
-        Some(s) => s.clone(),
-        None => home.join("store").display().to_string(),
-    };
+    let store_url = default_store(args.store.as_deref())?;
     let mode = if args.json {
         Mode::Json
     } else if std::io::stderr().is_terminal() {

@@ -36,6 +36,8 @@ enum Command {
     PathInfo(store_cmds::PathInfoArgs),
     /// Serve a store over HTTP as a Nix binary cache.
     StoreGateway(store_cmds::GatewayArgs),
+    /// Print a build's log from the store.
+    Log(store_cmds::LogArgs),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +50,7 @@ fn main() -> ExitCode {
         Command::Copy(a) => store_cmds::run_copy(a),
         Command::PathInfo(a) => store_cmds::run_path_info(a),
         Command::StoreGateway(a) => store_cmds::run_gateway(a),
+        Command::Log(a) => store_cmds::run_log(a),
     };
     match result {
         Ok(code) => code,

@@ -71,6 +71,20 @@ pub struct PathInfoArgs {
     paths: Vec<String>,
 }
 
+/// `kiln log`.
+#[derive(Args, Debug)]
+pub struct LogArgs {
+    /// Store holding the log; the embedded default store when omitted.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    #[command(flatten)]
+    opts: StoreOpts,
+    /// The derivation (`/nix/store/…drv`, or its base name), or one of its
+    /// outputs when the store knows the output's deriver.
+    #[arg(value_name = "DRV")]
+    path: String,
+}
+
 /// `kiln store-gateway`.
 #[derive(Args, Debug)]
 pub struct GatewayArgs {
@@ -300,4 +314,38 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
+}
+
+/// Runs `kiln log`: prints a build's log as stored under `log/<drv>`.
+pub fn run_log(args: LogArgs) -> Result<ExitCode> {
+    let url = crate::build::default_store(args.store.as_deref())?;
+    let given = if args.path.starts_with('/') {
+        args.path.clone()
+    } else {
+        format!("{}/{}", kiln_nix::store_path::STORE_DIR, args.path)
+    };
+    let path = parse_path(&given)?;
+    runtime()?.block_on(async {
+        let cache = open_cache(&url, &args.opts, CacheOptions::default()).await?;
+        // An output path leads to its derivation through the narinfo's Deriver.
+        let drv = if path.name().ends_with(".drv") {
+            path
+        } else {
+            let info = cache
+                .path_info(&path)
+                .await?
+                .with_context(|| format!("'{given}' is not in the store '{url}'"))?;
+            info.deriver
+                .with_context(|| format!("the store does not record which derivation built '{given}'"))?
+        };
+        let log = cache
+            .get_log(&drv)
+            .await?
+            .with_context(|| format!("no build log of '{}' in the store '{url}'", drv.to_absolute_path()))?;
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        out.write_all(&log)?;
+        out.flush()?;
+        Ok(ExitCode::SUCCESS)
+    })
 }

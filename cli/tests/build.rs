@@ -26,7 +26,9 @@ fn builds_the_example_then_finds_it_cached() {
     let example = example.to_str().unwrap();
     let cache = tmp.path().join("cache");
 
+    let first_started = std::time::Instant::now();
     let first = kiln(&cache, tmp.path(), &["build", "-f", example, "-A", "hello"]);
+    let first_took = first_started.elapsed();
     let stderr = text(&first.stderr);
     assert!(first.status.success(), "kiln build failed:\n{stderr}");
     let printed = text(&first.stdout);
@@ -45,11 +47,13 @@ fn builds_the_example_then_finds_it_cached() {
         "plain output has no control characters"
     );
 
+    let second_started = std::time::Instant::now();
     let second = kiln(
         &cache,
         tmp.path(),
         &["build", "-f", example, "-A", "hello", "--no-out-link"],
     );
+    let second_took = second_started.elapsed();
     let stderr = text(&second.stderr);
     assert!(second.status.success(), "{stderr}");
     assert_eq!(text(&second.stdout), printed);
@@ -58,6 +62,14 @@ fn builds_the_example_then_finds_it_cached() {
         "second run built something:\n{stderr}"
     );
     assert!(!stderr.contains("building "), "{stderr}");
+    assert!(
+        second_took * 10 < first_took,
+        "the cached run took {second_took:?}, the first {first_took:?}"
+    );
+
+    // The log of an output's build, found through its deriver.
+    let log = kiln(&cache, tmp.path(), &["log", printed.trim()]);
+    assert!(log.status.success(), "{}", text(&log.stderr));
 }
 
 #[test]
@@ -85,9 +97,22 @@ fn a_failing_build_fails_the_command_and_shows_its_log() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(
-        events.iter().any(|e| e["event"]["event"] == "failed"),
-        "{stdout}"
-    );
+    let failed = events
+        .iter()
+        .find(|e| e["event"]["event"] == "failed")
+        .unwrap_or_else(|| panic!("no failed event: {stdout}"));
     assert!(!tmp.path().join("result").exists());
+
+    // `kiln log` prints the stored log of the failed build.
+    let drv = failed["event"]["drv_path"].as_str().unwrap();
+    let log = kiln(&tmp.path().join("cache"), tmp.path(), &["log", drv]);
+    assert!(log.status.success(), "{}", text(&log.stderr));
+    assert!(text(&log.stdout).contains("about to fail"), "{}", text(&log.stdout));
+    let missing = kiln(
+        &tmp.path().join("cache"),
+        tmp.path(),
+        &["log", "/nix/store/00000000000000000000000000000000-none.drv"],
+    );
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("no build log"), "{}", text(&missing.stderr));
 }

@@ -166,12 +166,15 @@ impl Eval {
     }
 
     fn parse_file_uncached(&self, p: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        let text = std::fs::read_to_string(p).map_err(|e| {
-            Error::new(ErrorKind::Io {
-                msg: format!("opening file: {e}:"),
-                path: p.display().to_string(),
-            })
-        })?;
+        let text = match crate::corepkgs::source(p) {
+            Some(text) => text.to_string(),
+            None => std::fs::read_to_string(p).map_err(|e| {
+                Error::new(ErrorKind::Io {
+                    msg: format!("opening file: {e}:"),
+                    path: p.display().to_string(),
+                })
+            })?,
+        };
         let dir = p
             .parent()
             .map(|d| d.display().to_string())

@@ -4,6 +4,7 @@
 //! Entry point: [`Evaluator`]. Run deep evaluations inside [`with_big_stack`].
 
 pub mod builtins;
+pub mod corepkgs;
 pub mod error;
 pub mod eval;
 pub mod ir;
@@ -12,6 +13,7 @@ pub mod ops;
 pub mod pos;
 pub mod print;
 pub mod run;
+pub mod show;
 pub mod store;
 pub mod strlit;
 pub mod value;

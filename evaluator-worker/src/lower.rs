@@ -91,6 +91,16 @@ impl<'a> Lowerer<'a> {
         }
     }
 
+    /// The name of an identifier node, interned; reads the token's text
+    /// in place instead of collecting the node's text into a new string.
+    fn ident(&mut self, id: &ast::Ident) -> Symbol {
+        let node = id.syntax();
+        match node.first_token() {
+            Some(t) if t.text_range() == node.text_range() => self.sym(t.text()),
+            _ => self.sym(&node.text().to_string()),
+        }
+    }
+
     fn sym(&mut self, s: &str) -> Symbol {
         if let Some(v) = self.names.get(s) {
             return v.clone();
@@ -219,7 +229,7 @@ impl<'a> Lowerer<'a> {
                 ast::LiteralKind::Uri(u) => Expr::Const(Value::string(u.syntax().text())),
             },
             ast::Expr::Ident(id) => {
-                let name = self.sym(&id.syntax().text().to_string());
+                let name = self.ident(&id);
                 self.lookup(&name, pos, 0)?
             }
             ast::Expr::Str(s) => self.lower_str(s, pos)?,
@@ -346,15 +356,15 @@ impl<'a> Lowerer<'a> {
 
     fn lower_binop(&mut self, b: &ast::BinOp, pos: Pos) -> Result<Expr> {
         use ast::BinOpKind as K;
-        let op_pos = b
+        // One scan finds the operator token: its kind and its position.
+        let (kind, op_pos) = b
             .syntax()
             .children_with_tokens()
             .filter_map(|c| c.into_token())
-            .find(|t| ast::BinOpKind::from_kind(t.kind()).is_some())
-            .map(|t| self.pos_of(t.text_range().start()))
-            .unwrap_or(pos);
-        let kind = b
-            .operator()
+            .find_map(|t| {
+                ast::BinOpKind::from_kind(t.kind())
+                    .map(|k| (k, self.pos_of(t.text_range().start())))
+            })
             .ok_or_else(|| self.err(pos, "syntax error, unknown operator"))?;
         let op = match kind {
             K::Concat => BinOp::Concat,
@@ -393,7 +403,7 @@ impl<'a> Lowerer<'a> {
         match param {
             ast::Param::IdentParam(ip) => {
                 let id = self.child(ip.ident(), pos)?;
-                let name = self.sym(&id.syntax().text().to_string());
+                let name = self.ident(&id);
                 self.scopes.push(Scope::vars(vec![name.clone()]));
                 let body = self.child(l.body(), pos).and_then(|b| self.lower(&b));
                 self.scopes.pop();
@@ -411,7 +421,7 @@ impl<'a> Lowerer<'a> {
                 let mut positions = Vec::new();
                 for entry in pat.pat_entries() {
                     let id = self.child(entry.ident(), pos)?;
-                    let name = self.sym(&id.syntax().text().to_string());
+                    let name = self.ident(&id);
                     if names.contains(&name) {
                         return Err(self.err(
                             self.pos(&id),
@@ -425,7 +435,7 @@ impl<'a> Lowerer<'a> {
                 let at = match pat.pat_bind() {
                     Some(b) => {
                         let id = self.child(b.ident(), pos)?;
-                        let name = self.sym(&id.syntax().text().to_string());
+                        let name = self.ident(&id);
                         if names.contains(&name) {
                             return Err(self.err(
                                 self.pos(&id),

@@ -77,7 +77,7 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         }
     };
     if req.parse_only {
-        return Ok(String::new());
+        return parsed_text(req);
     }
     let args = auto_args(&evr, &req.args, &req.cwd).map_err(fmt)?;
     let root = evr.eval_expr(&expr).map_err(fmt)?;
@@ -115,6 +115,29 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         out.push_str(&text);
     }
     Ok(out)
+}
+
+/// `--parse`: the expression as Nix 2.8 prints its parse tree.
+fn parsed_text(req: &Request) -> Result<String, String> {
+    let home = std::env::var("HOME").unwrap_or_default();
+    if let Some(text) = &req.expr {
+        return crate::show::show_parsed(text, &req.cwd.display().to_string(), &home);
+    }
+    let file = req
+        .file
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("default.nix"));
+    let mut file = req.cwd.join(file);
+    if file.is_dir() {
+        file.push("default.nix");
+    }
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("error: opening file '{}': {e}", file.display()))?;
+    let base = file
+        .parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "/".into());
+    crate::show::show_parsed(&text, &base, &home)
 }
 
 /// Whether an attribute name is one `nix-instantiate` looks into

@@ -4,8 +4,11 @@
 //! end of evaluation. Sources copied to the store during evaluation are
 //! uploaded to the binary cache so builders can fetch them.
 //!
-//! Import from derivation is not served yet: reading a derivation output
-//! during evaluation fails with a clear error.
+//! Import from derivation: when evaluation reads a derivation output, the
+//! worker sends an [`IfdRequest`] (after the derivations it needs, on the
+//! same forwarding channel), waits for the coordinator's answer on the job's
+//! reply route, and realises the outputs from the store into the job's work
+//! directory, where the evaluator reads them.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
@@ -15,8 +18,8 @@ use std::sync::Arc;
 
 use kiln_nix::store_path::StorePath;
 use kiln_protocol::{
-    ArgValue, DerivationMsg, Envelope, EvalFinished, EvalRoot, ExprSource, JobSpec, Message, Route,
-    Transport, TransportError,
+    ArgValue, DerivationMsg, Envelope, EvalFinished, EvalRoot, ExprSource, IfdRequest, JobSpec,
+    Message, Route, Subscription, Transport, TransportError,
 };
 use kiln_store::cache::{BinaryCache, PathMeta};
 use tokio::sync::mpsc;
@@ -24,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::run::{auto_args, roots, AutoArg};
-use crate::store::{DerivationSink, DirStore, PathFilter, Store, StoreError};
+use crate::store::{DerivationSink, DirStore, PathFilter, Realiser, Store, StoreError};
 use crate::{Evaluator, Options, SearchPathEntry};
 
 /// Settings of an evaluator worker.
@@ -74,13 +77,22 @@ async fn evaluate_job(
     let handle = tokio::runtime::Handle::current();
     let cache = cache.clone();
     let work_dir = config.work_dir.clone();
+    // Subscribed before evaluation starts, so no answer can be missed.
+    let replies = transport.subscribe(&Route::IfdReply(job_id)).await?;
     let eval = tokio::task::spawn_blocking(move || {
-        crate::with_big_stack(move || evaluate(spec, tx, cache, handle, &work_dir))
+        crate::with_big_stack(move || evaluate(spec, tx, cache, handle, replies, &work_dir))
             .unwrap_or_else(|_| Err("the evaluator crashed".to_string()))
     });
     while let Some(msg) = rx.recv().await {
+        // IFD requests jump the queue; everything else is the derivation
+        // stream. Both go through this one channel, so a request always
+        // follows the derivations it depends on.
+        let (route, priority) = match msg {
+            Message::IfdRequest(_) => (Route::Ifd, 9),
+            _ => (Route::Derivations, 0),
+        };
         transport
-            .publish(&Route::Derivations, &Envelope::new(msg), 0)
+            .publish(&route, &Envelope::new(msg), priority)
             .await?;
     }
     let error = match eval.await {
@@ -100,10 +112,23 @@ fn evaluate(
     tx: mpsc::UnboundedSender<Message>,
     cache: Arc<BinaryCache>,
     handle: tokio::runtime::Handle,
+    replies: Box<dyn Subscription>,
     work_dir: &Path,
 ) -> Result<(), String> {
     let dir = work_dir.join(spec.job_id.to_string());
     let store = DirStore::new(&dir).map_err(|e| e.to_string())?;
+    let sink = Rc::new(ChannelSink {
+        job_id: spec.job_id,
+        tx: tx.clone(),
+        aterms: RefCell::default(),
+    });
+    let realiser = Rc::new(IfdRealiser {
+        sink: sink.clone(),
+        replies: RefCell::new(replies),
+        cache: cache.clone(),
+        handle: handle.clone(),
+        dir: dir.clone(),
+    });
     let store = Rc::new(CacheStore {
         dir: store,
         cache,
@@ -123,10 +148,8 @@ fn evaluate(
         store: Some(store.clone()),
         ..Default::default()
     });
-    evr.ev.sink = Some(Rc::new(ChannelSink {
-        job_id: spec.job_id,
-        tx: tx.clone(),
-    }));
+    evr.ev.sink = Some(sink);
+    evr.ev.realiser = Some(realiser);
     let result = evaluate_roots(&evr, &spec, &tx);
     let _ = std::fs::remove_dir_all(&dir);
     result
@@ -182,19 +205,90 @@ fn evaluate_roots(
     Ok(())
 }
 
-/// Hands each instantiated derivation to the forwarding task.
+/// Hands each instantiated derivation to the forwarding task, and keeps
+/// their ATerms for import-from-derivation requests.
 struct ChannelSink {
     job_id: uuid::Uuid,
     tx: mpsc::UnboundedSender<Message>,
+    aterms: RefCell<std::collections::HashMap<String, String>>,
 }
 
 impl DerivationSink for ChannelSink {
     fn derivation(&self, drv_path: &str, aterm: &str) {
+        self.aterms
+            .borrow_mut()
+            .insert(drv_path.to_string(), aterm.to_string());
         let _ = self.tx.send(Message::Derivation(DerivationMsg {
             job_id: self.job_id,
             drv_path: drv_path.to_string(),
             aterm: aterm.to_string(),
         }));
+    }
+}
+
+/// Import from derivation over the transport: asks the coordinator to build
+/// a derivation this job instantiated, waits for the answer, and realises
+/// the outputs (with their closure) from the store into the job's directory,
+/// where [`CacheStore::real_path`] finds them.
+struct IfdRealiser {
+    sink: Rc<ChannelSink>,
+    replies: RefCell<Box<dyn Subscription>>,
+    cache: Arc<BinaryCache>,
+    handle: tokio::runtime::Handle,
+    dir: PathBuf,
+}
+
+impl Realiser for IfdRealiser {
+    fn realise(&self, drv_path: &str, outputs: &[String]) -> Result<Vec<PathBuf>, StoreError> {
+        let fail = |why: String| StoreError::Realise(drv_path.to_string(), why);
+        let aterm = self.sink.aterms.borrow().get(drv_path).cloned().ok_or_else(|| {
+            fail("the derivation was not instantiated by this evaluation".into())
+        })?;
+        let request_id = uuid::Uuid::new_v4();
+        self.sink
+            .tx
+            .send(Message::IfdRequest(IfdRequest {
+                job_id: self.sink.job_id,
+                request_id,
+                drv_path: drv_path.to_string(),
+                aterm,
+                outputs: outputs.to_vec(),
+            }))
+            .map_err(|_| fail("the worker is shutting down".into()))?;
+        let mut replies = self.replies.borrow_mut();
+        let built = self.handle.block_on(async {
+            loop {
+                let delivery = match replies.next().await {
+                    Ok(Some(d)) => d,
+                    Ok(None) => return Err("the coordinator went away".to_string()),
+                    Err(e) => {
+                        warn!(error = %e, "dropped a malformed IFD reply");
+                        continue;
+                    }
+                };
+                let body = delivery.envelope.body.clone();
+                let _ = delivery.ack().await;
+                match body {
+                    Message::IfdResponse(r) if r.request_id == request_id => return r.result,
+                    _ => continue,
+                }
+            }
+        });
+        let built = built.map_err(fail)?;
+        let mut paths = Vec::with_capacity(outputs.len());
+        for output in outputs {
+            let path = built
+                .get(output)
+                .ok_or_else(|| fail(format!("the build has no output '{output}'")))?;
+            paths.push(
+                StorePath::from_absolute_path(path)
+                    .map_err(|e| fail(format!("bad output path '{path}': {e}")))?,
+            );
+        }
+        self.handle
+            .block_on(kiln_store::realise::realise(&self.cache, &paths, &self.dir, 4))
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(paths.iter().map(|p| self.dir.join(p.base_name())).collect())
     }
 }
 

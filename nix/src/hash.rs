@@ -126,9 +126,11 @@ impl Hash {
 
     /// Lower-case hexadecimal digest.
     pub fn to_base16(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut s = String::with_capacity(self.digest.len() * 2);
         for b in &self.digest {
-            s.push_str(&format!("{b:02x}"));
+            s.push(HEX[usize::from(b >> 4)] as char);
+            s.push(HEX[usize::from(b & 0xf)] as char);
         }
         s
     }

@@ -103,7 +103,8 @@ impl StorePath {
             digest,
             name: name.to_string(),
         };
-        check_name(&path.base_name(), name)?;
+        // The full base name is only needed for an error message.
+        check_name(name, || path.base_name())?;
         Ok(path)
     }
 
@@ -132,7 +133,7 @@ impl StorePath {
         }
         // The first 33 bytes are ASCII, so slicing there is safe.
         let name = &base[HASH_PART_LEN + 1..];
-        check_name(base, name)?;
+        check_name(name, || base.to_string())?;
         let decoded =
             nixbase32::decode_exact(&bytes[..HASH_PART_LEN], DIGEST_LEN).map_err(|_| {
                 StorePathError::BadHashChar {
@@ -192,24 +193,32 @@ impl StorePath {
 
     /// `/nix/store/<hash>-<name>`.
     pub fn to_absolute_path(&self) -> String {
-        format!("{STORE_DIR}/{}-{}", self.hash_part(), self.name)
+        let mut s = String::with_capacity(STORE_DIR.len() + HASH_PART_LEN + 2 + self.name.len());
+        self.write_absolute_path(&mut s);
+        s
+    }
+
+    /// Appends `/nix/store/<hash>-<name>` to `out`.
+    pub fn write_absolute_path(&self, out: &mut String) {
+        out.push_str(STORE_DIR);
+        out.push('/');
+        out.push_str(&nixbase32::encode(&self.digest));
+        out.push('-');
+        out.push_str(&self.name);
     }
 }
 
 /// Validates a store path name the way Nix 2.8's `checkName` does; `path`
-/// is only used in the error message.
-fn check_name(path: &str, name: &str) -> Result<(), StorePathError> {
+/// gives the whole path for the error message (only called on error).
+fn check_name(name: &str, path: impl FnOnce() -> String) -> Result<(), StorePathError> {
     if name.is_empty() {
-        return Err(StorePathError::EmptyName(path.to_string()));
+        return Err(StorePathError::EmptyName(path()));
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(StorePathError::NameTooLong(path.to_string()));
+        return Err(StorePathError::NameTooLong(path()));
     }
     if let Some(ch) = name.chars().find(|&c| !is_name_char(c)) {
-        return Err(StorePathError::IllegalChar {
-            path: path.to_string(),
-            ch,
-        });
+        return Err(StorePathError::IllegalChar { path: path(), ch });
     }
     Ok(())
 }
@@ -221,7 +230,7 @@ pub fn is_name_char(c: char) -> bool {
 
 /// Checks a name on its own, as it would be checked inside a store path.
 pub fn validate_name(name: &str) -> Result<(), StorePathError> {
-    check_name(&format!("{}-{name}", "0".repeat(HASH_PART_LEN)), name)
+    check_name(name, || format!("{}-{name}", "0".repeat(HASH_PART_LEN)))
 }
 
 impl Ord for StorePath {
@@ -279,10 +288,11 @@ impl<'de> Deserialize<'de> for StorePath {
 /// `base`, then `:<absolute path>` per reference in order, then `:self`
 /// when the object refers to itself. `text:/nix/store/…-a:/nix/store/…-b`.
 pub fn make_type(base: &str, references: &BTreeSet<StorePath>, self_reference: bool) -> String {
-    let mut s = base.to_string();
+    let mut s = String::with_capacity(base.len() + references.len() * 80 + 5);
+    s.push_str(base);
     for r in references {
         s.push(':');
-        s.push_str(&r.to_absolute_path());
+        r.write_absolute_path(&mut s);
     }
     if self_reference {
         s.push_str(":self");

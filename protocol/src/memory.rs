@@ -22,6 +22,8 @@ struct State {
     queues: HashMap<String, Arc<Queue>>,
     topics: HashMap<String, Vec<mpsc::UnboundedSender<Vec<u8>>>>,
     dead_letters: Vec<(String, Vec<u8>)>,
+    /// Messages ever published, per route name.
+    published: HashMap<String, u64>,
 }
 
 #[derive(Default)]
@@ -83,6 +85,12 @@ impl MemoryTransport {
         self.queue(&route.name()).items.lock().unwrap().0.len()
     }
 
+    /// Messages ever published on `route` (like a broker's publish counter).
+    pub fn published(&self, route: &Route) -> u64 {
+        let st = self.inner.lock().unwrap();
+        st.published.get(&route.name()).copied().unwrap_or(0)
+    }
+
     /// Messages that were refused without requeue, with their route.
     pub fn dead_letters(&self) -> Vec<(String, Envelope)> {
         let st = self.inner.lock().unwrap();
@@ -112,6 +120,13 @@ impl Transport for MemoryTransport {
             route: name.clone(),
             source,
         })?;
+        *self
+            .inner
+            .lock()
+            .unwrap()
+            .published
+            .entry(name.clone())
+            .or_default() += 1;
         match route.fanout() {
             Fanout::Queue => self.queue(&name).push(bytes, priority),
             Fanout::Broadcast => {

@@ -122,14 +122,25 @@ async fn main() -> Result<(), BoxError> {
         s3.delete(k).await?;
     }
 
-    // --- Throughput of a large NAR: one regular file of pseudo-random bytes.
+    // --- Throughput of a large NAR: one regular file, of pseudo-random
+    // (incompressible) bytes, or of text when KILN_BENCH_NAR_DATA=text.
+    let text = match std::env::var("KILN_BENCH_NAR_DATA").as_deref() {
+        Err(_) | Ok("random") => false,
+        Ok("text") => true,
+        Ok(other) => return Err(format!("KILN_BENCH_NAR_DATA={other}: random or text").into()),
+    };
     let nar_path = work.path().join("big.nar");
     {
         let mut f = std::io::BufWriter::new(std::fs::File::create(&nar_path)?);
         let body = size_mib << 20;
         let mut w = kiln_nix::nar::NarWriter::new(&mut f)?;
-        let mut reader = std::io::Read::take(Filler::new(), body);
-        w.file(None, false, body, &mut reader)?;
+        if text {
+            let mut reader = std::io::Read::take(TextFiller::default(), body);
+            w.file(None, false, body, &mut reader)?;
+        } else {
+            let mut reader = std::io::Read::take(Filler::new(), body);
+            w.file(None, false, body, &mut reader)?;
+        }
         w.finish()?;
         f.flush()?;
     }
@@ -144,48 +155,116 @@ async fn main() -> Result<(), BoxError> {
         sigs: Default::default(),
         expected: None,
     };
-
-    let t = Instant::now();
-    let info = cache
-        .add_path(meta, tokio::fs::File::open(&nar_path).await?)
-        .await?;
-    let store_up = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let nar = cache.nar(&info).await?;
-    let store_down_bytes = drain(nar).await?;
-    let store_down = t.elapsed().as_secs_f64();
-    assert_eq!(store_down_bytes, nar_size);
-
     let raw_key = Key::log(&format!("{}-raw.drv", path.hash_part()))?;
-    let t = Instant::now();
-    s3.put_file(&raw_key, &nar_path).await?;
-    let raw_up = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let raw = s3.get(&raw_key).await?.ok_or("raw object vanished")?;
-    let raw_down_bytes = drain(raw).await?;
-    let raw_down = t.elapsed().as_secs_f64();
-    assert_eq!(raw_down_bytes, nar_size);
-    s3.delete(&raw_key).await?;
-    s3.delete(&Key::parse(&info.url)?).await?;
-    s3.delete(&Key::narinfo(&path.hash_part())?).await?;
+    let rounds: usize = std::env::var("KILN_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+        .max(1);
 
+    // Each round times the store and raw requests on the same bytes; the
+    // side that goes first alternates, so neither always meets a colder
+    // (or warmer) server.
+    let mut up_ratios = Vec::new();
+    let mut down_ratios = Vec::new();
+    let mut stored_as = String::new();
+    for round in 0..rounds {
+        let mut times = [0f64; 4];
+        for side in [round % 2, 1 - round % 2] {
+            if side == 0 {
+                let t = Instant::now();
+                let info = cache
+                    .add_path(meta.clone(), tokio::fs::File::open(&nar_path).await?)
+                    .await?;
+                times[0] = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let nar = cache.nar(&info).await?;
+                assert_eq!(drain(nar).await?, nar_size);
+                times[1] = t.elapsed().as_secs_f64();
+                stored_as = format!("{} bytes, {}", info.file_size, info.compression);
+                s3.delete(&Key::parse(&info.url)?).await?;
+                s3.delete(&Key::narinfo(&path.hash_part())?).await?;
+            } else {
+                let t = Instant::now();
+                s3.put_file(&raw_key, &nar_path).await?;
+                times[2] = t.elapsed().as_secs_f64();
+                let t = Instant::now();
+                let raw = s3.get(&raw_key).await?.ok_or("raw object vanished")?;
+                assert_eq!(drain(raw).await?, nar_size);
+                times[3] = t.elapsed().as_secs_f64();
+                s3.delete(&raw_key).await?;
+            }
+        }
+        let [store_up, store_down, raw_up, raw_down] = times;
+        println!(
+            "round {}: NAR of {nar_size} bytes stored as {stored_as}",
+            round + 1
+        );
+        println!(
+            "  upload   store {:.1} MiB/s, raw PutObject {:.1} MiB/s, store/raw {:.2}",
+            mib_per_s(nar_size, store_up),
+            mib_per_s(nar_size, raw_up),
+            raw_up / store_up
+        );
+        println!(
+            "  download store {:.1} MiB/s, raw GetObject {:.1} MiB/s, store/raw {:.2}",
+            mib_per_s(nar_size, store_down),
+            mib_per_s(nar_size, raw_down),
+            raw_down / store_down
+        );
+        up_ratios.push(raw_up / store_up);
+        down_ratios.push(raw_down / store_down);
+    }
     println!(
-        "NAR of {nar_size} bytes (compressed to {} with {}):",
-        info.file_size, info.compression
-    );
-    println!(
-        "  upload   store {:.1} MiB/s, raw PutObject {:.1} MiB/s, store/raw {:.2}",
-        mib_per_s(nar_size, store_up),
-        mib_per_s(nar_size, raw_up),
-        raw_up / store_up
-    );
-    println!(
-        "  download store {:.1} MiB/s, raw GetObject {:.1} MiB/s, store/raw {:.2}",
-        mib_per_s(nar_size, store_down),
-        mib_per_s(nar_size, raw_down),
-        raw_down / store_down
+        "median of {rounds} rounds: upload store/raw {:.2}, download store/raw {:.2}",
+        median(&mut up_ratios),
+        median(&mut down_ratios)
     );
     Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Endless text-like bytes (words from a small vocabulary in a
+/// pseudo-random order) that compress about as well as source code.
+#[derive(Default)]
+struct TextFiller {
+    inner: Option<Filler>,
+    pending: Vec<u8>,
+}
+
+impl std::io::Read for TextFiller {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        const WORDS: [&str; 16] = [
+            "fn ", "let ", "store", "path", " = ", "(", ")", ";\n", "nar", "hash", "    ", "info",
+            ".", "kiln", "{\n", "}\n",
+        ];
+        let rng = self.inner.get_or_insert_with(Filler::new);
+        let mut n = 0;
+        while n < buf.len() {
+            if self.pending.is_empty() {
+                let mut r = [0u8; 8];
+                std::io::Read::read(rng, &mut r)?;
+                for b in r {
+                    self.pending
+                        .extend_from_slice(WORDS[usize::from(b & 15)].as_bytes());
+                }
+            }
+            let take = self.pending.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&self.pending[..take]);
+            self.pending.drain(..take);
+            n += take;
+        }
+        Ok(n)
+    }
 }
 
 /// Reads a stream to its end the same way for both sides of the

@@ -35,6 +35,10 @@ const POSITIVE_CACHE_CAP: usize = 200_000;
 pub struct CacheOptions {
     /// Compression of NARs written.
     pub compression: Compression,
+    /// Store a NAR uncompressed (`Compression: none`) when its first
+    /// [`PROBE_SIZE`](crate::ingest::PROBE_SIZE) bytes prove incompressible, which spares compressing
+    /// (and a second hash) on upload and decompressing on download.
+    pub skip_incompressible: bool,
     /// When set, only paths signed by one of these keys are accepted.
     pub trusted_keys: Option<TrustedKeys>,
     /// Keys that sign every narinfo written.
@@ -51,6 +55,7 @@ impl Default for CacheOptions {
     fn default() -> Self {
         CacheOptions {
             compression: Compression::Zstd,
+            skip_incompressible: true,
             trusted_keys: None,
             secret_keys: Vec::new(),
             positive_ttl: Duration::from_secs(30),
@@ -314,7 +319,9 @@ impl BinaryCache {
     }
 
     /// Stores a path from its NAR stream: compress, hash and upload the NAR
-    /// in one pipelined pass, make it visible once its hashes are checked,
+    /// in one pipelined pass (uncompressed when it proves incompressible,
+    /// see [`CacheOptions::skip_incompressible`]), make it visible once its
+    /// hashes are checked,
     /// then sign and write the narinfo. Nothing is
     /// written when the stream fails or does not match `meta.expected`.
     pub async fn add_path<R: AsyncRead + Unpin + Send>(
@@ -332,6 +339,7 @@ impl BinaryCache {
             self.store.as_ref(),
             nar,
             self.opts.compression,
+            self.opts.skip_incompressible,
             &self.opts.temp_dir,
             &what,
         )

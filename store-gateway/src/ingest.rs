@@ -19,12 +19,22 @@ use crate::compression::{Compression, HashingAsyncWriter};
 use crate::error::{Result, StoreError};
 use crate::key::{Key, KeyKind};
 
-/// Bytes read from the NAR at a time.
+/// Bytes read from the NAR at a time when compressing.
 const READ_CHUNK: usize = 1 << 20;
 /// Chunks read ahead of the compressor.
 const READ_AHEAD: usize = 4;
+/// Compressed chunks waiting to be handed to the upload.
+const OUT_AHEAD: usize = 2;
+/// Whole upload chunks read ahead of the upload when storing uncompressed
+/// (each is a multipart part on S3, so memory stays a few parts).
+const PLAIN_AHEAD: usize = 1;
 /// Most compressed bytes gathered before they are handed to the upload.
 const MAX_FLUSH: usize = 64 << 20;
+/// Bytes at the start of a NAR that decide whether compressing it pays.
+pub const PROBE_SIZE: usize = 4 << 20;
+/// A NAR is stored uncompressed when zstd (level 1) cannot shrink its
+/// first [`PROBE_SIZE`] bytes by at least this fraction (1/32, about 3%).
+const MIN_SAVING_DIVISOR: usize = 32;
 
 fn nar_key(file_hash: &Hash, compression: Compression) -> Result<Key> {
     Ok(Key::parse(&format!(
@@ -80,17 +90,20 @@ impl PendingNar<'_> {
 
 /// Reads a NAR from `nar` to its end, compressing it with `compression`
 /// into an upload to `store` as it goes (`temp_dir` serves backends that
-/// stage uploads in files). `what` names the source in errors. On error
-/// the upload is aborted.
+/// stage uploads in files). With `skip_incompressible`, a NAR whose first
+/// [`PROBE_SIZE`] bytes do not compress is stored uncompressed instead
+/// (see [`worth_compressing`]); [`NarDigests::compression`] says which.
+/// `what` names the source in errors. On error the upload is aborted.
 pub async fn write_nar<'a, R: AsyncRead + Unpin + Send>(
     store: &'a dyn Store,
     nar: R,
     compression: Compression,
+    skip_incompressible: bool,
     temp_dir: &Path,
     what: &str,
 ) -> Result<PendingNar<'a>> {
     let mut upload = store.begin_upload(KeyKind::Nar, temp_dir).await?;
-    match compress_into(upload.as_mut(), nar, compression, what).await {
+    match compress_into(upload.as_mut(), nar, compression, skip_incompressible, what).await {
         Ok(digests) => Ok(PendingNar { upload, digests }),
         Err(e) => {
             upload.abort().await;
@@ -99,90 +112,280 @@ pub async fn write_nar<'a, R: AsyncRead + Unpin + Send>(
     }
 }
 
-/// Hands every whole chunk of `want` bytes at the start of `out` to
-/// `upload`, keeping the rest in `out`.
-async fn send_full(
-    upload: &mut (dyn Upload + '_),
-    out: &mut Vec<u8>,
-    want: &mut usize,
-) -> Result<()> {
-    while out.len() >= *want {
-        let rest = out.split_off(*want);
-        let full = std::mem::replace(out, rest);
-        upload.write(Bytes::from(full)).await?;
-        *want = upload.preferred_chunk().clamp(1, MAX_FLUSH);
+/// Whether compressing data that starts with `sample` is worth its cost:
+/// zstd at its fastest level must save at least 1/32 of the sample. Data
+/// that fails (already compressed archives, media, random bytes) is stored
+/// as is, sparing the compressor and a second hash on the way in and the
+/// decompressor on the way out.
+pub fn worth_compressing(sample: &[u8]) -> bool {
+    match zstd::bulk::compress(sample, 1) {
+        Ok(out) => out.len() <= sample.len() - sample.len() / MIN_SAVING_DIVISOR,
+        Err(_) => true,
     }
-    Ok(())
 }
 
-/// The pipeline of [`write_nar`]: one future reads ahead into a bounded
-/// channel while the other hashes, compresses and sends.
-async fn compress_into<R: AsyncRead + Unpin + Send>(
-    upload: &mut (dyn Upload + '_),
-    mut nar: R,
-    compression: Compression,
-    what: &str,
-) -> Result<NarDigests> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
-    // The NAR's own hash is computed by a task of its own, on another
-    // thread when the runtime has one, beside compression and file hashing.
-    let (hash_tx, mut hash_rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
-    let nar_hasher = tokio::spawn(async move {
+/// Reads from `nar` until `buf` holds `size` bytes or the NAR ends.
+async fn read_full<R: AsyncRead + Unpin>(nar: &mut R, size: usize, what: &str) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        let n = nar
+            .read_buf(&mut buf)
+            .await
+            .map_err(|e| StoreError::stream(format!("reading {what}"), e))?;
+        if n == 0 {
+            break;
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Cuts a byte stream into the chunks an upload prefers (whole parts, for
+/// multipart uploads). Input already in such chunks passes without a copy;
+/// only bytes that straddle a boundary are copied.
+struct Chunker {
+    carry: BytesMut,
+    want: usize,
+}
+
+impl Chunker {
+    fn new(upload: &(dyn Upload + '_)) -> Chunker {
+        Chunker {
+            carry: BytesMut::new(),
+            want: upload.preferred_chunk().clamp(1, MAX_FLUSH),
+        }
+    }
+
+    async fn send(&mut self, upload: &mut (dyn Upload + '_), part: Bytes) -> Result<()> {
+        upload.write(part).await?;
+        self.want = upload.preferred_chunk().clamp(1, MAX_FLUSH);
+        Ok(())
+    }
+
+    async fn push(&mut self, upload: &mut (dyn Upload + '_), mut data: Bytes) -> Result<()> {
+        if !self.carry.is_empty() {
+            let need = self.want.saturating_sub(self.carry.len());
+            if data.len() < need {
+                self.carry.extend_from_slice(&data);
+                return Ok(());
+            }
+            self.carry.extend_from_slice(&data.split_to(need));
+            let part = self.carry.split().freeze();
+            self.send(upload, part).await?;
+        }
+        while data.len() >= self.want {
+            let part = data.split_to(self.want);
+            self.send(upload, part).await?;
+        }
+        self.carry.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(mut self, upload: &mut (dyn Upload + '_)) -> Result<()> {
+        if !self.carry.is_empty() {
+            let rest = self.carry.split().freeze();
+            upload.write(rest).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A task hashing (sha256) and counting the chunks sent to it.
+fn spawn_hasher(
+    depth: usize,
+) -> (
+    tokio::sync::mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<(Hash, u64)>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(depth);
+    let task = tokio::spawn(async move {
         let mut hasher = Hasher::new(HashAlgo::Sha256);
         let mut size = 0u64;
-        while let Some(chunk) = hash_rx.recv().await {
+        while let Some(chunk) = rx.recv().await {
             hasher.update(&chunk);
             size += chunk.len() as u64;
         }
         (hasher.finish(), size)
     });
+    (tx, task)
+}
+
+fn task_failed(doing: &str, what: &str, e: tokio::task::JoinError) -> StoreError {
+    StoreError::stream(format!("{doing} {what}"), std::io::Error::other(e))
+}
+
+/// The pipeline of [`write_nar`]. The first [`PROBE_SIZE`] bytes (rounded
+/// up to whole upload chunks) are read first to choose the compression;
+/// then the NAR streams through [`store_plain`] or [`store_compressed`].
+async fn compress_into<R: AsyncRead + Unpin + Send>(
+    upload: &mut (dyn Upload + '_),
+    mut nar: R,
+    compression: Compression,
+    skip_incompressible: bool,
+    what: &str,
+) -> Result<NarDigests> {
+    let want = upload.preferred_chunk().clamp(1, MAX_FLUSH);
+    let asked = PROBE_SIZE.div_ceil(want) * want;
+    let first = read_full(&mut nar, asked, what).await?;
+    // A short first read means the NAR has ended: nothing more is read.
+    let more = first.len() == asked;
+    let compression = if compression != Compression::None
+        && skip_incompressible
+        && first.len() >= PROBE_SIZE
+        && !worth_compressing(&first[..PROBE_SIZE])
+    {
+        Compression::None
+    } else {
+        compression
+    };
+    match compression {
+        Compression::None => store_plain(upload, first, more, nar, what).await,
+        c => store_compressed(upload, first, more, nar, c, what).await,
+    }
+}
+
+/// Stores a NAR as is. It is read in whole upload chunks, which go to the
+/// upload without a copy, while a task of its own hashes them once: the
+/// file hash is the NAR hash.
+async fn store_plain<R: AsyncRead + Unpin + Send>(
+    upload: &mut (dyn Upload + '_),
+    first: Bytes,
+    more: bool,
+    mut nar: R,
+    what: &str,
+) -> Result<NarDigests> {
+    let mut chunker = Chunker::new(upload);
+    let read_size = chunker.want;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(PLAIN_AHEAD);
+    let (hash_tx, hasher) = spawn_hasher(PLAIN_AHEAD);
     let feed = async move {
+        if !more {
+            return Ok::<_, StoreError>(());
+        }
         loop {
-            let mut buf = BytesMut::with_capacity(READ_CHUNK);
-            let n = nar
-                .read_buf(&mut buf)
-                .await
-                .map_err(|e| StoreError::stream(format!("reading {what}"), e))?;
-            if n == 0 {
-                return Ok::<_, StoreError>(());
+            let chunk = read_full(&mut nar, read_size, what).await?;
+            if chunk.is_empty() {
+                return Ok(());
             }
-            let chunk = buf.freeze();
             // A closed channel means the consumer failed; its error wins.
-            if hash_tx.send(chunk.clone()).await.is_err() || tx.send(chunk).await.is_err() {
+            if tx.send(chunk).await.is_err() {
                 return Ok(());
             }
         }
     };
-    let consume = async {
-        let werr = |e| StoreError::stream(format!("compressing {what}"), e);
-        // Compressed bytes go to the upload in the chunks it prefers, so
-        // that a multipart upload can send them as parts without copying.
-        let mut want = upload.preferred_chunk().clamp(1, MAX_FLUSH);
-        let mut enc = compression.encoder(HashingAsyncWriter::new(Vec::with_capacity(
-            want + READ_CHUNK,
-        )));
-        while let Some(chunk) = rx.recv().await {
-            enc.write_all(&chunk).await.map_err(werr)?;
-            let out = enc.get_mut().get_mut();
-            send_full(upload, out, &mut want).await?;
-            out.reserve((want + READ_CHUNK).saturating_sub(out.len()));
+    // Moved in, so that a failure drops the receiver and ends the reader.
+    let consume = async move {
+        let mut next = Some(first).filter(|b| !b.is_empty());
+        while let Some(chunk) = match next.take() {
+            Some(c) => Some(c),
+            None => rx.recv().await,
+        } {
+            if hash_tx.send(chunk.clone()).await.is_err() {
+                break;
+            }
+            chunker.push(upload, chunk).await?;
         }
-        enc.shutdown().await.map_err(werr)?;
-        let (mut rest, file_hash, file_size) = enc.into_inner().finish();
-        send_full(upload, &mut rest, &mut want).await?;
-        if !rest.is_empty() {
-            upload.write(Bytes::from(rest)).await?;
-        }
-        Ok::<_, StoreError>((file_hash, file_size))
+        drop(hash_tx);
+        chunker.finish(upload).await
     };
     let (fed, consumed) = tokio::join!(feed, consume);
     // A read error ends the channel early, which the consumer cannot tell
     // from the NAR's end: the reader's verdict comes first.
     fed?;
-    let (file_hash, file_size) = consumed?;
-    let (nar_hash, nar_size) = nar_hasher
+    consumed?;
+    let (nar_hash, nar_size) = hasher.await.map_err(|e| task_failed("hashing", what, e))?;
+    Ok(NarDigests {
+        compression: Compression::None,
+        file_hash: nar_hash.clone(),
+        file_size: nar_size,
+        nar_hash,
+        nar_size,
+    })
+}
+
+/// Stores a NAR compressed. Three stages overlap: this task reads the NAR
+/// and hands compressed chunks to the upload; one task hashes the NAR; one
+/// compresses it, hashes the compressed stream and cuts it into whole
+/// upload chunks, so that a multipart upload sends them without a copy.
+async fn store_compressed<R: AsyncRead + Unpin + Send>(
+    upload: &mut (dyn Upload + '_),
+    first: Bytes,
+    more: bool,
+    mut nar: R,
+    compression: Compression,
+    what: &str,
+) -> Result<NarDigests> {
+    let mut chunker = Chunker::new(upload);
+    let want = chunker.want;
+    let (hash_tx, hasher) = spawn_hasher(READ_AHEAD);
+    let (in_tx, mut in_rx) = tokio::sync::mpsc::channel::<Bytes>(READ_AHEAD);
+    let (out_tx, mut out_rx) = tokio::sync::mpsc::channel::<Bytes>(OUT_AHEAD);
+    let ctx = format!("compressing {what}");
+    let compressor = tokio::spawn(async move {
+        let werr = |e| StoreError::stream(ctx.clone(), e);
+        let mut enc = compression.encoder(HashingAsyncWriter::new(Vec::with_capacity(
+            want + READ_CHUNK,
+        )));
+        while let Some(chunk) = in_rx.recv().await {
+            enc.write_all(&chunk).await.map_err(werr)?;
+            let out = enc.get_mut().get_mut();
+            while out.len() >= want {
+                let rest = out.split_off(want);
+                let full = std::mem::replace(out, rest);
+                out.reserve(want + READ_CHUNK);
+                if out_tx.send(Bytes::from(full)).await.is_err() {
+                    // The upload failed; its error is reported.
+                    return Ok(None);
+                }
+            }
+        }
+        enc.shutdown().await.map_err(werr)?;
+        let (rest, file_hash, file_size) = enc.into_inner().finish();
+        if !rest.is_empty() && out_tx.send(Bytes::from(rest)).await.is_err() {
+            return Ok(None);
+        }
+        Ok::<_, StoreError>(Some((file_hash, file_size)))
+    });
+    let feed = async move {
+        let mut next = Some(first);
+        loop {
+            let chunk = match next.take() {
+                Some(c) => c,
+                None if more => read_full(&mut nar, READ_CHUNK, what).await?,
+                None => Bytes::new(),
+            };
+            if chunk.is_empty() {
+                return Ok::<_, StoreError>(());
+            }
+            // A closed channel means a consumer failed; its error wins.
+            if hash_tx.send(chunk.clone()).await.is_err() || in_tx.send(chunk).await.is_err() {
+                return Ok(());
+            }
+        }
+    };
+    // Moved in, so that a failure drops the receiver and ends the
+    // compressor, and through it the reader.
+    let forward = async move {
+        while let Some(chunk) = out_rx.recv().await {
+            chunker.push(upload, chunk).await?;
+        }
+        chunker.finish(upload).await
+    };
+    let (fed, forwarded) = tokio::join!(feed, forward);
+    // A read error ends the input early, which the compressor cannot tell
+    // from the NAR's end: the reader's verdict comes first, then the
+    // upload's, then the compressor's.
+    fed?;
+    forwarded?;
+    let compressed = compressor
         .await
-        .map_err(|e| StoreError::stream(format!("hashing {what}"), std::io::Error::other(e)))?;
+        .map_err(|e| task_failed("compressing", what, e))??;
+    let (file_hash, file_size) = compressed.ok_or_else(|| {
+        StoreError::stream(
+            format!("compressing {what}"),
+            std::io::Error::other("the compressed stream ended early"),
+        )
+    })?;
+    let (nar_hash, nar_size) = hasher.await.map_err(|e| task_failed("hashing", what, e))?;
     Ok(NarDigests {
         compression,
         nar_hash,
@@ -354,7 +557,10 @@ mod tests {
                 preferred: 100_000,
                 ..Recorder::default()
             };
-            let d = compress_into(&mut rec, &data[..], c, "test").await.unwrap();
+            let d = compress_into(&mut rec, &data[..], c, true, "test")
+                .await
+                .unwrap();
+            assert_eq!(d.compression, c, "below the probe size nothing changes");
             assert_eq!(d.nar_size, data.len() as u64);
             assert_eq!(d.nar_hash, Hash::of(HashAlgo::Sha256, &data));
             let (last, whole) = rec.chunks.split_last().unwrap();
@@ -380,7 +586,7 @@ mod tests {
             .await
             .unwrap();
         let data = noise(200_000);
-        let pending = write_nar(&store, &data[..], Compression::Zstd, tmp.path(), "t")
+        let pending = write_nar(&store, &data[..], Compression::Zstd, true, tmp.path(), "t")
             .await
             .unwrap();
         let key = pending.digests.key().unwrap();
@@ -390,9 +596,16 @@ mod tests {
         let named = Hash::of(HashAlgo::Sha256, &stored).to_base32();
         assert_eq!(key.as_str(), format!("nar/{named}.nar.zst"));
 
-        let pending = write_nar(&store, &b"other"[..], Compression::Zstd, tmp.path(), "t")
-            .await
-            .unwrap();
+        let pending = write_nar(
+            &store,
+            &b"other"[..],
+            Compression::Zstd,
+            true,
+            tmp.path(),
+            "t",
+        )
+        .await
+        .unwrap();
         let other = pending.digests.key().unwrap();
         pending.abort().await;
         assert!(!store.exists(&other).await.unwrap());
@@ -407,12 +620,135 @@ mod tests {
             .await
             .unwrap();
         let src = Failing(std::io::Cursor::new(noise(3 * READ_CHUNK)));
-        let e = write_nar(&store, src, Compression::Zstd, tmp.path(), "NAR of 'x'")
-            .await
-            .err()
-            .unwrap();
+        let e = write_nar(
+            &store,
+            src,
+            Compression::Zstd,
+            true,
+            tmp.path(),
+            "NAR of 'x'",
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(e.to_string().contains("reading NAR of 'x'"), "{e}");
         assert!(!root.path().join("nar").exists());
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    }
+
+    /// Stores what it receives; fails on the write after `fail_after`.
+    struct Flaky {
+        rec: Recorder,
+        fail_after: usize,
+    }
+
+    #[async_trait::async_trait]
+    impl Upload for Flaky {
+        fn preferred_chunk(&self) -> usize {
+            self.rec.preferred
+        }
+        async fn write(&mut self, data: Bytes) -> Result<()> {
+            if self.rec.chunks.len() == self.fail_after {
+                return Err(StoreError::stream(
+                    "sending",
+                    std::io::Error::other("bucket gone"),
+                ));
+            }
+            self.rec.write(data).await
+        }
+        async fn commit(self: Box<Self>, _key: &Key) -> Result<()> {
+            Ok(())
+        }
+        async fn abort(self: Box<Self>) {}
+    }
+
+    /// Text-like bytes that compress well.
+    fn text(len: usize) -> Vec<u8> {
+        let words = ["store ", "path ", "narinfo ", "hash ", "zstd ", "kiln\n"];
+        let mut out = Vec::with_capacity(len + 16);
+        let mut i = 0usize;
+        while out.len() < len {
+            out.extend_from_slice(words[(i * 7 + i / 5) % words.len()].as_bytes());
+            i += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    #[test]
+    fn compressibility_is_judged_on_the_sample() {
+        assert!(!worth_compressing(&noise(1 << 20)));
+        assert!(worth_compressing(&text(1 << 20)));
+        // Half noise, half zeros still saves far more than 1/32.
+        let mut half = noise(1 << 19);
+        half.resize(1 << 20, 0);
+        assert!(worth_compressing(&half));
+    }
+
+    #[tokio::test]
+    async fn incompressible_nar_is_stored_plain_and_hashed_once() {
+        let data = noise(PROBE_SIZE + 3 * 100_000 + 777);
+        let mut rec = Recorder {
+            preferred: 100_000,
+            ..Recorder::default()
+        };
+        let d = compress_into(&mut rec, &data[..], Compression::Zstd, true, "test")
+            .await
+            .unwrap();
+        assert_eq!(d.compression, Compression::None);
+        assert_eq!(d.nar_size, data.len() as u64);
+        assert_eq!(d.nar_hash, Hash::of(HashAlgo::Sha256, &data));
+        assert_eq!((&d.file_hash, d.file_size), (&d.nar_hash, d.nar_size));
+        assert!(d.key().unwrap().as_str().ends_with(".nar"));
+        let (last, whole) = rec.chunks.split_last().unwrap();
+        assert!(whole.iter().all(|b| b.len() == 100_000));
+        assert_eq!(last.len(), data.len() % 100_000);
+        assert_eq!(rec.chunks.concat(), data);
+
+        // Asked not to, or given compressible data, it compresses.
+        for (input, skip) in [(data.clone(), false), (text(PROBE_SIZE + 5), true)] {
+            let mut rec = Recorder {
+                preferred: 1 << 20,
+                ..Recorder::default()
+            };
+            let d = compress_into(&mut rec, &input[..], Compression::Zstd, skip, "test")
+                .await
+                .unwrap();
+            assert_eq!(d.compression, Compression::Zstd);
+            assert_eq!(d.nar_hash, Hash::of(HashAlgo::Sha256, &input));
+            let stored = rec.chunks.concat();
+            assert_eq!(d.file_hash, Hash::of(HashAlgo::Sha256, &stored));
+            let mut back = Vec::new();
+            Compression::Zstd
+                .decoder(Box::pin(std::io::Cursor::new(stored)))
+                .read_to_end(&mut back)
+                .await
+                .unwrap();
+            assert_eq!(back, input);
+        }
+    }
+
+    #[tokio::test]
+    async fn failing_upload_stops_the_pipeline_with_its_error() {
+        // Large enough that the reader would block on full channels if
+        // nothing stopped it; both the plain and the compressed path.
+        let plain = noise(PROBE_SIZE + (8 << 20));
+        let packed = text(PROBE_SIZE + (8 << 20));
+        // (The text compresses about 10,000 to 1: small chunks make many.)
+        for (data, preferred) in [(plain, 1 << 16), (packed, 256)] {
+            let mut up = Flaky {
+                rec: Recorder {
+                    preferred,
+                    ..Recorder::default()
+                },
+                fail_after: 2,
+            };
+            let run = compress_into(&mut up, &data[..], Compression::Zstd, true, "NAR of 'y'");
+            let e = tokio::time::timeout(std::time::Duration::from_secs(60), run)
+                .await
+                .expect("the pipeline hangs after an upload failure")
+                .unwrap_err();
+            assert!(e.to_string().contains("bucket gone"), "{e}");
+        }
     }
 }

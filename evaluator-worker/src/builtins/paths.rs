@@ -31,7 +31,12 @@ pub(super) const BUILTINS: &[Builtin] = &[
 ];
 
 /// Coerce to an absolute path string (paths, or strings starting with `/`).
+/// Its context is returned unrealised: see [`realise_path`] for reading.
 pub fn coerce_path(ev: &Eval, v: &Value, pos: Pos) -> Result<String> {
+    Ok(coerce_path_ctx(ev, v, pos)?.0)
+}
+
+fn coerce_path_ctx(ev: &Eval, v: &Value, pos: Pos) -> Result<(String, Context)> {
     let s = ev.coerce_to_string(v, pos, false, false)?;
     if !s.s.starts_with('/') {
         return Err(Error::eval(format!(
@@ -40,7 +45,40 @@ pub fn coerce_path(ev: &Eval, v: &Value, pos: Pos) -> Result<String> {
         ))
         .at(pos));
     }
-    Ok(canon_path(&s.s))
+    Ok((canon_path(&s.s), s.ctx))
+}
+
+/// A path that is about to be read: like [`coerce_path`], and the
+/// derivation outputs in its context are built first (import from
+/// derivation), as Nix's `realiseContext` does.
+pub fn realise_path(ev: &Eval, v: &Value, pos: Pos) -> Result<String> {
+    let (path, ctx) = coerce_path_ctx(ev, v, pos)?;
+    realise_context(ev, &ctx, pos)?;
+    Ok(path)
+}
+
+/// Builds every `!output!drv` element of `ctx` through the evaluation's
+/// [`crate::store::Realiser`], one request per derivation.
+fn realise_context(ev: &Eval, ctx: &Context, pos: Pos) -> Result<()> {
+    let mut wanted: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for c in ctx {
+        if let Some((output, drv)) = c.strip_prefix('!').and_then(|r| r.split_once('!')) {
+            wanted.entry(drv).or_default().push(output.to_string());
+        }
+    }
+    for (drv, outputs) in wanted {
+        let Some(realiser) = ev.realiser.clone() else {
+            return Err(Error::eval(format!(
+                "cannot build '{drv}' during evaluation: import from derivation \
+                 needs a builder (use 'kiln build')"
+            ))
+            .at(pos));
+        };
+        realiser
+            .realise(drv, &outputs)
+            .map_err(|e| Error::eval(e.to_string()).at(pos))?;
+    }
+    Ok(())
 }
 
 fn io(msg: &str, path: &str, e: std::io::Error) -> Error {
@@ -51,13 +89,13 @@ fn io(msg: &str, path: &str, e: std::io::Error) -> Error {
 }
 
 fn import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let p = coerce_path(ev, &a[0], pos)?;
+    let p = realise_path(ev, &a[0], pos)?;
     ev.eval_file(&ev.real_path(&p)).map_err(|e| e.at(pos))
 }
 
 fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let scope = ev.expect_attrs(&a[0], pos)?;
-    let p = coerce_path(ev, &a[1], pos)?;
+    let p = realise_path(ev, &a[1], pos)?;
     let names: Vec<Symbol> = scope.iter().map(|e| e.name.clone()).collect();
     let vals: Vec<Value> = scope.iter().map(|e| e.value.clone()).collect();
     let e = ev.parse_file(&ev.real_path(&p), Some(names))?;
@@ -65,13 +103,13 @@ fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 }
 
 fn read_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let p = coerce_path(ev, &a[0], pos)?;
+    let p = realise_path(ev, &a[0], pos)?;
     let bytes = std::fs::read(ev.real_path(&p)).map_err(|e| io("opening file", &p, e).at(pos))?;
     Ok(Value::string(String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let p = coerce_path(ev, &a[0], pos)?;
+    let p = realise_path(ev, &a[0], pos)?;
     let rd =
         std::fs::read_dir(ev.real_path(&p)).map_err(|e| io("reading directory", &p, e).at(pos))?;
     let mut entries = Vec::new();
@@ -100,7 +138,7 @@ fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 }
 
 fn path_exists(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let p = coerce_path(ev, &a[0], pos)?;
+    let p = realise_path(ev, &a[0], pos)?;
     Ok(Value::Bool(ev.real_path(&p).symlink_metadata().is_ok()))
 }
 
@@ -158,7 +196,7 @@ fn hash_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let algo = ev.expect_string(&a[0], pos)?;
     let algo = HashAlgo::from_name(&algo.s)
         .map_err(|_| Error::eval(format!("unknown hash algorithm '{}'", algo.s)).at(pos))?;
-    let p = coerce_path(ev, &a[1], pos)?;
+    let p = realise_path(ev, &a[1], pos)?;
     let mut file =
         std::fs::File::open(ev.real_path(&p)).map_err(|e| io("opening file", &p, e).at(pos))?;
     let mut h = kiln_nix::hash::Hasher::new(algo);
@@ -207,6 +245,10 @@ fn find_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         if Path::new(&abs).exists() {
             return Ok(Value::Path(canon_path(&abs).into()));
         }
+    }
+    // `<nix/...>` falls back to the files bundled with the evaluator.
+    if let Some(p) = crate::corepkgs::lookup_path(&name.s) {
+        return Ok(Value::Path(p.into()));
     }
     Err(Error::throw(format!(
         "file '{}' was not found in the Nix search path (add it using $NIX_PATH or -I)",
@@ -267,7 +309,7 @@ fn add_filtered(
 
 fn filter_source(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let filter = ev.expect_function(&a[0], pos)?;
-    let p = coerce_path(ev, &a[1], pos)?;
+    let p = realise_path(ev, &a[1], pos)?;
     let name = p.rsplit('/').next().unwrap_or("source").to_string();
     add_filtered(ev, &p, &name, Some(filter), pos)
 }
@@ -277,7 +319,7 @@ fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = args
         .get("path")
         .ok_or_else(|| Error::eval("attribute 'path' missing in call to 'path'").at(pos))?;
-    let p = coerce_path(ev, p, pos)?;
+    let p = realise_path(ev, p, pos)?;
     let name = match args.get("name") {
         Some(n) => ev.expect_string(n, pos)?.s.clone(),
         None => p.rsplit('/').next().unwrap_or("source").to_string(),

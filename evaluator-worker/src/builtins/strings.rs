@@ -31,10 +31,19 @@ fn to_string(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     )))
 }
 
+/// `coerce_to_string(v, pos, false, true)`, but a value that is already a
+/// string is shared instead of copied.
+fn string_arg(ev: &Eval, v: &Value, pos: Pos) -> Result<Rc<NixString>> {
+    match ev.force(v)? {
+        Value::Str(s) => Ok(s),
+        other => Ok(Rc::new(ev.coerce_to_string(&other, pos, false, true)?)),
+    }
+}
+
 fn substring(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let start = ev.expect_int(&a[0], pos)?;
     let len = ev.expect_int(&a[1], pos)?;
-    let s = ev.coerce_to_string(&a[2], pos, false, true)?;
+    let s = string_arg(ev, &a[2], pos)?;
     if start < 0 {
         return Err(Error::eval("negative start position in 'substring'").at(pos));
     }
@@ -46,11 +55,11 @@ fn substring(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         start.saturating_add(len as usize).min(bytes.len())
     };
     let sub = String::from_utf8_lossy(&bytes[start..end]).into_owned();
-    Ok(Value::string_ctx(sub, s.ctx))
+    Ok(Value::string_ctx(sub, s.ctx.clone()))
 }
 
 fn string_length(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let s = ev.coerce_to_string(&a[0], pos, false, true)?;
+    let s = string_arg(ev, &a[0], pos)?;
     Ok(Value::Int(s.s.len() as i64))
 }
 
@@ -63,7 +72,7 @@ fn concat_strings_sep(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         if i > 0 {
             out.s.push_str(&sep.s);
         }
-        let s = ev.coerce_to_string(x, pos, false, true)?;
+        let s = string_arg(ev, x, pos)?;
         out.s.push_str(&s.s);
         out.add_context(&s.ctx);
     }

@@ -8,7 +8,6 @@ use crate::ir::*;
 use crate::pos::Pos;
 use crate::value::{Symbol, Value};
 use rnix::ast::{self, HasEntry};
-use rowan::ast::AstNode;
 use std::collections::HashMap;
 use std::rc::Rc;
 
@@ -83,7 +82,7 @@ impl Lowerer<'_> {
     ) -> Result<std::result::Result<Symbol, Rc<Expr>>> {
         let pos = self.pos(a);
         match a {
-            ast::Attr::Ident(i) => Ok(Ok(self.sym(&i.syntax().text().to_string()))),
+            ast::Attr::Ident(i) => Ok(Ok(self.ident(i))),
             ast::Attr::Str(s) => self.str_key(s, pos),
             ast::Attr::Dynamic(d) => {
                 let inner = self.child(d.expr(), pos)?;
@@ -98,7 +97,7 @@ impl Lowerer<'_> {
     /// The name of `a` if it is known without evaluation.
     pub(super) fn static_key(&mut self, a: &ast::Attr) -> Result<Option<Symbol>> {
         let s = match a {
-            ast::Attr::Ident(i) => return Ok(Some(self.sym(&i.syntax().text().to_string()))),
+            ast::Attr::Ident(i) => return Ok(Some(self.ident(i))),
             ast::Attr::Str(s) => s.clone(),
             ast::Attr::Dynamic(d) => match d.expr() {
                 Some(ast::Expr::Str(s)) => s,

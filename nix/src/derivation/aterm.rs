@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 
 use super::{Derivation, DerivationError, DerivationOutput, FixedOutputHash};
-use crate::hash::{Hash, HashAlgo, Hasher};
+use crate::hash::{Hash, HashAlgo};
 use crate::store_path::{FileIngestionMethod, StorePath};
 
 /// Where the writer puts its bytes; infallible so hashing needs no errors.
@@ -25,12 +25,6 @@ pub(super) trait Sink {
 impl Sink for Vec<u8> {
     fn put(&mut self, bytes: &[u8]) {
         self.extend_from_slice(bytes);
-    }
-}
-
-impl Sink for Hasher {
-    fn put(&mut self, bytes: &[u8]) {
-        self.update(bytes);
     }
 }
 

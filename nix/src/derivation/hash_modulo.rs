@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{aterm, Derivation, DerivationError, DerivationKind, DerivationOutput};
-use crate::hash::{Hash, HashAlgo, Hasher};
+use crate::hash::{Hash, HashAlgo};
 use crate::store_path::StorePath;
 
 /// The result of [`hash_derivation_modulo`].
@@ -74,7 +74,9 @@ where
             }
         }
     }
-    let mut hasher = Hasher::new(HashAlgo::Sha256);
-    aterm::write(drv, &mut hasher, mask_outputs, Some(&inputs));
-    Ok(DrvHashModulo::Regular(hasher.finish()))
+    // One buffer, hashed at once: cheaper than feeding the hasher the many
+    // small pieces the writer produces.
+    let mut buf = Vec::with_capacity(4096);
+    aterm::write(drv, &mut buf, mask_outputs, Some(&inputs));
+    Ok(DrvHashModulo::Regular(Hash::of(HashAlgo::Sha256, &buf)))
 }

@@ -25,7 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use thiserror::Error;
 
-use crate::hash::{Hash, HashAlgo, Hasher};
+use crate::hash::{Hash, HashAlgo};
 use crate::store_path::{
     make_fixed_output_path, make_output_path, make_text_path, FileIngestionMethod, StorePath,
     StorePathError,
@@ -248,10 +248,10 @@ impl Derivation {
     /// The path of this derivation's `.drv` file, for derivation name
     /// `drv_name` (the `name` attribute): a text path over the ATerm.
     pub fn drv_path(&self, drv_name: &str) -> Result<StorePath, DerivationError> {
-        let mut hasher = Hasher::new(HashAlgo::Sha256);
-        aterm::write(self, &mut hasher, false, None);
+        let mut buf = Vec::with_capacity(4096);
+        aterm::write(self, &mut buf, false, None);
         let name = format!("{drv_name}.drv");
-        make_text_path(&name, &hasher.finish(), &self.references()).map_err(|source| {
+        make_text_path(&name, &Hash::of(HashAlgo::Sha256, &buf), &self.references()).map_err(|source| {
             DerivationError::Path {
                 what: "the .drv path".into(),
                 drv_name: drv_name.into(),
@@ -311,12 +311,20 @@ impl Derivation {
             }
             return Ok(paths);
         }
-        // As Nix does, hash with every output variable present but empty.
-        let mut masked = self.clone();
-        for name in self.outputs.keys() {
-            masked.env.insert(name.clone(), String::new());
-        }
-        let DrvHashModulo::Regular(h) = hash_derivation_modulo(&masked, true, lookup)? else {
+        // As Nix does, hash with every output variable present but empty
+        // (the masked writer blanks the values of those present already).
+        let masked;
+        let to_hash = if self.outputs.keys().all(|o| self.env.contains_key(o)) {
+            self
+        } else {
+            let mut m = self.clone();
+            for name in self.outputs.keys() {
+                m.env.entry(name.clone()).or_default();
+            }
+            masked = m;
+            &masked
+        };
+        let DrvHashModulo::Regular(h) = hash_derivation_modulo(to_hash, true, lookup)? else {
             return Err(DerivationError::MixedOutputs);
         };
         for name in self.outputs.keys() {
@@ -338,6 +346,11 @@ impl Derivation {
     where
         F: FnMut(&StorePath) -> Option<DrvHashModulo>,
     {
+        // Every output variable is set below; adding them now (empty, as
+        // hashing wants them) spares `compute_output_paths` a copy.
+        for name in self.outputs.keys() {
+            self.env.entry(name.clone()).or_default();
+        }
         let paths = self.compute_output_paths(drv_name, lookup)?;
         for (name, path) in paths {
             self.env.insert(name.clone(), path.to_absolute_path());

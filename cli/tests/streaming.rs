@@ -1,0 +1,74 @@
+//! Builds start while evaluation is still going: an expression whose
+//! derivations take a while each to evaluate (a long `genList` chain, each
+//! step depending on the one before) sees its first build start before the
+//! last derivation is even instantiated.
+
+use std::process::Command;
+
+#[test]
+fn first_build_starts_before_the_last_derivation_is_instantiated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else {
+        return;
+    };
+    let lib = kiln_tests::shared_dir().join("conformance/build/lib.nix");
+    let lib = lib.display();
+    let steps = 80;
+    let expr = format!(
+        r#"{{ busybox }}:
+        let
+          inherit (import {lib} {{ inherit busybox; }}) mk;
+          # Deliberately slow to evaluate: a fold over 20,000 numbers per step.
+          work = i: builtins.foldl' (a: b: a + b) i (builtins.genList (x: x) 20000);
+          chain = builtins.genList (i: mk {{
+            name = "step-${{toString i}}";
+            work = toString (work i);
+            prev = if i == 0 then "" else builtins.elemAt chain (i - 1);
+            script = "echo ${{toString i}} > $out";
+          }}) {steps};
+        in chain"#
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-E", &expr, "--arg", "busybox"])
+        .arg(&busybox)
+        .arg("--store")
+        .arg(tmp.path().join("store"))
+        .args(["--no-out-link", "--json", "-j", "2"])
+        .env("XDG_CACHE_HOME", tmp.path().join("xdg"))
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = stdout
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let at = |kind: &str| -> Vec<u64> {
+        events
+            .iter()
+            .filter(|e| e["event"]["event"] == kind)
+            .map(|e| e["at_ms"].as_u64().unwrap())
+            .collect()
+    };
+    let discovered = at("discovered");
+    let started = at("started");
+    assert_eq!(discovered.len(), steps, "{stdout}");
+    assert_eq!(started.len(), steps, "every step built");
+    let first_start = *started.iter().min().unwrap();
+    let last_discovered = *discovered.iter().max().unwrap();
+    eprintln!("first build started at {first_start} ms, last derivation at {last_discovered} ms");
+    assert!(
+        first_start < last_discovered,
+        "the first build started at {first_start} ms, after the last derivation \
+         was instantiated at {last_discovered} ms"
+    );
+    // Events arrive in order, numbered without gaps.
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+}
