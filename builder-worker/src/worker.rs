@@ -133,6 +133,12 @@ pub async fn run(
         }
     }
     drop(tx);
+    // A request is taken only when a build slot is free, so queued work
+    // stays on the queue (in priority order, for other builders) and
+    // `BuildStarted` means a slot is building it.
+    let slots = Arc::new(tokio::sync::Semaphore::new(
+        shared.config.builder.max_jobs.max(1),
+    ));
     let mut control = transport.subscribe(&Route::BuildControl).await?;
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_every);
     let result = loop {
@@ -148,8 +154,12 @@ pub async fn run(
                 Ok(None) => break Err(TransportError::Closed { route: Route::BuildControl.name() }.into()),
                 Err(e) => warn!(error = %e, "dropped a malformed control message"),
             },
-            d = rx.recv() => {
+            (permit, d) = async {
+                let permit = slots.clone().acquire_owned().await;
+                (permit, rx.recv().await)
+            } => {
                 let Some(d) = d else { break Ok(()) };
+                let Ok(permit) = permit else { break Ok(()) };
                 let Message::BuildRequest(req) = d.envelope.body.clone() else {
                     debug!("ignored a message that is not a build request");
                     let _ = d.ack().await;
@@ -158,6 +168,7 @@ pub async fn run(
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     shared.handle(req).await;
+                    drop(permit);
                     if let Err(e) = d.ack().await {
                         warn!(error = %e, "could not acknowledge a build request");
                     }
@@ -326,21 +337,21 @@ impl Shared {
                 req.drv_path
             )
         })?;
-        kiln_store::realise::realise(
+        let paths: Vec<StorePath> = closure.iter().map(|i| i.store_path.clone()).collect();
+        kiln_store::realise::realise_closure(
             &self.cache,
-            &roots,
+            closure,
             &self.config.cache_dir,
             self.config.fetch_concurrency,
         )
         .await
         .map_err(|e| format!("cannot fetch the inputs of '{}': {e}", req.drv_path))?;
-        Ok(closure
+        Ok(paths
             .into_iter()
-            .map(|info| {
-                let base = info.store_path.base_name();
+            .map(|p| {
                 (
-                    info.store_path.to_absolute_path(),
-                    self.config.cache_dir.join(base),
+                    p.to_absolute_path(),
+                    self.config.cache_dir.join(p.base_name()),
                 )
             })
             .collect())

@@ -170,6 +170,8 @@ struct Outcome {
     success: bool,
     roots: Vec<EvalRoot>,
     failures: Vec<(String, String, Vec<String>)>,
+    /// Derivations not built because an input failed: (drv, failed input).
+    dependency_failures: Vec<(String, String)>,
     eval_error: Option<String>,
 }
 
@@ -214,6 +216,7 @@ async fn run_job(
         .await?;
     let mut progress = Progress::new(mode);
     let mut failures = Vec::new();
+    let mut dependency_failures = Vec::new();
     let mut eval_error = None;
     let outcome = loop {
         tokio::select! {
@@ -231,9 +234,12 @@ async fn run_job(
                         let tail = if log_tail.is_empty() { progress.tail(&drv_path).to_vec() } else { log_tail };
                         failures.push((drv_path, reason, tail));
                     }
+                    Event::DependencyFailed { drv_path, dependency } => {
+                        dependency_failures.push((drv_path, dependency));
+                    }
                     Event::EvalFinished { error: Some(e) } => eval_error = Some(e),
                     Event::JobFinished { success, roots, .. } => {
-                        break Outcome { success, roots, failures, eval_error };
+                        break Outcome { success, roots, failures, dependency_failures, eval_error };
                     }
                     _ => {}
                 }
@@ -260,6 +266,9 @@ async fn finish(args: &Args, cache: &BinaryCache, realised: &Path, o: Outcome) -
                 eprintln!("       > {}", crate::progress::sanitize(l));
             }
         }
+    }
+    for (drv, dependency) in &o.dependency_failures {
+        eprintln!("error: derivation '{drv}' was not built: its dependency '{dependency}' failed");
     }
     if !o.success {
         if o.failures.len() > 1 {

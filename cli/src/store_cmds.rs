@@ -335,13 +335,16 @@ pub fn run_log(args: LogArgs) -> Result<ExitCode> {
                 .path_info(&path)
                 .await?
                 .with_context(|| format!("'{given}' is not in the store '{url}'"))?;
-            info.deriver
-                .with_context(|| format!("the store does not record which derivation built '{given}'"))?
+            info.deriver.with_context(|| {
+                format!("the store does not record which derivation built '{given}'")
+            })?
         };
-        let log = cache
-            .get_log(&drv)
-            .await?
-            .with_context(|| format!("no build log of '{}' in the store '{url}'", drv.to_absolute_path()))?;
+        let log = cache.get_log(&drv).await?.with_context(|| {
+            format!(
+                "no build log of '{}' in the store '{url}'",
+                drv.to_absolute_path()
+            )
+        })?;
         use std::io::Write as _;
         let mut out = std::io::stdout().lock();
         out.write_all(&log)?;

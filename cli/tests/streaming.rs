@@ -1,9 +1,78 @@
 //! Builds start while evaluation is still going: an expression whose
 //! derivations take a while each to evaluate (a long `genList` chain, each
 //! step depending on the one before) sees its first build start before the
-//! last derivation is even instantiated.
+//! last derivation is even instantiated. Run again, the same job builds
+//! nothing and takes under a tenth of the time.
 
 use std::process::Command;
+
+fn kiln_build(
+    tmp: &std::path::Path,
+    busybox: &std::path::Path,
+    expr: &str,
+) -> (std::process::Output, std::time::Duration) {
+    let started = std::time::Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(["build", "-E", expr, "--arg", "busybox"])
+        .arg(busybox)
+        .arg("--store")
+        .arg(tmp.join("store"))
+        .args(["--no-out-link", "--json", "-j", "2"])
+        .env("XDG_CACHE_HOME", tmp.join("xdg"))
+        .current_dir(tmp)
+        .output()
+        .unwrap();
+    (out, started.elapsed())
+}
+
+#[test]
+fn a_second_run_builds_nothing_in_a_tenth_of_the_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else {
+        return;
+    };
+    let lib = kiln_tests::shared_dir().join("conformance/build/lib.nix");
+    // 24 builds that each do a little work (a shell loop), two at a time.
+    let expr = format!(
+        r#"{{ busybox }}:
+        let inherit (import {} {{ inherit busybox; }}) mk;
+        in builtins.genList (i: mk {{
+          name = "work-${{toString i}}";
+          script = "n=0; while [ $n -lt 30000 ]; do n=$((n+1)); done; echo $n ${{toString i}} > $out";
+        }}) 24"#,
+        lib.display()
+    );
+    let (first, first_took) = kiln_build(tmp.path(), &busybox, &expr);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    let count = |out: &std::process::Output, kind: &str| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&format!("\"event\":\"{kind}\"")))
+            .count()
+    };
+    assert_eq!(count(&first, "started"), 24);
+    let (second, second_took) = kiln_build(tmp.path(), &busybox, &expr);
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(
+        count(&second, "started"),
+        0,
+        "the second run built something"
+    );
+    assert_eq!(count(&second, "cached"), 24);
+    eprintln!("first run {first_took:?}, second run {second_took:?}");
+    assert!(
+        second_took * 10 < first_took,
+        "the second run took {second_took:?}, the first {first_took:?}"
+    );
+}
 
 #[test]
 fn first_build_starts_before_the_last_derivation_is_instantiated() {

@@ -11,7 +11,7 @@ use kiln_nix::store_path::StorePath;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 mod coerce;
 
@@ -84,6 +84,96 @@ pub struct Eval {
     pub(crate) drvs: RefCell<HashMap<StorePath, DrvInfo>>,
     /// Source paths already copied to the store (Nix's `srcToStore`).
     src_cache: RefCell<HashMap<String, String>>,
+    /// Frames and thunks that may be part of reference cycles, released
+    /// when the evaluator is dropped.
+    cycles: RefCell<CycleRoots>,
+}
+
+/// The frames and thunks of one evaluator that may be part of reference
+/// cycles, so that dropping the evaluator can break the cycles and free
+/// everything the evaluation allocated (a long-lived worker evaluates job
+/// after job in one process).
+///
+/// Values are reference counted, and an object refers, when it is made,
+/// only to objects older than itself. A cycle therefore needs an edge from
+/// an older object to a newer one, and only two mutations make those:
+/// - filling a frame's slots after the frame exists: the bindings of a `let`
+///   or `rec` set and the defaults of a lambda's formals, whose thunks and
+///   closures capture the frame (a frame whose slots did not capture it is
+///   in no cycle: evaluation is pure, so nothing its slots compute can reach
+///   it);
+/// - updating a thunk to its value, when the value is a set, list or
+///   function that refers to newer objects (in
+///   `let x = { a = x; }; in x`, `x`'s thunk and its value form a cycle
+///   that outlives the frame).
+///
+/// Both are recorded here: the frames whose slots captured them, and the
+/// thunks updated to such values. When the evaluator is dropped the frames'
+/// slots are emptied and the thunks released, which breaks every cycle.
+/// Entries are weak, so what dies on its own is freed as usual; dead entries
+/// are swept whenever the lists have doubled since the last sweep.
+#[derive(Default)]
+struct CycleRoots {
+    frames: Vec<Weak<Env>>,
+    thunks: Vec<Weak<RefCell<ThunkState>>>,
+    /// Number of entries (both lists) at which dead ones are swept next.
+    sweep_at: usize,
+}
+
+impl CycleRoots {
+    /// Fewest entries kept before the first sweep.
+    const MIN_SWEEP: usize = 1 << 14;
+
+    #[inline]
+    fn make_room(&mut self) {
+        if self.frames.len() + self.thunks.len() >= self.sweep_at {
+            self.sweep();
+        }
+    }
+
+    #[cold]
+    fn sweep(&mut self) {
+        self.frames.retain(|w| w.strong_count() > 0);
+        self.thunks.retain(|w| w.strong_count() > 0);
+        self.sweep_at = ((self.frames.len() + self.thunks.len()) * 2).max(Self::MIN_SWEEP);
+    }
+}
+
+impl Drop for Eval {
+    /// Breaks the reference cycles of this evaluation (see [`CycleRoots`])
+    /// so that dropping the evaluator frees its values. Values still held
+    /// elsewhere stay valid as data, but forcing a thunk of the evaluation
+    /// afterwards is an error.
+    fn drop(&mut self) {
+        let roots = std::mem::take(self.cycles.get_mut());
+        // Take everything out first and drop it after, so that no frame or
+        // thunk is freed while the others are being emptied.
+        let mut taken_slots = Vec::with_capacity(roots.frames.len());
+        for env in roots.frames.iter().filter_map(Weak::upgrade) {
+            if let Ok(mut vals) = env.vals.try_borrow_mut() {
+                taken_slots.push(std::mem::take(&mut *vals));
+            }
+        }
+        let mut taken_states = Vec::with_capacity(roots.thunks.len());
+        for t in roots.thunks.iter().filter_map(Weak::upgrade) {
+            if let Ok(mut state) = t.try_borrow_mut() {
+                taken_states.push(std::mem::replace(&mut *state, ThunkState::Released));
+            }
+        }
+        // `builtins.builtins` is the set itself.
+        if let Some(&i) = self.global_names.get(&Symbol::from("builtins")) {
+            if let Some(Value::Attrs(set)) = self.globals.get(i as usize) {
+                if let Some(Value::Thunk(t)) = set.get("builtins") {
+                    if let Ok(mut state) = t.0.try_borrow_mut() {
+                        taken_states.push(std::mem::replace(&mut *state, ThunkState::Released));
+                    }
+                }
+            }
+        }
+        drop(roots);
+        drop(taken_slots);
+        drop(taken_states);
+    }
 }
 
 /// What later derivations need to know about one instantiated derivation.
@@ -114,6 +204,7 @@ impl Eval {
             print_trace: true,
             drvs: RefCell::new(HashMap::new()),
             src_cache: RefCell::new(HashMap::new()),
+            cycles: RefCell::new(CycleRoots::default()),
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);
@@ -260,7 +351,10 @@ impl Eval {
                 let v = {
                     let env = env_at(env, *level);
                     let vals = env.vals.borrow();
-                    vals.get(*slot as usize).cloned().unwrap_or(Value::Null)
+                    match vals.get(*slot as usize) {
+                        Some(v) => v.clone(),
+                        None => return Err(released_frame().at(*pos)),
+                    }
                 };
                 self.force(&v).map_err(|e| e.at(*pos))
             }
@@ -541,7 +635,33 @@ impl Eval {
             })
             .collect();
         *new_env.vals.borrow_mut() = vals;
+        self.note_cycles(&new_env);
         new_env
+    }
+
+    /// Records `env` as possibly part of a reference cycle when its slots,
+    /// just filled, captured it (see [`CycleRoots`]).
+    #[inline]
+    fn note_cycles(&self, env: &Rc<Env>) {
+        if Rc::strong_count(env) > 1 {
+            let mut roots = self.cycles.borrow_mut();
+            roots.make_room();
+            roots.frames.push(Rc::downgrade(env));
+        }
+    }
+
+    /// Records a thunk just updated to `value` when that may have closed a
+    /// reference cycle (see [`CycleRoots`]).
+    #[inline]
+    pub(crate) fn note_update(&self, thunk: &Rc<RefCell<ThunkState>>, value: &Value) {
+        if matches!(
+            value,
+            Value::Attrs(_) | Value::List(_) | Value::Lambda(_) | Value::PrimOpApp(_)
+        ) {
+            let mut roots = self.cycles.borrow_mut();
+            roots.make_room();
+            roots.thunks.push(Rc::downgrade(thunk));
+        }
     }
 
     fn eval_attrs(&self, env: &Rc<Env>, def: &AttrsDef) -> Result<Value> {
@@ -751,8 +871,19 @@ impl Eval {
             vals.push(argv);
         }
         *env.vals.borrow_mut() = vals;
+        if used < formals.entries.len() {
+            // Defaults were used: their thunks capture this frame.
+            self.note_cycles(&env);
+        }
         self.eval(&env, &def.body)
     }
+}
+
+/// The error for reading a slot of a frame emptied when its evaluator was
+/// dropped (or not filled yet, which evaluation never does).
+#[cold]
+fn released_frame() -> Error {
+    Error::eval("a value was used after the evaluation that made it ended")
 }
 
 /// The file `import path` reads: `path/default.nix` for a directory.

@@ -229,7 +229,7 @@ impl<'a> Lowerer<'a> {
                 ast::LiteralKind::Uri(u) => Expr::Const(Value::string(u.syntax().text())),
             },
             ast::Expr::Ident(id) => {
-                let name = self.ident(&id);
+                let name = self.ident(id);
                 self.lookup(&name, pos, 0)?
             }
             ast::Expr::Str(s) => self.lower_str(s, pos)?,

@@ -320,6 +320,9 @@ pub enum ThunkState {
     Blackhole,
     /// Evaluated.
     Done(Value),
+    /// Emptied when the evaluator that made it was dropped (to break
+    /// reference cycles): forcing it is an error.
+    Released,
 }
 
 /// A shared, lazily evaluated value.
@@ -349,6 +352,11 @@ impl Thunk {
             match &*b {
                 ThunkState::Done(v) => return Ok(v.clone()),
                 ThunkState::Blackhole => return Err(Error::new(ErrorKind::InfiniteRecursion)),
+                ThunkState::Released => {
+                    return Err(Error::eval(
+                        "a value was used after the evaluation that made it ended",
+                    ))
+                }
                 _ => {}
             }
             std::mem::replace(&mut *b, ThunkState::Blackhole)
@@ -361,6 +369,7 @@ impl Thunk {
         match res {
             Ok(v) => {
                 *self.0.borrow_mut() = ThunkState::Done(v.clone());
+                ev.note_update(&self.0, &v);
                 Ok(v)
             }
             Err(e) => {

@@ -241,9 +241,13 @@ struct IfdRealiser {
 impl Realiser for IfdRealiser {
     fn realise(&self, drv_path: &str, outputs: &[String]) -> Result<Vec<PathBuf>, StoreError> {
         let fail = |why: String| StoreError::Realise(drv_path.to_string(), why);
-        let aterm = self.sink.aterms.borrow().get(drv_path).cloned().ok_or_else(|| {
-            fail("the derivation was not instantiated by this evaluation".into())
-        })?;
+        let aterm = self
+            .sink
+            .aterms
+            .borrow()
+            .get(drv_path)
+            .cloned()
+            .ok_or_else(|| fail("the derivation was not instantiated by this evaluation".into()))?;
         let request_id = uuid::Uuid::new_v4();
         self.sink
             .tx
@@ -286,7 +290,12 @@ impl Realiser for IfdRealiser {
             );
         }
         self.handle
-            .block_on(kiln_store::realise::realise(&self.cache, &paths, &self.dir, 4))
+            .block_on(kiln_store::realise::realise(
+                &self.cache,
+                &paths,
+                &self.dir,
+                4,
+            ))
             .map_err(|e| fail(e.to_string()))?;
         Ok(paths.iter().map(|p| self.dir.join(p.base_name())).collect())
     }

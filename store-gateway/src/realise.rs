@@ -35,6 +35,17 @@ pub async fn realise(
     concurrency: usize,
 ) -> Result<RealiseReport> {
     let infos = cache.closure(roots).await?;
+    realise_closure(cache, infos, dest, concurrency).await
+}
+
+/// [`realise`] for a closure already looked up with [`BinaryCache::closure`]
+/// (saves reading every narinfo a second time).
+pub async fn realise_closure(
+    cache: &BinaryCache,
+    infos: Vec<NarInfo>,
+    dest: &Path,
+    concurrency: usize,
+) -> Result<RealiseReport> {
     let staging = dest.join(STAGING);
     tokio::fs::create_dir_all(&staging)
         .await

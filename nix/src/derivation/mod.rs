@@ -251,13 +251,13 @@ impl Derivation {
         let mut buf = Vec::with_capacity(4096);
         aterm::write(self, &mut buf, false, None);
         let name = format!("{drv_name}.drv");
-        make_text_path(&name, &Hash::of(HashAlgo::Sha256, &buf), &self.references()).map_err(|source| {
-            DerivationError::Path {
+        make_text_path(&name, &Hash::of(HashAlgo::Sha256, &buf), &self.references()).map_err(
+            |source| DerivationError::Path {
                 what: "the .drv path".into(),
                 drv_name: drv_name.into(),
                 source,
-            }
-        })
+            },
+        )
     }
 
     /// Nix's `hashDerivationModulo` for this derivation; see

@@ -131,7 +131,9 @@ impl Roles {
         wc.builder.max_jobs = max_jobs;
         let (c, s) = (cache.clone(), shutdown.clone());
         tasks.push(tokio::spawn(async move {
-            kiln_builder::worker::run(t, c, wc, s).await.map_err(Into::into)
+            kiln_builder::worker::run(t, c, wc, s)
+                .await
+                .map_err(Into::into)
         }));
         Roles {
             transport,

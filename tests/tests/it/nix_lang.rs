@@ -180,16 +180,46 @@ fn nix_language_suite() {
 /// where the suite lives).
 const PARSE_OKAY_SHOWN: &[(&str, &str)] = &[
     ("parse-okay-1.nix", r#"({ y, z, x }: ((x + y) + z))"#),
-    ("parse-okay-crlf.nix", r#"rec { foo = "multi\nline\n  string\n  test\r"; x = y; y = 123; z = 456; }"#),
-    ("parse-okay-dup-attrs-5.nix", r#"{ services = { ssh = { enable = true; port = 23; }; }; }"#),
-    ("parse-okay-dup-attrs-6.nix", r#"{ services = { ssh = { enable = true; port = 23; }; }; }"#),
-    ("parse-okay-mixed-nested-attrs-1.nix", r#"{ x = { q = 3; y = 3; z = 3; }; }"#),
-    ("parse-okay-mixed-nested-attrs-2.nix", r#"{ x = { q = 3; y = 3; z = 3; }; }"#),
-    ("parse-okay-mixed-nested-attrs-3.nix", r#"{ services = { httpd = { enable = true; }; ssh = { enable = true; port = 123; }; }; }"#),
-    ("parse-okay-regression-20041027.nix", r#"({ fetchurl, stdenv }: ((stdenv).mkDerivation { name = "libXi-6.0.1"; src = (fetchurl { md5 = "7e935a42428d63a387b3c048be0f2756"; url = "http://freedesktop.org/~xlibs/release/libXi-6.0.1.tar.bz2"; }); }))"#),
-    ("parse-okay-regression-751.nix", r#"(let const = (a: "const"); in ((const { x = "q"; })))"#),
-    ("parse-okay-subversion.nix", r#"({ fetchurl, localServer ? false, httpServer ? false, sslSupport ? false, pythonBindings ? false, javaSwigBindings ? false, javahlBindings ? false, stdenv, openssl ? null, httpd ? null, db4 ? null, expat, swig ? null, j2sdk ? null }: assert (expat != null); assert (localServer -> (db4 != null)); assert (httpServer -> ((httpd != null) && ((httpd).expat == expat))); assert (sslSupport -> ((openssl != null) && (httpServer -> ((httpd).openssl == openssl)))); assert (pythonBindings -> ((swig != null) && (swig).pythonSupport)); assert (javaSwigBindings -> ((swig != null) && (swig).javaSupport)); assert (javahlBindings -> (j2sdk != null)); ((stdenv).mkDerivation { builder = /foo/bar; db4 = (if localServer then db4 else null); inherit expat ; inherit httpServer ; httpd = (if httpServer then httpd else null); j2sdk = (if javaSwigBindings then (swig).j2sdk else (if javahlBindings then j2sdk else null)); inherit javaSwigBindings ; inherit javahlBindings ; inherit localServer ; name = "subversion-1.1.1"; openssl = (if sslSupport then openssl else null); patches = (if javahlBindings then [ (/javahl.patch) ] else [ ]); python = (if pythonBindings then (swig).python else null); inherit pythonBindings ; src = (fetchurl { md5 = "a180c3fe91680389c210c99def54d9e0"; url = "http://subversion.tigris.org/tarballs/subversion-1.1.1.tar.bz2"; }); inherit sslSupport ; swig = (if (pythonBindings || javaSwigBindings) then swig else null); }))"#),
-    ("parse-okay-url.nix", r#"[ ("x:x") ("https://svn.cs.uu.nl:12443/repos/trace/trunk") ("http://www2.mplayerhq.hu/MPlayer/releases/fonts/font-arial-iso-8859-1.tar.bz2") ("http://losser.st-lab.cs.uu.nl/~armijn/.nix/gcc-3.3.4-static-nix.tar.gz") ("http://fpdownload.macromedia.com/get/shockwave/flash/english/linux/7.0r25/install_flash_player_7_linux.tar.gz") ("https://ftp5.gwdg.de/pub/linux/archlinux/extra/os/x86_64/unzip-6.0-14-x86_64.pkg.tar.zst") ("ftp://ftp.gtk.org/pub/gtk/v1.2/gtk+-1.2.10.tar.gz") ]"#),
+    (
+        "parse-okay-crlf.nix",
+        r#"rec { foo = "multi\nline\n  string\n  test\r"; x = y; y = 123; z = 456; }"#,
+    ),
+    (
+        "parse-okay-dup-attrs-5.nix",
+        r#"{ services = { ssh = { enable = true; port = 23; }; }; }"#,
+    ),
+    (
+        "parse-okay-dup-attrs-6.nix",
+        r#"{ services = { ssh = { enable = true; port = 23; }; }; }"#,
+    ),
+    (
+        "parse-okay-mixed-nested-attrs-1.nix",
+        r#"{ x = { q = 3; y = 3; z = 3; }; }"#,
+    ),
+    (
+        "parse-okay-mixed-nested-attrs-2.nix",
+        r#"{ x = { q = 3; y = 3; z = 3; }; }"#,
+    ),
+    (
+        "parse-okay-mixed-nested-attrs-3.nix",
+        r#"{ services = { httpd = { enable = true; }; ssh = { enable = true; port = 123; }; }; }"#,
+    ),
+    (
+        "parse-okay-regression-20041027.nix",
+        r#"({ fetchurl, stdenv }: ((stdenv).mkDerivation { name = "libXi-6.0.1"; src = (fetchurl { md5 = "7e935a42428d63a387b3c048be0f2756"; url = "http://freedesktop.org/~xlibs/release/libXi-6.0.1.tar.bz2"; }); }))"#,
+    ),
+    (
+        "parse-okay-regression-751.nix",
+        r#"(let const = (a: "const"); in ((const { x = "q"; })))"#,
+    ),
+    (
+        "parse-okay-subversion.nix",
+        r#"({ fetchurl, localServer ? false, httpServer ? false, sslSupport ? false, pythonBindings ? false, javaSwigBindings ? false, javahlBindings ? false, stdenv, openssl ? null, httpd ? null, db4 ? null, expat, swig ? null, j2sdk ? null }: assert (expat != null); assert (localServer -> (db4 != null)); assert (httpServer -> ((httpd != null) && ((httpd).expat == expat))); assert (sslSupport -> ((openssl != null) && (httpServer -> ((httpd).openssl == openssl)))); assert (pythonBindings -> ((swig != null) && (swig).pythonSupport)); assert (javaSwigBindings -> ((swig != null) && (swig).javaSupport)); assert (javahlBindings -> (j2sdk != null)); ((stdenv).mkDerivation { builder = /foo/bar; db4 = (if localServer then db4 else null); inherit expat ; inherit httpServer ; httpd = (if httpServer then httpd else null); j2sdk = (if javaSwigBindings then (swig).j2sdk else (if javahlBindings then j2sdk else null)); inherit javaSwigBindings ; inherit javahlBindings ; inherit localServer ; name = "subversion-1.1.1"; openssl = (if sslSupport then openssl else null); patches = (if javahlBindings then [ (/javahl.patch) ] else [ ]); python = (if pythonBindings then (swig).python else null); inherit pythonBindings ; src = (fetchurl { md5 = "a180c3fe91680389c210c99def54d9e0"; url = "http://subversion.tigris.org/tarballs/subversion-1.1.1.tar.bz2"; }); inherit sslSupport ; swig = (if (pythonBindings || javaSwigBindings) then swig else null); }))"#,
+    ),
+    (
+        "parse-okay-url.nix",
+        r#"[ ("x:x") ("https://svn.cs.uu.nl:12443/repos/trace/trunk") ("http://www2.mplayerhq.hu/MPlayer/releases/fonts/font-arial-iso-8859-1.tar.bz2") ("http://losser.st-lab.cs.uu.nl/~armijn/.nix/gcc-3.3.4-static-nix.tar.gz") ("http://fpdownload.macromedia.com/get/shockwave/flash/english/linux/7.0r25/install_flash_player_7_linux.tar.gz") ("https://ftp5.gwdg.de/pub/linux/archlinux/extra/os/x86_64/unzip-6.0-14-x86_64.pkg.tar.zst") ("ftp://ftp.gtk.org/pub/gtk/v1.2/gtk+-1.2.10.tar.gz") ]"#,
+    ),
 ];
 
 /// `kiln instantiate --parse` prints the parse tree exactly as Nix 2.8 does.
@@ -212,6 +242,10 @@ fn parse_okay_prints_like_nix() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("parse-okay-") && n.ends_with(".nix"))
         .count();
-    assert_eq!(names, PARSE_OKAY_SHOWN.len(), "a parse-okay case has no expected text");
+    assert_eq!(
+        names,
+        PARSE_OKAY_SHOWN.len(),
+        "a parse-okay case has no expected text"
+    );
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
 }
