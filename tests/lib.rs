@@ -364,3 +364,27 @@ pub async fn local_cache(dir: &std::path::Path) -> std::sync::Arc<kiln_store::ca
         },
     ))
 }
+
+/// A job's events from its subscription, up to and including `JobFinished`;
+/// panics if the job does not finish within `limit`.
+pub async fn job_events(
+    events: &mut Box<dyn kiln_protocol::Subscription>,
+    limit: std::time::Duration,
+) -> Vec<kiln_protocol::Event> {
+    let mut seen = Vec::new();
+    loop {
+        let d = tokio::time::timeout(limit, events.next())
+            .await
+            .expect("job finished in time")
+            .unwrap()
+            .expect("the event stream stayed open");
+        let kiln_protocol::Message::JobEvent(ev) = d.envelope.body else {
+            panic!("not an event: {:?}", d.envelope.body)
+        };
+        let done = matches!(ev.event, kiln_protocol::Event::JobFinished { .. });
+        seen.push(ev.event);
+        if done {
+            return seen;
+        }
+    }
+}

@@ -11,6 +11,11 @@ mod nar;
 mod progress;
 mod store_cmds;
 
+// The evaluator allocates many small, short-lived values; mimalloc handles
+// that pattern far better than glibc's allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "A build farm for Nix derivations")]
 struct Cli {

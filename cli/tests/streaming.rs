@@ -97,16 +97,7 @@ fn first_build_starts_before_the_last_derivation_is_instantiated() {
           }}) {steps};
         in chain"#
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["build", "-E", &expr, "--arg", "busybox"])
-        .arg(&busybox)
-        .arg("--store")
-        .arg(tmp.path().join("store"))
-        .args(["--no-out-link", "--json", "-j", "2"])
-        .env("XDG_CACHE_HOME", tmp.path().join("xdg"))
-        .current_dir(tmp.path())
-        .output()
-        .unwrap();
+    let (out, _) = kiln_build(tmp.path(), &busybox, &expr);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

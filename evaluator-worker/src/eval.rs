@@ -87,6 +87,9 @@ pub struct Eval {
     /// Frames and thunks that may be part of reference cycles, released
     /// when the evaluator is dropped.
     cycles: RefCell<CycleRoots>,
+    /// Whether cycles are recorded, so that dropping the evaluator frees
+    /// its values (see [`CycleRoots`]). Set once, before evaluating.
+    pub(crate) free_on_drop: bool,
 }
 
 /// The frames and thunks of one evaluator that may be part of reference
@@ -146,34 +149,38 @@ impl Drop for Eval {
     /// afterwards is an error.
     fn drop(&mut self) {
         let roots = std::mem::take(self.cycles.get_mut());
-        // Take everything out first and drop it after, so that no frame or
-        // thunk is freed while the others are being emptied.
-        let mut taken_slots = Vec::with_capacity(roots.frames.len());
+        // What is taken out is dropped at once; that may free frames and
+        // thunks further down the lists, whose weak entries then no longer
+        // upgrade.
         for env in roots.frames.iter().filter_map(Weak::upgrade) {
-            if let Ok(mut vals) = env.vals.try_borrow_mut() {
-                taken_slots.push(std::mem::take(&mut *vals));
-            }
+            let slots = match env.vals.try_borrow_mut() {
+                Ok(mut vals) => std::mem::take(&mut *vals),
+                Err(_) => continue,
+            };
+            drop(slots);
         }
-        let mut taken_states = Vec::with_capacity(roots.thunks.len());
         for t in roots.thunks.iter().filter_map(Weak::upgrade) {
-            if let Ok(mut state) = t.try_borrow_mut() {
-                taken_states.push(std::mem::replace(&mut *state, ThunkState::Released));
-            }
+            release(&t);
         }
         // `builtins.builtins` is the set itself.
         if let Some(&i) = self.global_names.get(&Symbol::from("builtins")) {
             if let Some(Value::Attrs(set)) = self.globals.get(i as usize) {
                 if let Some(Value::Thunk(t)) = set.get("builtins") {
-                    if let Ok(mut state) = t.0.try_borrow_mut() {
-                        taken_states.push(std::mem::replace(&mut *state, ThunkState::Released));
-                    }
+                    release(&t.0);
                 }
             }
         }
-        drop(roots);
-        drop(taken_slots);
-        drop(taken_states);
     }
+}
+
+/// Empties a thunk (see [`CycleRoots`]); its old state is dropped after the
+/// borrow ends, since dropping it may reach other thunks.
+fn release(t: &RefCell<ThunkState>) {
+    let state = match t.try_borrow_mut() {
+        Ok(mut state) => std::mem::replace(&mut *state, ThunkState::Released),
+        Err(_) => return,
+    };
+    drop(state);
 }
 
 /// What later derivations need to know about one instantiated derivation.
@@ -205,6 +212,7 @@ impl Eval {
             drvs: RefCell::new(HashMap::new()),
             src_cache: RefCell::new(HashMap::new()),
             cycles: RefCell::new(CycleRoots::default()),
+            free_on_drop: true,
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);
@@ -643,7 +651,7 @@ impl Eval {
     /// just filled, captured it (see [`CycleRoots`]).
     #[inline]
     fn note_cycles(&self, env: &Rc<Env>) {
-        if Rc::strong_count(env) > 1 {
+        if self.free_on_drop && Rc::strong_count(env) > 1 {
             let mut roots = self.cycles.borrow_mut();
             roots.make_room();
             roots.frames.push(Rc::downgrade(env));
@@ -654,10 +662,12 @@ impl Eval {
     /// reference cycle (see [`CycleRoots`]).
     #[inline]
     pub(crate) fn note_update(&self, thunk: &Rc<RefCell<ThunkState>>, value: &Value) {
-        if matches!(
-            value,
-            Value::Attrs(_) | Value::List(_) | Value::Lambda(_) | Value::PrimOpApp(_)
-        ) {
+        if self.free_on_drop
+            && matches!(
+                value,
+                Value::Attrs(_) | Value::List(_) | Value::Lambda(_) | Value::PrimOpApp(_)
+            )
+        {
             let mut roots = self.cycles.borrow_mut();
             roots.make_room();
             roots.thunks.push(Rc::downgrade(thunk));
@@ -906,4 +916,99 @@ pub fn env_at(env: &Rc<Env>, level: u32) -> &Rc<Env> {
         }
     }
     e
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{Evaluator, Options, Value};
+    use std::path::Path;
+    use std::rc::Rc;
+
+    /// Evaluates `src` completely, drops the value and the evaluator, and
+    /// says whether the value was freed.
+    fn freed(src: &str, leak_on_drop: bool) -> bool {
+        let src = src.to_string();
+        crate::with_big_stack(move || {
+            let e = Evaluator::new(Options {
+                leak_on_drop,
+                ..Default::default()
+            });
+            let v = e.eval_string(&src, Path::new("/")).expect("evaluates");
+            e.force_deep(&v).expect("forces");
+            let alive: Box<dyn Fn() -> bool> = match &v {
+                Value::Attrs(a) => {
+                    let w = Rc::downgrade(a);
+                    Box::new(move || w.strong_count() > 0)
+                }
+                Value::List(l) => {
+                    let w = Rc::downgrade(l);
+                    Box::new(move || w.strong_count() > 0)
+                }
+                Value::Lambda(c) => {
+                    let w = Rc::downgrade(c);
+                    Box::new(move || w.strong_count() > 0)
+                }
+                other => panic!("{src} is {}", other.type_desc()),
+            };
+            drop(v);
+            drop(e);
+            !alive()
+        })
+        .expect("no panic")
+    }
+
+    #[test]
+    fn dropping_the_evaluator_frees_cyclic_values() {
+        let cases = [
+            // A thunk whose value holds the thunk (the frame is long gone).
+            "let x = { a = x; }; in x",
+            // `rec` bindings referring to each other.
+            "(rec { a = { inherit b; }; b = [ a ]; }).a",
+            // A recursive function: its closure holds its own frame.
+            "let f = n: if n == 0 then 0 else f (n - 1); in f",
+            // A default argument referring to the argument itself.
+            "({ a ? { b = a; } }: a) { }",
+            // A fixed point, as Nixpkgs makes package sets.
+            "let fix = f: let x = f x; in x; in fix (self: { a = 1; b = self.a; c = self; })",
+            // `derivation`: each output's value is built from a set
+            // containing that same value.
+            r#"derivation { name = "a"; builder = "b"; system = "c"; outputs = [ "out" "dev" ]; }"#,
+        ];
+        for src in cases {
+            assert!(freed(src, false), "{src} was not freed");
+            // The case does make a cycle: without breaking it, it leaks.
+            assert!(!freed(src, true), "{src} makes no cycle");
+        }
+    }
+
+    #[test]
+    fn values_outliving_their_evaluator_fail_cleanly() {
+        let msg = crate::with_big_stack(|| {
+            let e = Evaluator::new(Options::default());
+            let v = e
+                .eval_string("let x = { a = x; b = y + 1; }; y = 1; in x", Path::new("/"))
+                .unwrap();
+            let v = e.ev.force(&v).unwrap();
+            e.ev.force(&v).unwrap();
+            let Value::Attrs(set) = &v else {
+                panic!("not a set")
+            };
+            let set = set.clone();
+            e.ev.force(set.get("a").unwrap()).unwrap();
+            drop(e);
+            let other = Evaluator::new(Options::default());
+            let a = other.ev.force(set.get("a").unwrap()).unwrap_err();
+            let b = other.ev.force(set.get("b").unwrap()).unwrap_err();
+            (a.kind.to_string(), b.kind.to_string())
+        })
+        .unwrap();
+        assert!(
+            msg.0.contains("after the evaluation that made it ended"),
+            "{msg:?}"
+        );
+        assert!(
+            msg.1.contains("after the evaluation that made it ended"),
+            "{msg:?}"
+        );
+    }
 }

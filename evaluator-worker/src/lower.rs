@@ -129,14 +129,8 @@ impl<'a> Lowerer<'a> {
 
     /// Parse `text` and lower it.
     pub fn parse_and_lower(&mut self, text: &str) -> Result<Rc<Expr>> {
-        // Nix's lexer treats CR as whitespace and turns CR/LF in strings into LF.
-        let normalized;
-        let text = if text.contains('\r') {
-            normalized = text.replace("\r\n", "\n").replace('\r', "\n");
-            normalized.as_str()
-        } else {
-            text
-        };
+        let text = normalize_newlines(text);
+        let text = text.as_ref();
         let parse = rnix::Root::parse(text);
         if let Some(e) = parse.errors().first() {
             return Err(self.parse_error(e, text));
@@ -666,5 +660,15 @@ mod tests {
     fn canon() {
         assert_eq!(canon_path("/a/./b//c/../d/"), "/a/b/d");
         assert_eq!(canon_path("/.."), "/");
+    }
+}
+
+/// Nix's lexer treats CR as whitespace and turns CR/LF and lone CR in
+/// strings into LF; rnix does not, so sources are normalised before parsing.
+pub(crate) fn normalize_newlines(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\r') {
+        text.replace("\r\n", "\n").replace('\r', "\n").into()
+    } else {
+        text.into()
     }
 }

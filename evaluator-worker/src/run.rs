@@ -42,6 +42,12 @@ pub struct Request {
     pub show_trace: bool,
     /// Directory relative paths in `-E`/`--arg` resolve against.
     pub cwd: PathBuf,
+    /// Free everything the evaluation allocated before returning, as a
+    /// process evaluating request after request needs. Off by default:
+    /// `nix-instantiate`-style callers exit right after, and freeing a big
+    /// evaluation takes a noticeable share of its time (see
+    /// [`crate::Options::leak_on_drop`]).
+    pub release_memory: bool,
 }
 
 /// Evaluate `req` as `nix-instantiate --eval` would; `Ok` is standard output,
@@ -58,6 +64,7 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     }
     let evr = Evaluator::new(Options {
         search_path,
+        leak_on_drop: !req.release_memory,
         ..Default::default()
     });
     let fmt = |e: crate::Error| evr.format_error(&e, req.show_trace);

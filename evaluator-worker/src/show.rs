@@ -994,7 +994,8 @@ fn symbol_rank(name: &str, created: &HashMap<String, usize>) -> (usize, usize) {
 /// relative paths resolved against `base_dir` and `~` against `home`. The
 /// result ends with a newline.
 pub fn show_parsed(text: &str, base_dir: &str, home: &str) -> Result<String, String> {
-    let parse = rnix::Root::parse(text);
+    let text = crate::lower::normalize_newlines(text);
+    let parse = rnix::Root::parse(&text);
     if let Some(e) = parse.errors().first() {
         return Err(format!("syntax error: {e}"));
     }

@@ -83,7 +83,11 @@ async fn evaluate_job(
         crate::with_big_stack(move || evaluate(spec, tx, cache, handle, replies, &work_dir))
             .unwrap_or_else(|_| Err("the evaluator crashed".to_string()))
     });
+    // The evaluation thread sends `EvalFinished` itself, before it frees
+    // the evaluation's values, so the job need not wait for that.
+    let mut finished = false;
     while let Some(msg) = rx.recv().await {
+        finished = matches!(msg, Message::EvalFinished(_));
         // IFD requests jump the queue; everything else is the derivation
         // stream. Both go through this one channel, so a request always
         // follows the derivations it depends on.
@@ -94,9 +98,16 @@ async fn evaluate_job(
         transport
             .publish(&route, &Envelope::new(msg), priority)
             .await?;
+        if finished {
+            break;
+        }
     }
-    let error = match eval.await {
-        Ok(Ok(())) => None,
+    let outcome = eval.await;
+    if finished {
+        return Ok(());
+    }
+    let error = match outcome {
+        Ok(Ok(())) => Some("the evaluation ended without a result".to_string()),
         Ok(Err(e)) => Some(e),
         Err(e) => Some(format!("the evaluator crashed: {e}")),
     };
@@ -151,6 +162,12 @@ fn evaluate(
     evr.ev.sink = Some(sink);
     evr.ev.realiser = Some(realiser);
     let result = evaluate_roots(&evr, &spec, &tx);
+    let error = result.as_ref().err().cloned();
+    let _ = tx.send(Message::EvalFinished(EvalFinished {
+        job_id: spec.job_id,
+        error,
+    }));
+    drop(evr);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }

@@ -120,19 +120,24 @@ impl Transport for MemoryTransport {
             route: name.clone(),
             source,
         })?;
-        *self
-            .inner
-            .lock()
-            .unwrap()
-            .published
-            .entry(name.clone())
-            .or_default() += 1;
+        if !route.is_per_job() {
+            *self
+                .inner
+                .lock()
+                .unwrap()
+                .published
+                .entry(name.clone())
+                .or_default() += 1;
+        }
         match route.fanout() {
             Fanout::Queue => self.queue(&name).push(bytes, priority),
             Fanout::Broadcast => {
                 let mut st = self.inner.lock().unwrap();
                 if let Some(subs) = st.topics.get_mut(&name) {
                     subs.retain(|tx| tx.send(bytes.clone()).is_ok());
+                    if subs.is_empty() {
+                        st.topics.remove(&name);
+                    }
                 }
             }
         }
@@ -146,6 +151,7 @@ impl Transport for MemoryTransport {
                 name: name.clone(),
                 queue: self.queue(&name),
                 transport: self.clone(),
+                per_job: route.is_per_job(),
             })),
             Fanout::Broadcast => {
                 let (tx, rx) = mpsc::unbounded_channel();
@@ -166,6 +172,24 @@ struct QueueSub {
     name: String,
     queue: Arc<Queue>,
     transport: MemoryTransport,
+    per_job: bool,
+}
+
+impl Drop for QueueSub {
+    /// A per-job queue is deleted with its consumer, so a long-lived process
+    /// serving many jobs does not accumulate them.
+    fn drop(&mut self) {
+        if self.per_job {
+            let mut st = self.transport.inner.lock().unwrap();
+            if st
+                .queues
+                .get(&self.name)
+                .is_some_and(|q| Arc::ptr_eq(q, &self.queue))
+            {
+                st.queues.remove(&self.name);
+            }
+        }
+    }
 }
 
 #[async_trait]

@@ -82,6 +82,12 @@ impl Route {
     }
 
     /// Whether the route is a work queue or a broadcast.
+    /// Routes that exist for one job only: their queues go away when their
+    /// consumer does (auto-delete queues on a broker).
+    pub fn is_per_job(&self) -> bool {
+        matches!(self, Route::IfdReply(_) | Route::JobEvents(_))
+    }
+
     pub fn fanout(&self) -> Fanout {
         match self {
             Route::JobEvents(_) | Route::Heartbeats | Route::BuildControl => Fanout::Broadcast,

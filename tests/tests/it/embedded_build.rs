@@ -172,22 +172,7 @@ impl Roles {
             .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
             .await
             .unwrap();
-        let mut seen = Vec::new();
-        loop {
-            let d = tokio::time::timeout(Duration::from_secs(180), events.next())
-                .await
-                .expect("job finished in time")
-                .unwrap()
-                .unwrap();
-            let Message::JobEvent(ev) = d.envelope.body else {
-                panic!("not an event")
-            };
-            let done = matches!(ev.event, Event::JobFinished { .. });
-            seen.push(ev.event);
-            if done {
-                return seen;
-            }
-        }
+        kiln_tests::job_events(&mut events, Duration::from_secs(180)).await
     }
 
     async fn stop(self) {

@@ -136,22 +136,7 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
         error: None,
     }))
     .await;
-    let mut seen = Vec::new();
-    loop {
-        let d = tokio::time::timeout(Duration::from_secs(120), events.next())
-            .await
-            .expect("job finished in time")
-            .unwrap()
-            .unwrap();
-        let Message::JobEvent(ev) = d.envelope.body else {
-            panic!("not an event")
-        };
-        let done = matches!(ev.event, Event::JobFinished { .. });
-        seen.push(ev.event);
-        if done {
-            return seen;
-        }
-    }
+    kiln_tests::job_events(&mut events, Duration::from_secs(120)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
