@@ -254,10 +254,8 @@ impl Store for DirStore {
             let out = std::io::BufWriter::new(file);
             let (out, digest) = nar::dump_path_filtered(path, out, HashAlgo::Sha256, filter)
                 .map_err(dump_err(path))?;
-            out.into_inner()
-                .map_err(|e| io(&tmp)(e.into_error()))?
-                .sync_all()
-                .map_err(io(&tmp))?;
+            // A scratch file, unpacked and deleted below: flushed, not synced.
+            out.into_inner().map_err(|e| io(&tmp)(e.into_error()))?;
             let sp = make_source_path(name, &digest.hash, &BTreeSet::new(), false)
                 .map_err(path_err(name))?;
             let dest = self.location(&sp);
