@@ -137,7 +137,7 @@ print(f"  kiln build wall     {med[1]:.3f} s   (job accepted → finished: {med[
 print(f"  ratio kiln/nix      {med[2]:.3f}   (goal < 1.0)")
 print(f"  kiln first build    {med[3]:.0f} ms after the job was accepted; evaluation finished at {med[4]:.0f} ms")
 print(f"  first build / eval  {med[5]:.1%}   (goal < 10%; from arrival stamps since spawn: {med[6]:.1%})")
-print(f"  `started` events before `eval_finished`: {med[7]:.0f} (the builder worker reports a build"
-      " as started before it waits for a build slot, so this counts dispatched builds)")
+print(f"  `started` events before `eval_finished`: {med[7]:.0f} (builds that got a slot while"
+      " evaluation was still running)")
 sys.exit(0 if ok else 1)
 PY

@@ -1278,6 +1278,31 @@ mod tests {
         assert_eq!(m("[a-]+", "a-"), "[ ]");
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+        /// Arbitrary patterns (metacharacters included) against arbitrary
+        /// subjects: compiling either succeeds or reports an error, and
+        /// matching and splitting always finish without a panic, with
+        /// submatches inside the subject.
+        #[test]
+        fn any_pattern_is_refused_or_runs_safely(
+            re in "[ab()|*+?{}\\[\\]^$.\\\\:,=0-3-]{0,12}",
+            s in "[ab\\-\n:]{0,16}",
+        ) {
+            if let Ok(nfa) = Nfa::compile(re.as_bytes()) {
+                let b = s.as_bytes();
+                if let Some(subs) = nfa.full_match(b) {
+                    for g in subs.iter().filter(|g| g.matched) {
+                        proptest::prop_assert!(g.start <= g.end && g.end <= b.len());
+                    }
+                }
+                for (p, subs) in nfa.find_all(b) {
+                    proptest::prop_assert!(p <= subs[0].start && subs[0].end <= b.len());
+                }
+            }
+        }
+    }
+
     #[test]
     fn syntax_errors() {
         for re in ["\\d", "a\\]", "[[.0.]]", "^*", "a{2,1}"] {
