@@ -499,6 +499,21 @@ impl Graph {
     pub fn stop_job_work(&mut self, job: JobId, fx: &mut Vec<Effect>) {
         let outstanding: Vec<String> = self.jobs[&job].outstanding.iter().cloned().collect();
         for drv in outstanding {
+            // The job's evaluation must not wait for what it no longer builds.
+            let node = self.nodes.get_mut(&drv).expect("node exists");
+            let (mine, others) = std::mem::take(&mut node.ifd_waiters)
+                .into_iter()
+                .partition(|(j, _)| *j == job);
+            node.ifd_waiters = others;
+            for (job_id, request_id) in mine {
+                fx.push(Effect::IfdReply {
+                    job_id,
+                    request_id,
+                    result: Err(format!(
+                        "cannot build '{drv}' needed for import-from-derivation: the job was stopped"
+                    )),
+                });
+            }
             if self.wanted(&drv) {
                 continue;
             }

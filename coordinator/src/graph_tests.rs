@@ -252,3 +252,24 @@ fn cancelling_a_job_cancels_its_builds() {
     g.remove_job(job);
     assert!(g.nodes.is_empty());
 }
+
+#[test]
+fn cancelling_a_job_answers_its_waiting_ifd_requests() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    let req = Uuid::new_v4();
+    g.ifd_request(job, req, drv("gen", &[]));
+    g.store_checked(&p("gen"), false);
+    let fx = g.cancel_job(job);
+    let reply = fx.iter().find_map(|e| match e {
+        Effect::IfdReply {
+            request_id, result, ..
+        } if *request_id == req => Some(result.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(&reply, Some(Err(why)) if why.contains("stopped")),
+        "{reply:?}"
+    );
+}
