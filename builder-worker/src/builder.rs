@@ -15,6 +15,7 @@ use crate::recipe::{Recipe, RecipeError};
 use crate::rootfs::{self, RootfsError, BUILD_DIR};
 use crate::run::{self, CancelToken, Stop, Supervision};
 use crate::sandbox::{self, SandboxError, SandboxSpec};
+use crate::userpool::{BuildUser, UserPool, UserPoolError};
 use kiln_nix::derivation::Derivation;
 
 /// Settings shared by every build of a [`Builder`].
@@ -32,6 +33,8 @@ pub struct BuilderConfig {
     pub shm_size: String,
     /// Kill a build writing more log than this (Nix's `max-build-log-size`).
     pub max_log_size: Option<u64>,
+    /// Host users builds run as when Kiln runs as root.
+    pub user_pool: UserPool,
 }
 
 impl BuilderConfig {
@@ -44,6 +47,7 @@ impl BuilderConfig {
             cores: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
             shm_size: "50%".into(),
             max_log_size: Some(64 << 20),
+            user_pool: UserPool::default(),
         }
     }
 }
@@ -152,6 +156,15 @@ pub enum BuildError {
         /// The problem.
         #[source]
         source: SandboxError,
+    },
+    /// No unprivileged host user was free for the build.
+    #[error("cannot build '{drv}'")]
+    User {
+        /// The derivation.
+        drv: String,
+        /// The problem.
+        #[source]
+        source: UserPoolError,
     },
     /// The outputs are invalid (missing, cycle, hash mismatch, …).
     #[error(transparent)]
@@ -265,7 +278,8 @@ impl Builder {
         rootfs::remove_tree(&scratch_path).map_err(io("clearing the scratch directory"))?;
         let scratch = Scratch(scratch_path);
 
-        let (child, root) = self.start(&drv, recipe, inputs, &scratch.0)?;
+        // Held until the build is over: its host uid is not reused before.
+        let (child, root, _user) = self.start(&drv, recipe, inputs, &scratch.0)?;
         let setup_time = started.elapsed();
 
         let sup = Supervision {
@@ -319,7 +333,7 @@ impl Builder {
         recipe: &Recipe,
         inputs: &BTreeMap<String, PathBuf>,
         scratch: &Path,
-    ) -> Result<(sandbox::SandboxChild, rootfs::Rootfs), BuildError> {
+    ) -> Result<(sandbox::SandboxChild, rootfs::Rootfs, Option<BuildUser>), BuildError> {
         let fixed = recipe.is_fixed_output();
         let outs = recipe.output_paths();
         let params = EnvParams {
@@ -352,11 +366,30 @@ impl Builder {
                 source,
             })?;
         }
+        // As root, the build runs as an unprivileged host user of its own.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            let user = self
+                .config
+                .user_pool
+                .acquire()
+                .map_err(|source| BuildError::User {
+                    drv: drv.into(),
+                    source,
+                })?;
+            rootfs::hand_over(&root, user.uid, user.gid).map_err(|source| BuildError::Rootfs {
+                drv: drv.into(),
+                source,
+            })?;
+            Some(user)
+        } else {
+            None
+        };
         let mut args = vec![recipe.builder.clone().into_bytes()];
         args.extend(recipe.args.iter().map(|a| a.clone().into_bytes()));
         let spec = SandboxSpec {
             root: root.root.clone(),
             binds: root.binds.clone(),
+            host_user: user.as_ref().map(|u| (u.uid, u.gid)),
             private_network: !fixed,
             shm_size: self.config.shm_size.clone(),
             cwd: PathBuf::from(BUILD_DIR),
@@ -368,6 +401,6 @@ impl Builder {
             drv: drv.into(),
             source,
         })?;
-        Ok((child, root))
+        Ok((child, root, user))
     }
 }

@@ -57,7 +57,7 @@ pub enum OutputError {
         path: String,
     },
     /// A fixed output referring to store paths.
-    #[error("fixed-output derivations must not reference store paths: '{drv}' references {count} distinct paths, e.g. '{example}'")]
+    #[error("illegal path references in fixed-output derivation '{drv}' ({count} paths, e.g. '{example}')")]
     FixedOutputReferences {
         /// The derivation.
         drv: String,

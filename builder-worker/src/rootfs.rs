@@ -209,6 +209,28 @@ pub fn prepare<'a>(
     })
 }
 
+/// Gives the prepared root to a build user (host `uid`/`gid`) as Nix does
+/// for its build users: the root stays root's but the build group may enter
+/// it (0750), the store directory is writable by the group (1775) and the
+/// build directory, with the files already in it, belongs to the user.
+pub fn hand_over(root: &Rootfs, uid: u32, gid: u32) -> Result<(), RootfsError> {
+    let chown = |p: &Path, uid: Option<u32>| {
+        ctx(
+            std::os::unix::fs::lchown(p, uid, Some(gid)),
+            "change owner of",
+            p,
+        )
+    };
+    chown(&root.root, None)?;
+    chown(&root.store_dir, None)?;
+    chown(&root.build_dir, Some(uid))?;
+    for entry in ctx(fs::read_dir(&root.build_dir), "list", &root.build_dir)? {
+        let entry = ctx(entry, "list", &root.build_dir)?;
+        chown(&entry.path(), Some(uid))?;
+    }
+    Ok(())
+}
+
 /// Removes `path` recursively, first making directories writable (outputs
 /// and `/etc` are read-only by then). A missing path is not an error.
 pub fn remove_tree(path: &Path) -> io::Result<()> {

@@ -83,6 +83,9 @@ pub struct SandboxSpec {
     pub root: PathBuf,
     /// Host paths to bind into the root.
     pub binds: Vec<Bind>,
+    /// Host uid and gid the build user maps to, when the caller is root
+    /// (see [`crate::userpool`]); `None` maps to the caller's own ids.
+    pub host_user: Option<(u32, u32)>,
     /// Cut the network (every derivation except fixed-output ones).
     pub private_network: bool,
     /// Size option for the `/dev/shm` tmpfs (Nix: `sandbox-shm-size`).
@@ -134,6 +137,10 @@ impl SandboxChild {
 
 /// One system call the child performs, with every argument pre-built.
 enum Step {
+    /// Blocks until the parent has written the id maps (one byte on the fd).
+    WaitParent(RawFd),
+    /// Drops the supplementary groups inherited from a root parent.
+    DropGroups,
     WriteFile {
         path: CString,
         data: Vec<u8>,
@@ -154,6 +161,9 @@ enum Step {
     DetachOldRoot,
     RmdirOldRoot,
     SetIds,
+    /// Resets what a builder inherits from Kiln's process: umask 022, no
+    /// blocked signals, default dispositions (Rust ignores SIGPIPE).
+    ProcessState,
     Stdio,
     CloseFds,
     CoreLimit,
@@ -212,35 +222,42 @@ fn locked_flags(path: &Path) -> Result<libc::c_ulong, SandboxError> {
 }
 
 impl Plan {
-    fn new(spec: &SandboxSpec, log_fd: RawFd) -> Result<Plan, SandboxError> {
-        let uid = unsafe { libc::geteuid() };
-        let gid = unsafe { libc::getegid() };
+    fn new(spec: &SandboxSpec, log_fd: RawFd, go_fd: Option<RawFd>) -> Result<Plan, SandboxError> {
         let root = &spec.root;
         let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         let mut steps: Vec<(Step, String)> = Vec::new();
         let mut push = |s: Step, d: String| steps.push((s, d));
 
-        push(
-            Step::WriteFile {
-                path: cstr("setgroups", b"/proc/self/setgroups")?,
-                data: b"deny".to_vec(),
-            },
-            "write /proc/self/setgroups".into(),
-        );
-        push(
-            Step::WriteFile {
-                path: cstr("uid_map", b"/proc/self/uid_map")?,
-                data: format!("{SANDBOX_UID} {uid} 1").into_bytes(),
-            },
-            "write /proc/self/uid_map".into(),
-        );
-        push(
-            Step::WriteFile {
-                path: cstr("gid_map", b"/proc/self/gid_map")?,
-                data: format!("{SANDBOX_GID} {gid} 1").into_bytes(),
-            },
-            "write /proc/self/gid_map".into(),
-        );
+        if let Some(fd) = go_fd {
+            // A root parent maps the build user to an unprivileged host
+            // user; only it may write such a map.
+            push(Step::WaitParent(fd), "wait for the id maps".into());
+            push(Step::DropGroups, "drop supplementary groups".into());
+        } else {
+            let uid = unsafe { libc::geteuid() };
+            let gid = unsafe { libc::getegid() };
+            push(
+                Step::WriteFile {
+                    path: cstr("setgroups", b"/proc/self/setgroups")?,
+                    data: b"deny".to_vec(),
+                },
+                "write /proc/self/setgroups".into(),
+            );
+            push(
+                Step::WriteFile {
+                    path: cstr("uid_map", b"/proc/self/uid_map")?,
+                    data: format!("{SANDBOX_UID} {uid} 1").into_bytes(),
+                },
+                "write /proc/self/uid_map".into(),
+            );
+            push(
+                Step::WriteFile {
+                    path: cstr("gid_map", b"/proc/self/gid_map")?,
+                    data: format!("{SANDBOX_GID} {gid} 1").into_bytes(),
+                },
+                "write /proc/self/gid_map".into(),
+            );
+        }
         if spec.private_network {
             push(Step::LoopbackUp, "bring up the loopback interface".into());
         }
@@ -335,6 +352,7 @@ impl Plan {
         push(Step::DetachOldRoot, "unmount the old root".into());
         push(Step::RmdirOldRoot, "remove real-root".into());
         push(Step::SetIds, "switch to uid 1000 / gid 100".into());
+        push(Step::ProcessState, "reset umask and signals".into());
         push(
             Step::Chdir(cpath(&spec.cwd)?),
             format!("chdir {}", spec.cwd.display()),
@@ -378,6 +396,43 @@ impl Plan {
 /// Runs one step in the child. Only raw system calls: no allocation.
 unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
     match step {
+        Step::WaitParent(fd) => {
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(*fd, (&mut byte as *mut u8).cast(), 1);
+                if n == 1 {
+                    return 0;
+                }
+                if n == 0 {
+                    // The parent gave up before mapping us.
+                    *libc::__errno_location() = libc::EPIPE;
+                    return -1;
+                }
+                if *libc::__errno_location() != libc::EINTR {
+                    return -1;
+                }
+            }
+        }
+        Step::DropGroups => {
+            libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                as libc::c_int
+        }
+        Step::ProcessState => {
+            libc::umask(0o022);
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) == -1 {
+                return -1;
+            }
+            let mut dfl: libc::sigaction = std::mem::zeroed();
+            dfl.sa_sigaction = libc::SIG_DFL;
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::sigaction(sig, &dfl, std::ptr::null_mut());
+                }
+            }
+            0
+        }
         Step::WriteFile { path, data } => {
             let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
             if fd == -1 {
@@ -527,7 +582,15 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
     let (log_r, log_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
-    let plan = Plan::new(spec, log_w.as_raw_fd())?;
+    let go = spec
+        .host_user
+        .map(|ids| pipe().map(|p| (p, ids)))
+        .transpose()?;
+    let plan = Plan::new(
+        spec,
+        log_w.as_raw_fd(),
+        go.as_ref().map(|((r, _), _)| r.as_raw_fd()),
+    )?;
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
@@ -560,6 +623,24 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
     let pid = pid as libc::pid_t;
     drop(rep_w);
     drop(log_w);
+    if let Some(((go_r, go_w), (uid, gid))) = go {
+        drop(go_r);
+        if let Err(e) = map_ids(pid, uid, gid).and_then(|()| {
+            let n = unsafe { libc::write(go_w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            reap(pid);
+            return Err(SandboxError::Host {
+                call: "writing the build user's id maps",
+                source: e,
+            });
+        }
+    }
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
     let mut msg = [0u8; 8];
     let n = loop {
@@ -598,6 +679,20 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
         pidfd,
         log: log_r,
     })
+}
+
+/// Maps the sandbox's build user and group of the freshly cloned `pid` to
+/// the host's `uid` and `gid` (the parent, root in the parent namespace, may
+/// map any id; the child itself could only map its own).
+fn map_ids(pid: libc::pid_t, uid: u32, gid: u32) -> io::Result<()> {
+    std::fs::write(
+        format!("/proc/{pid}/uid_map"),
+        format!("{SANDBOX_UID} {uid} 1"),
+    )?;
+    std::fs::write(
+        format!("/proc/{pid}/gid_map"),
+        format!("{SANDBOX_GID} {gid} 1"),
+    )
 }
 
 /// Waits for `pid` and returns its raw wait status.

@@ -510,7 +510,9 @@ fn failure_kind(e: &BuildError) -> FailureKind {
         BuildError::Silent { .. } => FailureKind::SilentTimeout,
         BuildError::Cancelled { .. } => FailureKind::Cancelled,
         BuildError::Env { .. } | BuildError::Recipe { .. } => FailureKind::Unsupported,
-        BuildError::Rootfs { .. } | BuildError::Sandbox { .. } => FailureKind::Sandbox,
+        BuildError::Rootfs { .. } | BuildError::Sandbox { .. } | BuildError::User { .. } => {
+            FailureKind::Sandbox
+        }
         BuildError::Output(o) => match o {
             O::HashMismatch { .. } => FailureKind::HashMismatch,
             O::Cycle { .. } => FailureKind::ReferenceCycle,

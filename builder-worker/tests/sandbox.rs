@@ -36,6 +36,7 @@ async fn shell_runs_as_nix_build_user() {
     let spec = SandboxSpec {
         root: root.root.clone(),
         binds: root.binds.clone(),
+        host_user: None,
         private_network: true,
         shm_size: "50%".into(),
         cwd: "/build".into(),

@@ -7,6 +7,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kiln_nix::store_path::StorePath;
@@ -48,6 +49,8 @@ pub struct Args {
     /// Print the job's events as JSON lines.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub store_opts: StoreOpts,
 }
 
 /// `~/.cache/kiln` (or `$XDG_CACHE_HOME/kiln`).
@@ -158,7 +161,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         };
         std::fs::create_dir_all(&cache_opts.temp_dir)
             .with_context(|| format!("creating '{}'", cache_opts.temp_dir.display()))?;
-        let cache = Arc::new(open_cache(&store_url, &StoreOpts::default(), cache_opts).await?);
+        let cache = Arc::new(open_cache(&store_url, &args.store_opts, cache_opts).await?);
         cache.ensure_cache_info().await?;
         let realised = home.join("realised");
         let outcome = run_job(&args, spec, cache.clone(), &home, &realised, mode).await?;
@@ -218,8 +221,11 @@ async fn run_job(
     let mut failures = Vec::new();
     let mut dependency_failures = Vec::new();
     let mut eval_error = None;
+    let mut redraw = tokio::time::interval(Duration::from_millis(500));
+    redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let outcome = loop {
         tokio::select! {
+            _ = redraw.tick() => progress.tick(),
             _ = tokio::signal::ctrl_c() => {
                 transport
                     .publish(&Route::Jobs, &Envelope::new(Message::CancelJob { job_id }), 0)
@@ -300,8 +306,12 @@ async fn finish(args: &Args, cache: &BinaryCache, realised: &Path, o: Outcome) -
                 std::os::unix::fs::symlink(realised.join(sp.base_name()), &link)
                     .with_context(|| format!("creating the link '{}'", link.display()))?;
             }
-            use std::io::Write;
-            writeln!(out, "{path}")?;
+            // With --json, stdout is the event stream alone (the paths are
+            // in its last event).
+            if !args.json {
+                use std::io::Write;
+                writeln!(out, "{path}")?;
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

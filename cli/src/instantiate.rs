@@ -28,6 +28,11 @@ pub struct Args {
     /// Print the evaluation trace on errors.
     #[arg(long = "show-trace")]
     pub show_trace: bool,
+    /// Directory standing in for `/nix/store` where `.drv` files and
+    /// sources are written (default `~/.cache/kiln/drvs`); `--eval` and
+    /// `--parse` write nothing.
+    #[arg(long = "store-dir", value_name = "DIR")]
+    pub store_dir: Option<std::path::PathBuf>,
     /// Accepted for compatibility (XML output never carries locations).
     #[arg(long = "no-location")]
     pub no_location: bool,
@@ -49,6 +54,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cwd: std::env::current_dir().context("current directory")?,
         ..Default::default()
     };
+    if !args.eval && !args.parse {
+        req.store_dir = Some(match args.store_dir {
+            Some(d) => d,
+            None => crate::build::kiln_home()?.join("drvs"),
+        });
+    }
     for (name, e) in args.expr.exprs() {
         req.args.push((name.clone(), AutoArg::Expr(e.clone())));
     }

@@ -82,6 +82,13 @@ impl Progress {
         }
     }
 
+    /// Redraws the live view so elapsed times move between events.
+    pub fn tick(&self) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(self.view());
+        }
+    }
+
     /// The last log lines of a derivation.
     pub fn tail(&self, drv: &str) -> &[String] {
         self.tails.get(drv).map(Vec::as_slice).unwrap_or(&[])

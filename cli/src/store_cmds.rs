@@ -58,9 +58,9 @@ pub struct CopyArgs {
 /// `kiln path-info`.
 #[derive(Args, Debug)]
 pub struct PathInfoArgs {
-    /// Store to query.
+    /// Store to query; the embedded default store when omitted.
     #[arg(long, value_name = "URL")]
-    store: String,
+    store: Option<String>,
     /// Print JSON as `nix path-info --json` does.
     #[arg(long)]
     json: bool,
@@ -245,7 +245,8 @@ pub fn run_path_info(args: PathInfoArgs) -> Result<ExitCode> {
         .map(|p| parse_path(p))
         .collect::<Result<Vec<_>>>()?;
     runtime()?.block_on(async {
-        let cache = open_cache(&args.store, &args.opts, CacheOptions::default()).await?;
+        let url = crate::build::default_store(args.store.as_deref())?;
+        let cache = open_cache(&url, &args.opts, CacheOptions::default()).await?;
         let mut infos = Vec::with_capacity(paths.len());
         for p in &paths {
             match cache.path_info(p).await? {
@@ -258,8 +259,21 @@ pub fn run_path_info(args: PathInfoArgs) -> Result<ExitCode> {
             // Nix prints the JSON without a final newline.
             print!("{}", serde_json::to_string(&list)?);
         } else {
-            for i in &infos {
-                println!("{}", i.store_path);
+            // The path, then its facts in narinfo's words, indented.
+            for i in infos.iter().map(to_json) {
+                println!("{}", i.path);
+                println!("  NarHash: {}", i.nar_hash);
+                println!("  NarSize: {}", i.nar_size);
+                println!("  References: {}", i.references.join(" "));
+                if let Some(d) = &i.deriver {
+                    println!("  Deriver: {d}");
+                }
+                if let Some(ca) = &i.ca {
+                    println!("  CA: {ca}");
+                }
+                for sig in &i.signatures {
+                    println!("  Sig: {sig}");
+                }
             }
         }
         Ok(ExitCode::SUCCESS)

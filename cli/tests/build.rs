@@ -67,6 +67,46 @@ fn builds_the_example_then_finds_it_cached() {
     // The log of an output's build, found through its deriver.
     let log = kiln(&cache, tmp.path(), &["log", printed.trim()]);
     assert!(log.status.success(), "{}", text(&log.stderr));
+
+    // path-info on the default store: the facts of the narinfo, which agree
+    // with hashing the realised output behind `result`.
+    let out = printed.trim();
+    let realised = std::fs::canonicalize(tmp.path().join("result")).unwrap();
+    let hashed = kiln(
+        &cache,
+        tmp.path(),
+        &["hash", "path", realised.to_str().unwrap()],
+    );
+    assert!(hashed.status.success(), "{}", text(&hashed.stderr));
+    let nar_hash = text(&hashed.stdout).trim().to_string();
+    let info = kiln(&cache, tmp.path(), &["path-info", out]);
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    let info = text(&info.stdout);
+    assert!(info.starts_with(&format!("{out}\n")), "{info}");
+    assert!(
+        info.contains(&format!("\n  NarHash: {nar_hash}\n")),
+        "{info}"
+    );
+    assert!(info.contains("\n  NarSize: "), "{info}");
+    assert!(info.contains("\n  References: "), "{info}");
+    assert!(info.contains("\n  Deriver: /nix/store/"), "{info}");
+    let json = kiln(&cache, tmp.path(), &["path-info", "--json", out]);
+    assert!(json.status.success(), "{}", text(&json.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v[0]["path"], out);
+    assert_eq!(v[0]["narHash"], nar_hash.as_str());
+    assert!(v[0]["narSize"].as_u64().unwrap() > 0);
+    assert!(v[0]["references"].is_array());
+    let missing = kiln(
+        &cache,
+        tmp.path(),
+        &[
+            "path-info",
+            "/nix/store/00000000000000000000000000000000-nothing",
+        ],
+    );
+    assert!(!missing.status.success());
+    assert!(text(&missing.stderr).contains("is not valid"));
 }
 
 #[test]

@@ -35,8 +35,9 @@ fn kiln_build(file: &Path, busybox: &Path, store: &Path, cwd: &Path) -> Outcome 
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let events = stdout
         .lines()
-        .filter(|l| l.starts_with('{'))
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("stdout line is not JSON {l:?}: {e}"))
+        })
         .collect();
     Outcome {
         success: out.status.success(),

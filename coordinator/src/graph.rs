@@ -181,6 +181,12 @@ impl Graph {
                 }
                 self.nodes.insert(drv.clone(), node);
                 self.join(job, &drv, &mut fx);
+                if !self.wanted(&drv) {
+                    // It arrived for a job that already stopped (fail-fast),
+                    // and no other job wants it.
+                    self.set_terminal(&drv, NodeState::Cancelled, &mut fx);
+                    return fx;
+                }
                 fx.push(Effect::CheckStore(vec![drv.clone()]));
                 // An input that failed before we arrived fails us too.
                 let failed_input = inputs.iter().find(|i| {
@@ -203,6 +209,7 @@ impl Graph {
             }
             Some(state) => {
                 // Another job already has it: share the work.
+                let state = self.revive(job, &drv, state, &mut fx);
                 self.join(job, &drv, &mut fx);
                 if state.is_terminal() {
                     self.report_terminal_to(job, &drv, &mut fx);
@@ -210,6 +217,60 @@ impl Graph {
             }
         }
         fx
+    }
+
+    /// A node cancelled because the jobs that wanted it stopped is wanted
+    /// again by `job`: it goes back to the store check, waiting for the
+    /// inputs that are not realised (they are revived as they arrive for
+    /// `job` too). Returns the node's state afterwards.
+    fn revive(
+        &mut self,
+        job: JobId,
+        drv: &str,
+        state: NodeState,
+        fx: &mut Vec<Effect>,
+    ) -> NodeState {
+        let job_live = self.jobs.get(&job).is_some_and(|j| !j.stopping);
+        if state != NodeState::Cancelled || !job_live {
+            return state;
+        }
+        let inputs: Vec<String> = self.nodes[drv]
+            .info
+            .as_ref()
+            .map(|i| i.input_drvs.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut waiting_on = 0;
+        let mut failed_input = None;
+        for i in &inputs {
+            match self.nodes.get(i).map(|n| &n.state) {
+                Some(s) if s.is_realised() => {}
+                Some(NodeState::Failed | NodeState::DependencyFailed) => {
+                    failed_input.get_or_insert_with(|| i.clone());
+                    waiting_on += 1;
+                }
+                _ => waiting_on += 1,
+            }
+        }
+        let node = self.nodes.get_mut(drv).expect("node exists");
+        node.waiting_on = waiting_on;
+        node.build_id = None;
+        if let Some(dep) = failed_input {
+            node.state = NodeState::DependencyFailed;
+            node.failure = Some(dep);
+        } else {
+            node.state = NodeState::Checking;
+            fx.push(Effect::CheckStore(vec![drv.to_string()]));
+        }
+        // Jobs still registered for it are waiting on it again.
+        let terminal = node.state.is_terminal();
+        for j in node.jobs.clone() {
+            if let Some(js) = self.jobs.get_mut(&j) {
+                if !terminal && !js.stopping {
+                    js.outstanding.insert(drv.to_string());
+                }
+            }
+        }
+        self.nodes[drv].state.clone()
     }
 
     /// Adds `job` to a node's interested jobs and announces it.
@@ -252,7 +313,7 @@ impl Graph {
                 reason: node.failure.clone().unwrap_or_default(),
                 log_tail: Vec::new(),
             },
-            NodeState::DependencyFailed | NodeState::Cancelled => Event::DependencyFailed {
+            NodeState::DependencyFailed => Event::DependencyFailed {
                 drv_path: drv.to_string(),
                 dependency: node.failure.clone().unwrap_or_default(),
             },
@@ -303,11 +364,14 @@ impl Graph {
     fn try_dispatch(&mut self, drv: &str, fx: &mut Vec<Effect>) {
         let wanted = self.wanted(drv);
         let node = self.nodes.get_mut(drv).expect("node exists");
-        if node.state != NodeState::Pending || node.waiting_on > 0 {
+        if node.state != NodeState::Pending {
             return;
         }
         if !wanted {
             self.set_terminal(drv, NodeState::Cancelled, fx);
+            return;
+        }
+        if node.waiting_on > 0 {
             return;
         }
         node.state = NodeState::Dispatched;
@@ -598,6 +662,8 @@ impl Graph {
         if self.nodes.get(&drv).is_none_or(|n| n.info.is_none()) {
             fx.extend(self.add_derivation(job, info));
         } else {
+            let state = self.nodes[&drv].state.clone();
+            self.revive(job, &drv, state, &mut fx);
             self.join(job, &drv, &mut fx);
         }
         let node = self.nodes.get_mut(&drv).unwrap();

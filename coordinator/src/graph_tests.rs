@@ -273,3 +273,66 @@ fn cancelling_a_job_answers_its_waiting_ifd_requests() {
         "{reply:?}"
     );
 }
+
+#[test]
+fn derivations_arriving_after_a_fail_fast_stop_do_not_keep_the_job_open() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    g.add_derivation(job, drv("bad", &[]));
+    g.add_derivation(job, drv("slow", &[]));
+    g.store_checked(&p("bad"), false);
+    g.failed(&p("bad"), 1, "x".into(), vec![], None);
+    // "slow" was still being checked: cancelled, its check answer ignored.
+    assert_eq!(g.nodes[&p("slow")].state, NodeState::Cancelled);
+    assert!(dispatched(&g.store_checked(&p("slow"), false)).is_empty());
+    // Evaluation goes on: a late derivation on the cancelled one, and one on
+    // nothing, are neither checked nor built, and the job can finish.
+    let fx = g.add_derivation(job, drv("late", &["slow"]));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::CheckStore(_))));
+    let fx = g.add_derivation(job, drv("late2", &[]));
+    assert!(!fx.iter().any(|e| matches!(e, Effect::CheckStore(_))));
+    assert!(g.job_idle(job), "{:?}", g.jobs[&job].outstanding);
+    let s = g.summary(job);
+    assert_eq!(
+        s.iter()
+            .filter(|d| d.status == DrvStatus::Cancelled)
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn a_stopped_jobs_cancelled_work_is_revived_for_another_job() {
+    let mut g = Graph::new();
+    let (j1, j2) = (Uuid::new_v4(), Uuid::new_v4());
+    g.add_job(j1, false, 0);
+    g.add_derivation(j1, drv("bad", &[]));
+    g.add_derivation(j1, drv("lib", &[]));
+    g.add_derivation(j1, drv("app", &["lib"]));
+    g.store_checked(&p("bad"), false);
+    g.failed(&p("bad"), 1, "x".into(), vec![], None);
+    assert_eq!(g.nodes[&p("lib")].state, NodeState::Cancelled);
+    assert_eq!(g.nodes[&p("app")].state, NodeState::Cancelled);
+
+    // j1 has not finished yet when j2 asks for the same derivations.
+    g.add_job(j2, false, 0);
+    let fx = g.add_derivation(j2, drv("lib", &[]));
+    assert!(fx.iter().any(|e| matches!(e, Effect::CheckStore(_))));
+    assert!(!events(&fx, j2)
+        .iter()
+        .any(|e| matches!(e, Event::DependencyFailed { .. })));
+    let fx = g.add_derivation(j2, drv("app", &["lib"]));
+    assert!(fx.iter().any(|e| matches!(e, Effect::CheckStore(_))));
+    assert!(!g.job_idle(j2));
+    assert!(dispatched(&g.store_checked(&p("app"), false)).is_empty());
+    assert_eq!(
+        dispatched(&g.store_checked(&p("lib"), false)),
+        vec![p("lib")]
+    );
+    let fx = g.built(&p("lib"), 1, BTreeMap::new(), None);
+    assert_eq!(dispatched(&fx), vec![p("app")]);
+    g.built(&p("app"), 1, BTreeMap::new(), None);
+    assert!(g.job_idle(j2));
+    assert!(g.summary(j2).iter().all(|d| d.status == DrvStatus::Built));
+}

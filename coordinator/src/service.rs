@@ -49,6 +49,10 @@ pub struct CoordinatorConfig {
     pub positive_cache_ttl: Duration,
     /// Derivations checked against the store in one request.
     pub check_batch: usize,
+    /// Store checks in flight at once. Derivations arriving meanwhile wait
+    /// and go out together in the next request, so a fast evaluator makes
+    /// few large requests instead of one per derivation.
+    pub check_concurrency: usize,
 }
 
 impl Default for CoordinatorConfig {
@@ -57,6 +61,7 @@ impl Default for CoordinatorConfig {
             upload: UploadMode::Direct,
             positive_cache_ttl: Duration::from_secs(30),
             check_batch: 512,
+            check_concurrency: 2,
         }
     }
 }
@@ -85,6 +90,7 @@ struct Coordinator {
     jobs: HashMap<JobId, JobEntry>,
     builds: HashMap<uuid::Uuid, String>,
     to_check: Vec<String>,
+    checks_in_flight: usize,
     present_cache: HashMap<String, Instant>,
     checks_tx: mpsc::UnboundedSender<Vec<(String, Result<bool, String>)>>,
 }
@@ -109,6 +115,7 @@ pub async fn run(
         jobs: HashMap::new(),
         builds: HashMap::new(),
         to_check: Vec::new(),
+        checks_in_flight: 0,
         present_cache: HashMap::new(),
         checks_tx,
     };
@@ -118,6 +125,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return Ok(()),
             d = ifd_sub.next() => c.delivered(d).await?,
             Some(results) = checks_rx.recv() => {
+                c.checks_in_flight -= 1;
                 for (drv, res) in results {
                     let fx = match res {
                         Ok(present) => c.graph.store_checked(&drv, present),
@@ -388,7 +396,8 @@ impl Coordinator {
     }
 
     fn flush_checks(&mut self) {
-        if self.to_check.is_empty() {
+        if self.to_check.is_empty() || self.checks_in_flight >= self.config.check_concurrency.max(1)
+        {
             return;
         }
         let now = Instant::now();
@@ -416,6 +425,7 @@ impl Coordinator {
             }
             let store = self.store.clone();
             let tx = self.checks_tx.clone();
+            self.checks_in_flight += 1;
             tokio::spawn(async move {
                 let answer = if query.is_empty() {
                     Ok(HashSet::new())

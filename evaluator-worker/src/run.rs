@@ -38,6 +38,11 @@ pub struct Request {
     pub xml: bool,
     /// `--parse`: parse only.
     pub parse_only: bool,
+    /// Write what evaluation adds to the store (sources, `toFile` texts,
+    /// `.drv` files) into this directory, which stands in for `/nix/store`,
+    /// as `nix-instantiate` writes them to its store. `None` computes the
+    /// paths without writing anything, like `nix-instantiate --eval`.
+    pub store_dir: Option<PathBuf>,
     /// `--show-trace`.
     pub show_trace: bool,
     /// Directory relative paths in `-E`/`--arg` resolve against.
@@ -62,8 +67,15 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
     if let Some(np) = &req.nix_path {
         search_path.extend(parse_nix_path(np));
     }
+    let store: Option<std::rc::Rc<dyn crate::store::Store>> = match &req.store_dir {
+        Some(dir) => Some(std::rc::Rc::new(
+            crate::store::DirStore::new(dir).map_err(|e| format!("error: {e}"))?,
+        )),
+        None => None,
+    };
     let evr = Evaluator::new(Options {
         search_path,
+        store,
         leak_on_drop: !req.release_memory,
         ..Default::default()
     });

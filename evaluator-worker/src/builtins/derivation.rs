@@ -4,7 +4,7 @@
 //! output paths, `hashDerivationModulo`, the ATerm and the `.drv` path all
 //! come from `kiln_nix`, so they are the very bytes Nix 2.8 produces.
 
-use super::{b, mk_attrs, Builtin};
+use super::{g, mk_attrs, Builtin};
 use crate::error::{Error, Result};
 use crate::eval::{DrvInfo, Eval};
 use crate::pos::Pos;
@@ -15,7 +15,7 @@ use kiln_nix::store_path::{FileIngestionMethod, StorePath};
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
-pub(super) const BUILTINS: &[Builtin] = &[b("derivationStrict", 1, derivation_strict)];
+pub(super) const BUILTINS: &[Builtin] = &[g("derivationStrict", 1, derivation_strict)];
 
 /// The `derivation` function, written in Nix on top of `derivationStrict`.
 pub const DERIVATION_NIX: &str = r#"

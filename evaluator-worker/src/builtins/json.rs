@@ -60,24 +60,31 @@ fn from_json(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     Ok(json_value(v))
 }
 
-fn toml_value(v: toml::Value) -> Value {
-    match v {
+/// Nix 2.8 refuses TOML dates and times.
+fn toml_value(v: toml::Value) -> std::result::Result<Value, &'static str> {
+    Ok(match v {
         toml::Value::String(s) => Value::string(s),
         toml::Value::Integer(i) => Value::Int(i),
         toml::Value::Float(f) => Value::Float(f),
         toml::Value::Boolean(b) => Value::Bool(b),
-        toml::Value::Datetime(d) => Value::string(d.to_string()),
-        toml::Value::Array(a) => Value::list(a.into_iter().map(toml_value).collect()),
+        toml::Value::Datetime(_) => return Err("Dates and times are not supported"),
+        toml::Value::Array(a) => Value::list(
+            a.into_iter()
+                .map(toml_value)
+                .collect::<std::result::Result<_, _>>()?,
+        ),
         toml::Value::Table(t) => Value::Attrs(Rc::new(Attrs::from_unsorted(
             t.into_iter()
-                .map(|(k, v)| Attr {
-                    name: k.as_str().into(),
-                    value: toml_value(v),
-                    pos: None,
+                .map(|(k, v)| {
+                    Ok::<_, &'static str>(Attr {
+                        name: k.as_str().into(),
+                        value: toml_value(v)?,
+                        pos: None,
+                    })
                 })
-                .collect(),
+                .collect::<std::result::Result<_, _>>()?,
         ))),
-    }
+    })
 }
 
 fn from_toml(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -85,5 +92,6 @@ fn from_toml(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let t: toml::Table =
         s.s.parse()
             .map_err(|e| Error::eval(format!("while parsing a TOML string: {e}")).at(pos))?;
-    Ok(toml_value(toml::Value::Table(t)))
+    toml_value(toml::Value::Table(t))
+        .map_err(|e| Error::eval(format!("while parsing a TOML string: {e}")).at(pos))
 }

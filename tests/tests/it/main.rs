@@ -7,6 +7,7 @@ mod conformance_binary_cache;
 mod conformance_eval;
 mod conformance_instantiate;
 mod conformance_nar;
+mod coordinator_batching;
 mod embedded_build;
 mod embedded_drv_stream;
 mod nix_lang;

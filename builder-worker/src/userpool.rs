@@ -1,0 +1,141 @@
+//! Build users for a builder running as root.
+//!
+//! Inside the sandbox a build always runs as uid 1000 / gid 100. Which host
+//! identity that maps to matters: mapped to root, a build would own every
+//! root-owned file it can reach (device nodes, `/proc/sys`) even without
+//! capabilities. So, like Nix's build users, a root builder runs each build
+//! as an unprivileged host uid and gid of its own, taken from a pool and held
+//! by a lock file for as long as the build runs. Lock files (rather than an
+//! in-process set) keep two Kiln processes on one host apart too.
+//!
+//! An unprivileged builder needs none of this: its own uid is the only one it
+//! can map, and it owns nothing the build could misuse.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+/// First host uid (and gid) of the default pool: the range Nix uses for
+/// automatically allocated build users, far from any account's id.
+pub const DEFAULT_BASE: u32 = 872_415_232;
+/// Pool size by default; more than any sensible `max-jobs`.
+pub const DEFAULT_SIZE: u32 = 1024;
+/// Where the lock files live by default (root only).
+pub const DEFAULT_LOCK_DIR: &str = "/run/kiln/userpool";
+
+/// Where build users come from.
+#[derive(Debug, Clone)]
+pub struct UserPool {
+    /// Directory of the per-user lock files.
+    pub lock_dir: PathBuf,
+    /// First uid/gid of the range.
+    pub base: u32,
+    /// Number of users in the range.
+    pub size: u32,
+}
+
+impl Default for UserPool {
+    fn default() -> Self {
+        UserPool {
+            lock_dir: PathBuf::from(DEFAULT_LOCK_DIR),
+            base: DEFAULT_BASE,
+            size: DEFAULT_SIZE,
+        }
+    }
+}
+
+/// A host uid and gid reserved for one build; released when dropped.
+#[derive(Debug)]
+pub struct BuildUser {
+    /// Host uid the sandbox's uid 1000 maps to.
+    pub uid: u32,
+    /// Host gid the sandbox's gid 100 maps to.
+    pub gid: u32,
+    _lock: File,
+}
+
+/// Errors while reserving a build user.
+#[derive(Debug, thiserror::Error)]
+pub enum UserPoolError {
+    /// The lock directory or a lock file could not be used.
+    #[error("cannot use build-user lock '{path}'")]
+    Lock {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Every user of the pool is taken.
+    #[error("all {size} build users starting at uid {base} are busy (locks in '{dir}')")]
+    Exhausted {
+        /// First uid.
+        base: u32,
+        /// Pool size.
+        size: u32,
+        /// Lock directory.
+        dir: PathBuf,
+    },
+}
+
+impl UserPool {
+    /// Reserves the first free user of the pool.
+    pub fn acquire(&self) -> Result<BuildUser, UserPoolError> {
+        let lock_err = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| UserPoolError::Lock { path, source }
+        };
+        fs::create_dir_all(&self.lock_dir).map_err(lock_err(&self.lock_dir))?;
+        for slot in 0..self.size {
+            let uid = self.base + slot;
+            let path = self.lock_dir.join(uid.to_string());
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(lock_err(&path))?;
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r == 0 {
+                return Ok(BuildUser {
+                    uid,
+                    gid: uid,
+                    _lock: file,
+                });
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(UserPoolError::Lock { path, source: e });
+            }
+        }
+        Err(UserPoolError::Exhausted {
+            base: self.base,
+            size: self.size,
+            dir: self.lock_dir.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_exclusive_until_dropped() {
+        let t = tempfile::tempdir().unwrap();
+        let pool = UserPool {
+            lock_dir: t.path().join("locks"),
+            base: 5000,
+            size: 2,
+        };
+        let a = pool.acquire().unwrap();
+        let b = pool.acquire().unwrap();
+        assert_eq!((a.uid, b.uid), (5000, 5001));
+        assert_eq!(b.gid, 5001);
+        let err = pool.acquire().unwrap_err();
+        assert!(err.to_string().contains("busy"), "{err}");
+        drop(a);
+        assert_eq!(pool.acquire().unwrap().uid, 5000);
+    }
+}
