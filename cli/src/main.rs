@@ -46,7 +46,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
         Command::Build(a) => build::run(a),
         Command::Nar(c) => nar::run(c),
@@ -67,6 +70,35 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Help and version go out as clap prints them; a usage error is one line
+/// naming the cause (clap's own first line) and exits with 2.
+fn usage_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    // clap's message is the paragraph before "Usage:"; fold it to one line.
+    let text = e.render().to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:"))
+        .filter(|l| !l.is_empty() && !l.starts_with("tip:"))
+        .collect();
+    let line = if message.is_empty() {
+        "error: invalid arguments".to_string()
+    } else {
+        message.join(" ")
+    };
+    eprintln!("{line} (see 'kiln --help')");
+    ExitCode::from(2)
 }
 
 /// A closed stdout (`kiln nar dump x | head`) is not an error.

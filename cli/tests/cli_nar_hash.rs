@@ -200,6 +200,16 @@ fn errors_are_one_clear_line() {
     assert_one_line_error(&out, "at byte 128");
     assert!(!target.exists());
 
+    // Usage errors are one line too, naming the bad argument.
+    assert_one_line_error(
+        &run(&["hash", "path", "--frobnicate", m], None),
+        "--frobnicate",
+    );
+    assert_one_line_error(&run(&["hash", "path", "--type", "sha3", m], None), "sha3");
+    assert_one_line_error(&run(&["nar", "dump"], None), "PATH");
+    let out = run(&["hash", "path", "--frobnicate", m], None);
+    assert_eq!(out.status.code(), Some(2));
+
     // A FIFO cannot go into a NAR; the error names it.
     let fifo = tmp.path().join("fifo");
     assert!(Command::new("mkfifo")
