@@ -160,6 +160,50 @@ async fn cannot_act_as_host_root() {
     }
 }
 
+/// The positive control of the loopback test: a fixed-output derivation
+/// keeps the host's network, and the very same `nc` reaches the listener.
+/// Its output is fixed to "reached\n", so the build fails unless it did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_output_builds_keep_the_network() {
+    use kiln_nix::derivation::FixedOutputHash;
+    use kiln_nix::store_path::FileIngestionMethod;
+    let Some(env) = setup(1) else { return };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accept = tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let (mut sock, _) = listener.accept().await.unwrap();
+        sock.write_all(b"reached\n").await.unwrap();
+    });
+    // The same client as the loopback test (busybox's static wget crashes
+    // in its NSS lookups on Debian, in and out of any sandbox).
+    let script = format!("nc -w 5 127.0.0.1 {port} < /dev/null > $out");
+    let (_, mut drv) = mk("fod-net", &script);
+    let hash = FixedOutputHash {
+        method: FileIngestionMethod::Flat,
+        hash: Hash::of(HashAlgo::Sha256, b"reached\n"),
+    };
+    let out = DerivationOutput::fixed("fod-net", hash).unwrap();
+    drv.env
+        .insert("out".into(), out.path().unwrap().to_absolute_path());
+    drv.outputs.insert("out".into(), out);
+    let drv_path = drv.drv_path("fod-net").unwrap().to_absolute_path();
+    let opts = BuildOptions {
+        out_dir: env.cache.clone(),
+        ..Default::default()
+    };
+    let res = env
+        .builder
+        .build(&drv_path, &drv, &env.inputs, &opts)
+        .await
+        .unwrap_or_else(|e| panic!("fixed-output build: {e}"));
+    assert_eq!(
+        std::fs::read_to_string(&res.outputs["out"].location).unwrap(),
+        "reached\n"
+    );
+    accept.await.unwrap();
+}
+
 #[tokio::test]
 async fn cannot_write_into_inputs() {
     let Some(env) = setup(1) else { return };

@@ -79,13 +79,17 @@ fn run(req: Request) -> Result<Result<String, String>, String> {
     })
 }
 
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+}
+
 fn eval_okay(dir: &Path, nix: &Path) -> Option<Outcome> {
     let exp = nix.with_extension("exp");
     let exp_xml = nix.with_extension("exp.xml");
     let (expected, xml) = if exp.exists() {
-        (std::fs::read_to_string(&exp).ok()?, false)
+        (read(&exp), false)
     } else if exp_xml.exists() {
-        (std::fs::read_to_string(&exp_xml).ok()?, true)
+        (read(&exp_xml), true)
     } else {
         return None;
     };
@@ -94,7 +98,7 @@ fn eval_okay(dir: &Path, nix: &Path) -> Option<Outcome> {
     req.xml = xml;
     let flags = nix.with_extension("flags");
     if flags.exists() {
-        let f = std::fs::read_to_string(&flags).ok()?;
+        let f = read(&flags);
         if let Err(e) = apply_flags(&mut req, &f, dir) {
             return Some(Outcome::Fail(e));
         }
@@ -173,6 +177,11 @@ fn nix_language_suite() {
         "eval-fail passes {fail} < {MIN_EVAL_FAIL}"
     );
     assert_eq!(parse_ok, parse_total, "every parse case");
+    // The suite as shipped: a missing or unreadable part must not pass.
+    assert_eq!(exp_total, 93, "eval-okay cases with a .exp");
+    assert!(exp_ok >= 90, "eval-okay with .exp passes {exp_ok} < 90");
+    assert_eq!(fail_total, 17, "eval-fail cases");
+    assert_eq!(parse_total, 24, "parse cases");
 }
 
 /// What `nix-instantiate --parse` (Nix 2.8.0) printed for each `parse-okay`
