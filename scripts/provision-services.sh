@@ -97,6 +97,27 @@ install_packages() {
         --no-install-recommends "${missing[@]}" >&2
 }
 
+# Nix 2.8 as root builds as the members of `build-users-group` (nixbld),
+# which Debian's nix-bin does not create; the benchmarks and the oracle
+# tests run real sandboxed `nix-build`s, so make the group and users the
+# way Nix's installer does.
+nix_build_users() {
+    command -v nix-build >/dev/null 2>&1 || return 0
+    if ! getent group nixbld >/dev/null; then
+        as_root groupadd --system nixbld
+    fi
+    local i added=0
+    for i in $(seq 1 8); do
+        if ! getent passwd "nixbld$i" >/dev/null; then
+            as_root useradd --system --no-create-home --home-dir /var/empty \
+                --gid nixbld --groups nixbld --shell /usr/sbin/nologin \
+                --comment "Nix build user $i" "nixbld$i"
+            added=$((added + 1))
+        fi
+    done
+    [ "$added" -eq 0 ] || log "created $added Nix build users (nixbld)"
+}
+
 # --- 2. RabbitMQ ------------------------------------------------------------
 
 start_rabbitmq() {
@@ -274,6 +295,7 @@ EOF
 main() {
     local start=$SECONDS
     install_packages
+    nix_build_users
     start_rabbitmq
     find_garage
     as_root mkdir -p "$STATE_DIR"

@@ -388,3 +388,28 @@ pub async fn job_events(
         }
     }
 }
+
+/// Plays the CLI and takes the evaluator's part of the hand-off: subscribes
+/// to the job's events, submits `spec` and acknowledges the `EvalRequest`
+/// the coordinator sends for it. The caller then sends the derivation
+/// stream itself. Returns the job's event subscription.
+pub async fn submit_job(
+    transport: &dyn kiln_protocol::Transport,
+    spec: kiln_protocol::JobSpec,
+) -> Box<dyn kiln_protocol::Subscription> {
+    use kiln_protocol::{Envelope, Message, Route};
+    let job_id = spec.job_id;
+    let events = transport
+        .subscribe(&Route::JobEvents(job_id))
+        .await
+        .unwrap();
+    let mut eval = transport.subscribe(&Route::Eval).await.unwrap();
+    transport
+        .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
+        .await
+        .unwrap();
+    let req = eval.next().await.unwrap().unwrap();
+    assert!(matches!(req.envelope.body, Message::EvalRequest(ref s) if s.job_id == job_id));
+    req.ack().await.unwrap();
+    events
+}

@@ -52,7 +52,8 @@ fn percent_decode(url: &str, s: &str) -> Result<String> {
 
 impl StoreUrl {
     /// Parses a store URL. S3 parameters other than `endpoint`, `region`,
-    /// `prefix`, `profile` and `path-style` (or Nix's `scheme`) are refused.
+    /// `prefix`, `profile`, `path-style` and `config` (a settings file; or
+    /// Nix's `scheme`) are refused.
     pub fn parse(url: &str) -> Result<StoreUrl> {
         if let Some(rest) = url.strip_prefix("s3://") {
             let (bucket, query) = rest.split_once('?').unwrap_or((rest, ""));
@@ -72,6 +73,7 @@ impl StoreUrl {
                     "region" => cfg.region = Some(v),
                     "prefix" => cfg.prefix = v.trim_matches('/').to_string(),
                     "profile" => cfg.profile = Some(v),
+                    "config" => cfg.config_file = Some(PathBuf::from(v)),
                     "scheme" => scheme = Some(v),
                     "path-style" => {
                         cfg.path_style = Some(match v.as_str() {
@@ -126,6 +128,7 @@ impl StoreUrl {
         Ok(match self {
             StoreUrl::Local(dir) => Arc::new(LocalStore::open(dir).await?),
             StoreUrl::S3(mut cfg) => {
+                cfg.fill_from_file(&env)?;
                 cfg.fill_from_env(env);
                 Arc::new(S3Store::connect(cfg).await?)
             }
@@ -137,6 +140,60 @@ impl StoreUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_settings_come_from_url_then_file_then_environment() {
+        let t = tempfile::tempdir().unwrap();
+        let file = t.path().join("s3.toml");
+        std::fs::write(
+            &file,
+            "endpoint = \"http://file:3900\"\nregion = \"garage\"\nprefix = \"/cache/\"\n\
+             access-key-id = \"GKfile\"\nsecret-access-key = \"s3cret\"\npart-size = 8388608\n",
+        )
+        .unwrap();
+        let url = format!(
+            "s3://b?config={}&endpoint=http%3A%2F%2Furl%3A3900",
+            file.display()
+        );
+        let StoreUrl::S3(mut cfg) = StoreUrl::parse(&url).unwrap() else {
+            panic!("not S3")
+        };
+        let env = |k: &str| match k {
+            "AWS_REGION" => Some("from-env".to_string()),
+            "AWS_ACCESS_KEY_ID" => Some("GKenv".to_string()),
+            "AWS_PROFILE" => Some("envprofile".to_string()),
+            _ => None,
+        };
+        cfg.fill_from_file(env).unwrap();
+        cfg.fill_from_env(env);
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://url:3900"), "URL wins");
+        assert_eq!(cfg.region.as_deref(), Some("garage"), "file beats env");
+        assert_eq!(cfg.prefix, "cache");
+        assert_eq!(cfg.access_key_id.as_deref(), Some("GKfile"));
+        assert_eq!(cfg.part_size, 8 << 20);
+        assert_eq!(
+            cfg.profile.as_deref(),
+            Some("envprofile"),
+            "env fills the rest"
+        );
+
+        // KILN_S3_CONFIG names the file when the URL does not.
+        let StoreUrl::S3(mut cfg) = StoreUrl::parse("s3://b").unwrap() else {
+            panic!("not S3")
+        };
+        let path = file.display().to_string();
+        cfg.fill_from_file(|k: &str| (k == "KILN_S3_CONFIG").then(|| path.clone()))
+            .unwrap();
+        assert_eq!(cfg.endpoint.as_deref(), Some("http://file:3900"));
+
+        // A bad file is named in the error.
+        std::fs::write(&file, "endpont = 1\n").unwrap();
+        let StoreUrl::S3(mut cfg) = StoreUrl::parse(&url).unwrap() else {
+            panic!("not S3")
+        };
+        let err = cfg.fill_from_file(|_: &str| None).unwrap_err().to_string();
+        assert!(err.contains("s3.toml") && err.contains("endpont"), "{err}");
+    }
 
     #[test]
     fn parses_every_form() {

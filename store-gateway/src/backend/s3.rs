@@ -63,6 +63,26 @@ pub struct S3Config {
     /// Size of each multipart part.
     #[serde(default = "default_part_size")]
     pub part_size: u64,
+    /// A TOML file of settings (the store URL's `config=FILE`, or
+    /// `KILN_S3_CONFIG`), read by [`S3Config::fill_from_file`].
+    #[serde(skip)]
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+/// The settings an S3 configuration file may hold: every field of
+/// [`S3Config`] but the bucket, all optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct S3File {
+    prefix: Option<String>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    profile: Option<String>,
+    multipart_threshold: Option<u64>,
+    part_size: Option<u64>,
 }
 
 fn default_multipart_threshold() -> u64 {
@@ -90,7 +110,53 @@ impl S3Config {
             profile: None,
             multipart_threshold: default_multipart_threshold(),
             part_size: default_part_size(),
+            config_file: None,
         }
+    }
+
+    /// Fills fields still unset from the TOML file `config_file` (or, when
+    /// that is unset, the file named by `KILN_S3_CONFIG` in `env`). Keys are
+    /// the field names in kebab case (`endpoint`, `region`, `prefix`,
+    /// `path-style`, `access-key-id`, `secret-access-key`, `profile`,
+    /// `multipart-threshold`, `part-size`). What the store URL says wins
+    /// over the file; the file wins over the environment, so call this
+    /// before [`S3Config::fill_from_env`].
+    pub fn fill_from_file(&mut self, env: impl Fn(&str) -> Option<String>) -> Result<()> {
+        let Some(path) = self.config_file.clone().or_else(|| {
+            env("KILN_S3_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(Into::into)
+        }) else {
+            return Ok(());
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| StoreError::io("reading S3 settings", &path, e))?;
+        let file: S3File = toml::from_str(&text).map_err(|e| StoreError::Format {
+            context: format!("S3 settings file '{}'", path.display()),
+            message: e.to_string().trim_end().replace('\n', " "),
+        })?;
+        if self.prefix.is_empty() {
+            self.prefix = file
+                .prefix
+                .unwrap_or_default()
+                .trim_matches('/')
+                .to_string();
+        }
+        self.endpoint = self.endpoint.take().or(file.endpoint);
+        self.region = self.region.take().or(file.region);
+        self.path_style = self.path_style.or(file.path_style);
+        if self.access_key_id.is_none() && self.secret_access_key.is_none() {
+            self.access_key_id = file.access_key_id;
+            self.secret_access_key = file.secret_access_key;
+        }
+        self.profile = self.profile.take().or(file.profile);
+        if let Some(t) = file.multipart_threshold {
+            self.multipart_threshold = t;
+        }
+        if let Some(p) = file.part_size {
+            self.part_size = p;
+        }
+        Ok(())
     }
 
     /// Fills fields still unset from environment variables, read through

@@ -77,11 +77,6 @@ async fn a_burst_of_derivations_is_checked_in_few_requests() {
         shutdown.clone(),
     ));
     let job_id = uuid::Uuid::new_v4();
-    let mut events = transport
-        .subscribe(&Route::JobEvents(job_id))
-        .await
-        .unwrap();
-    let mut eval = transport.subscribe(&Route::Eval).await.unwrap();
     let spec = JobSpec {
         job_id,
         source: ExprSource::File {
@@ -92,11 +87,7 @@ async fn a_burst_of_derivations_is_checked_in_few_requests() {
         search_path: vec![],
         options: JobOptions::default(),
     };
-    transport
-        .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
-        .await
-        .unwrap();
-    eval.next().await.unwrap().unwrap().ack().await.unwrap();
+    let mut events = kiln_tests::submit_job(&transport, spec).await;
     for i in 0..N {
         let (drv_path, aterm) = derivation(i);
         let msg = Message::Derivation(DerivationMsg {

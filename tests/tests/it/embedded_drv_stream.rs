@@ -78,11 +78,6 @@ async fn add_busybox(cache: &BinaryCache, dir: &std::path::Path) {
 /// Submits a job, plays the evaluator for it, and collects its events.
 async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
     let job_id = uuid::Uuid::new_v4();
-    let mut events = transport
-        .subscribe(&Route::JobEvents(job_id))
-        .await
-        .unwrap();
-    let mut eval = transport.subscribe(&Route::Eval).await.unwrap();
     let spec = JobSpec {
         job_id,
         source: ExprSource::File {
@@ -103,13 +98,7 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             .await
             .unwrap()
     };
-    transport
-        .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
-        .await
-        .unwrap();
-    let req = eval.next().await.unwrap().unwrap();
-    assert!(matches!(req.envelope.body, Message::EvalRequest(ref s) if s.job_id == job_id));
-    req.ack().await.unwrap();
+    let mut events = kiln_tests::submit_job(transport, spec).await;
     for c in cases {
         send(Message::Derivation(DerivationMsg {
             job_id,
