@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::{symlink, DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::sandbox::{Bind, SANDBOX_GID, SANDBOX_UID};
@@ -114,35 +114,66 @@ pub struct Rootfs {
     pub build_dir: PathBuf,
     /// `/nix/store` seen from the host (outputs appear here).
     pub store_dir: PathBuf,
-    /// Bind mounts the sandbox needs.
+    /// Bind mounts the sandbox needs, in order.
     pub binds: Vec<Bind>,
 }
 
-/// Lays out a root in the empty-or-absent directory `root`.
+/// Where a build's directories live on the host.
+#[derive(Debug, Clone, Copy)]
+pub struct Layout<'a> {
+    /// The empty-or-absent directory that becomes `/`: only the skeleton
+    /// (`/etc`, `/dev`, mount points), so a tmpfs is the place for it;
+    /// creating and deleting those few dozen inodes per build on a disk file
+    /// system costs more than the rest of the set-up together.
+    pub root: &'a Path,
+    /// The empty-or-absent directory on a real file system that holds what
+    /// the build writes: `build/` (bound to `/build`) and `store/` (bound to
+    /// the store directory, where the outputs appear).
+    pub work: &'a Path,
+}
+
+/// Lays out a root at `layout.root` and the writable directories at
+/// `layout.work`.
 ///
 /// `inputs` maps store paths (`/nix/store/…`) to where they live on the
 /// host; each is bound read-only. `fixed_output` gives the build the host's
 /// name-resolution files, as Nix does.
 pub fn prepare<'a>(
-    root: &Path,
+    layout: Layout<'_>,
     store_dir: &str,
     inputs: impl IntoIterator<Item = (&'a str, &'a Path)>,
     fixed_output: bool,
 ) -> Result<Rootfs, RootfsError> {
+    let root = layout.root;
     mkdir(root, 0o750)?;
     let rel = |p: &str| root.join(p.trim_start_matches('/'));
     mkdir(&rel("tmp"), 0o1777)?;
-    let build_dir = rel(BUILD_DIR);
-    mkdir(&build_dir, 0o700)?;
+    mkdir(&rel(BUILD_DIR), 0o700)?;
     mkdir(&rel("proc"), 0o555)?;
-    let store = rel(store_dir);
+    mkdir(&rel(store_dir), 0o1775)?;
+    mkdir(layout.work, 0o700)?;
+    let build_dir = layout.work.join("build");
+    mkdir(&build_dir, 0o700)?;
+    let store = layout.work.join("store");
     mkdir(&store, 0o1775)?;
+    // The writable directories first: the inputs are bound into the store.
+    let mut binds = vec![
+        Bind {
+            source: build_dir.clone(),
+            target: BUILD_DIR.into(),
+            read_only: false,
+        },
+        Bind {
+            source: store.clone(),
+            target: store_dir.into(),
+            read_only: false,
+        },
+    ];
 
     let etc = rel("etc");
     mkdir(&etc, 0o755)?;
     write(&etc.join("passwd"), &passwd())?;
     write(&etc.join("group"), &group())?;
-    let mut binds = Vec::new();
     if fixed_output {
         write(&etc.join("nsswitch.conf"), NSSWITCH)?;
         for f in FOD_ETC {
@@ -187,7 +218,16 @@ pub fn prepare<'a>(
     }
 
     for (store_path, host) in inputs {
-        let target = rel(store_path);
+        let name = store_path
+            .strip_prefix(store_dir)
+            .map(|n| n.trim_start_matches('/'))
+            .filter(|n| !n.is_empty() && !n.contains('/') && *n != "..")
+            .ok_or_else(|| RootfsError {
+                action: "place input outside the store",
+                path: PathBuf::from(store_path),
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            })?;
+        let target = store.join(name);
         if !mount_point(host, &target)? {
             return Err(RootfsError {
                 action: "find input",
@@ -207,6 +247,36 @@ pub fn prepare<'a>(
         store_dir: store,
         binds,
     })
+}
+
+/// A private directory on a tmpfs for build roots: `/dev/shm` (where it is
+/// a tmpfs the caller may write) gets a fresh `kiln-<uid>-<pid>-<n>`
+/// directory, mode 0700, made with `mkdir` so nothing planted there before
+/// can be used. `None` when there is no such tmpfs; roots then go on disk.
+pub fn tmpfs_roots_dir() -> Option<PathBuf> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    if std::env::var("KILN_SANDBOX_TMPFS_ROOT").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let shm = Path::new("/dev/shm");
+    let c = std::ffi::CString::new("/dev/shm").ok()?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || st.f_type != libc::TMPFS_MAGIC {
+        return None;
+    }
+    let uid = unsafe { libc::geteuid() };
+    for _ in 0..16 {
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let dir = shm.join(format!("kiln-{uid}-{}-{n}", std::process::id()));
+        let made = std::fs::DirBuilder::new().mode(0o700).create(&dir);
+        match made {
+            Ok(()) => return Some(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 /// Gives the prepared root to a build user (host `uid`/`gid`) as Nix does
@@ -277,8 +347,12 @@ mod tests {
         let input = t.path().join("in");
         fs::create_dir(&input).unwrap();
         let root = t.path().join("root");
+        let work = t.path().join("work");
         let r = prepare(
-            &root,
+            Layout {
+                root: &root,
+                work: &work,
+            },
             "/nix/store",
             [("/nix/store/abc-in", input.as_path())],
             false,
@@ -290,26 +364,45 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["build", "dev", "etc", "nix", "proc", "tmp"]);
-        assert!(root.join("nix/store/abc-in").is_dir());
+        // Mount points for the writable directories, which live in `work`
+        // and are bound first; the inputs' mount points are in the store.
+        assert!(root.join("nix/store").is_dir() && root.join("build").is_dir());
+        assert_eq!(r.build_dir, work.join("build"));
+        assert_eq!(r.store_dir, work.join("store"));
+        assert_eq!(r.binds[0].target, Path::new("/build"));
+        assert_eq!(r.binds[1].target, Path::new("/nix/store"));
+        assert!(!r.binds[1].read_only);
+        assert!(work.join("store/abc-in").is_dir());
         assert!(r
             .binds
             .iter()
             .any(|b| b.target == Path::new("/nix/store/abc-in") && b.read_only));
         assert_eq!(fs::read_to_string(root.join("etc/hosts")).unwrap(), HOSTS);
         remove_tree(&root).unwrap();
-        assert!(!root.exists());
+        remove_tree(&work).unwrap();
+        assert!(!root.exists() && !work.exists());
     }
 
     #[test]
     fn missing_input_is_reported() {
         let t = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            root: &t.path().join("r"),
+            work: &t.path().join("w"),
+        };
         let err = prepare(
-            &t.path().join("r"),
+            layout,
             "/nix/store",
             [("/nix/store/x-y", t.path().join("nope").as_path())],
             false,
         )
         .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
+        let layout = Layout {
+            root: &t.path().join("r2"),
+            work: &t.path().join("w2"),
+        };
+        let err = prepare(layout, "/nix/store", [("/etc/x-y", t.path())], false).unwrap_err();
+        assert!(err.to_string().contains("outside the store"), "{err}");
     }
 }

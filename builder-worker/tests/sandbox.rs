@@ -25,8 +25,12 @@ async fn shell_runs_as_nix_build_user() {
     std::fs::create_dir_all(&bbdir).unwrap();
     std::fs::copy(&bb, bbdir.join("busybox")).unwrap();
     let store_bb = "/nix/store/00000000000000000000000000000000-busybox";
+    let layout = rootfs::Layout {
+        root: &t.path().join("root"),
+        work: &t.path().join("work"),
+    };
     let root = rootfs::prepare(
-        &t.path().join("root"),
+        layout,
         "/nix/store",
         [(store_bb, t.path().join("busybox").as_path())],
         false,
