@@ -8,6 +8,7 @@
 //! - [`canonicalise`]: output permissions, times and file types;
 //! - [`outputs`]: NAR hashing, references, cycles and fixed-output checks;
 //! - [`recipe`]: what the builder needs to know about a derivation;
+//! - [`seccomp`]: Nix's system-call filter (no setuid/setgid, no xattrs);
 //! - [`userpool`]: unprivileged host users for builds started as root;
 //! - [`worker`]: the service loop serving build requests from a transport.
 
@@ -19,6 +20,7 @@ pub mod recipe;
 pub mod rootfs;
 pub mod run;
 pub mod sandbox;
+pub mod seccomp;
 pub mod userpool;
 pub mod worker;
 

@@ -167,6 +167,8 @@ enum Step {
     Stdio,
     CloseFds,
     CoreLimit,
+    /// Nix's system-call filter (see [`crate::seccomp`]).
+    Seccomp,
     Exec,
 }
 
@@ -180,6 +182,7 @@ struct Plan {
     envp_ptrs: Vec<*const libc::c_char>,
     dev_null: CString,
     log_fd: RawFd,
+    seccomp: Vec<crate::seccomp::Insn>,
 }
 
 fn cstr(what: &str, bytes: &[u8]) -> Result<CString, SandboxError> {
@@ -360,6 +363,7 @@ impl Plan {
         push(Step::Stdio, "set up standard file descriptors".into());
         push(Step::CloseFds, "close inherited file descriptors".into());
         push(Step::CoreLimit, "disable core dumps".into());
+        push(Step::Seccomp, "install the system-call filter".into());
         push(
             Step::Exec,
             format!("execute '{}'", String::from_utf8_lossy(&spec.program)),
@@ -389,6 +393,7 @@ impl Plan {
             envp_ptrs,
             dev_null: cstr("/dev/null", b"/dev/null")?,
             log_fd,
+            seccomp: crate::seccomp::program(),
         })
     }
 }
@@ -519,6 +524,7 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
             u32::MAX,
             libc::CLOSE_RANGE_CLOEXEC,
         ) as libc::c_int,
+        Step::Seccomp => crate::seccomp::install(&plan.seccomp),
         Step::CoreLimit => {
             let lim = libc::rlimit {
                 rlim_cur: 0,

@@ -197,13 +197,37 @@ async fn cancellation_kills_the_process_tree() {
 #[tokio::test]
 async fn outputs_are_canonicalised() {
     let Some(env) = setup() else { return };
-    let res = env.build(&recipe("mkdir $out; echo x > $out/f; chmod 4755 $out/f; echo y > $out/g; chmod 2600 $out/g"), &env.options()).await.unwrap();
+    let res = env
+        .build(
+            &recipe(
+                "mkdir $out; echo x > $out/f; chmod 1777 $out/f; echo y > $out/g; chmod 600 $out/g",
+            ),
+            &env.options(),
+        )
+        .await
+        .unwrap();
     let loc = &res.outputs["out"].location;
     let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode(loc), 0o555);
     assert_eq!(mode(&loc.join("f")), 0o555);
     assert_eq!(mode(&loc.join("g")), 0o444);
     assert!(res.outputs["out"].references.is_empty());
+}
+
+/// Nix's system-call filter: setuid and setgid bits are refused with
+/// EPERM; ordinary modes still work. (busybox has no `setfattr`; the
+/// filter's xattr rule is checked in `kiln_builder::seccomp`'s tests.)
+#[tokio::test]
+async fn setuid_bits_and_xattrs_are_refused_like_nix() {
+    let Some(env) = setup() else { return };
+    let script = "mkdir $out; touch $out/f\n\
+        chmod 4755 $out/f 2>/dev/null && echo setuid >> $out/r\n\
+        chmod 2755 $out/f 2>/dev/null && echo setgid >> $out/r\n\
+        chmod 755 $out/f && echo plain >> $out/r\n\
+        true";
+    let res = env.build(&recipe(script), &env.options()).await.unwrap();
+    let loc = &res.outputs["out"].location;
+    assert_eq!(std::fs::read_to_string(loc.join("r")).unwrap(), "plain\n");
 }
 
 #[tokio::test]

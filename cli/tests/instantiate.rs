@@ -153,6 +153,32 @@ fn errors_name_the_place_with_a_caret() {
     );
 }
 
+/// The frames Nix 2.8 prints for a failing call inside an attribute.
+#[test]
+fn show_trace_names_lambdas_call_sites_and_attributes_like_nix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expr = "let f = x: x + \"a\"; s = { a = f 1; }; in s.a";
+    let out = kiln(tmp.path(), &["--eval", "--show-trace", "-E", expr]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    let frames: Vec<&str> = err
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("… "))
+        .collect();
+    assert_eq!(
+        frames,
+        [
+            "while evaluating 'f'",
+            "from call site",
+            "while evaluating the attribute 'a'"
+        ],
+        "{err}"
+    );
+    for at in ["«string»:1:9:", "«string»:1:31:", "«string»:1:27:"] {
+        assert!(err.contains(at), "{at} missing from {err}");
+    }
+}
+
 #[test]
 fn show_trace_adds_the_chain() {
     let tmp = tempfile::tempdir().unwrap();

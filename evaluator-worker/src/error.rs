@@ -37,6 +37,9 @@ pub enum ErrorKind {
     Eval(String),
 }
 
+/// Most trace frames an error keeps.
+pub const MAX_TRACE: usize = 1000;
+
 /// An error with the position it happened at and a trace of enclosing frames.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind}")]
@@ -83,9 +86,12 @@ impl Error {
         }
         self
     }
-    /// Add a trace frame.
+    /// Add a trace frame (at most [`MAX_TRACE`]: an error out of a very
+    /// deep recursion keeps its innermost frames).
     pub fn with_trace(mut self, pos: Option<Pos>, msg: impl Into<String>) -> Self {
-        self.trace.push((pos, msg.into()));
+        if self.trace.len() < MAX_TRACE {
+            self.trace.push((pos, msg.into()));
+        }
         self
     }
     /// True for errors `builtins.tryEval` catches (throw and assert).

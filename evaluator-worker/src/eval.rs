@@ -392,7 +392,7 @@ impl Eval {
                 for key in path {
                     let name = self.attr_name(env, key, *pos)?;
                     let found = match &v {
-                        Value::Attrs(a) => a.get(&name.s).cloned(),
+                        Value::Attrs(a) => a.get_attr(&name.s).map(|a| (a.value.clone(), a.pos)),
                         other if default.is_none() => {
                             return Err(Error::eval(format!(
                                 "value is {} while a set was expected",
@@ -403,7 +403,14 @@ impl Eval {
                         _ => None,
                     };
                     match found {
-                        Some(x) => v = self.force(&x).map_err(|e| e.at(*pos))?,
+                        Some((x, apos)) => {
+                            v = self.force(&x).map_err(|e| {
+                                e.at(*pos).with_trace(
+                                    apos,
+                                    format!("while evaluating the attribute '{}'", name.s),
+                                )
+                            })?
+                        }
                         None => match default {
                             Some(d) => return self.eval(env, d),
                             None => {
@@ -826,7 +833,20 @@ impl Eval {
         )
     }
 
+    /// Calls a lambda; an error from its body gets Nix's two trace frames
+    /// (the lambda, then the call site).
     fn call_lambda(&self, c: &Rc<Closure>, arg: Value, pos: Pos) -> Result<Value> {
+        self.call_lambda_inner(c, arg, pos).map_err(|e| {
+            let what = match c.def.name.get() {
+                Some(n) => format!("while evaluating '{}'", n.as_str()),
+                None => "while evaluating anonymous lambda".to_string(),
+            };
+            e.with_trace(Some(c.def.pos), what)
+                .with_trace(Some(pos), "from call site")
+        })
+    }
+
+    fn call_lambda_inner(&self, c: &Rc<Closure>, arg: Value, pos: Pos) -> Result<Value> {
         let def = &c.def;
         let Some(formals) = &def.formals else {
             let env = Env::new(vec![arg], Some(c.env.clone()));

@@ -111,6 +111,9 @@ pub struct LambdaDef {
     pub pos: Pos,
     /// Number of slots in its environment.
     pub slots: usize,
+    /// The name it is bound to (`f = x: …`), for error traces as Nix
+    /// names lambdas; set once when the binding is lowered.
+    pub name: std::cell::OnceCell<Symbol>,
 }
 
 /// Kind of a path literal.

@@ -407,6 +407,7 @@ impl<'a> Lowerer<'a> {
                     body: body?,
                     pos,
                     slots: 1,
+                    name: Default::default(),
                 })
             }
             ast::Param::Pattern(pat) => {
@@ -469,6 +470,7 @@ impl<'a> Lowerer<'a> {
                     body,
                     pos,
                     slots: nslots,
+                    name: Default::default(),
                 })
             }
         }

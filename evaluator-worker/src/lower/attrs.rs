@@ -322,6 +322,9 @@ impl Lowerer<'_> {
             let mut attrs = Vec::with_capacity(p.entries.len());
             for e in p.entries {
                 let (value, in_rec_env) = self.lower_pvalue(e.value)?;
+                if let Expr::Lambda(def) = &*value {
+                    let _ = def.name.set(e.name.clone());
+                }
                 attrs.push(AttrDef {
                     name: e.name,
                     value,
