@@ -310,3 +310,113 @@ async fn s3_backend_passes_the_suite() {
         .to_string();
     assert!(err.contains(&env.bucket), "{err}");
 }
+
+/// A proxy in front of the real S3 server that answers the first `refuse`
+/// requests itself with `503 SlowDown` (as S3 does when throttling) and
+/// passes every later connection through. Returns its address and the
+/// number of requests it refused.
+async fn flaky_proxy(
+    upstream: String,
+    refuse: usize,
+) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = refused.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            if count.load(Ordering::SeqCst) < refuse {
+                count.fetch_add(1, Ordering::SeqCst);
+                // Read the request head (HEAD and GET carry no body), then
+                // throttle it and close the connection.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match client.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                let resp = format!(
+                    "HTTP/1.1 503 Slow Down\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(resp.as_bytes()).await;
+                let _ = client.shutdown().await;
+                continue;
+            }
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), refused)
+}
+
+/// Throttling (SlowDown) is retried with backoff until the server answers,
+/// and the retries are bounded: a server that keeps refusing gives an error
+/// naming the bucket, after a few seconds, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_backend_retries_slow_down_with_backoff() {
+    use std::sync::atomic::Ordering;
+    let Some(env) = kiln_tests::s3_config() else {
+        return;
+    };
+    let upstream = env
+        .endpoint_authority()
+        .expect("endpoint host:port")
+        .to_string();
+    let prefix = format!("retry-{}", new_path("p").hash_part());
+    let connect = |endpoint: String| {
+        let mut cfg = S3Config::new(&env.bucket);
+        cfg.endpoint = Some(endpoint);
+        cfg.region = Some(env.region.clone());
+        cfg.access_key_id = Some(env.access_key_id.clone());
+        cfg.secret_access_key = Some(env.secret_access_key.clone());
+        cfg.prefix = prefix.clone();
+        S3Store::connect(cfg)
+    };
+
+    // The object exists; the first two attempts to see it are throttled.
+    let direct = connect(env.endpoint.clone()).await.unwrap();
+    let key = Key::log(&new_path("retry.drv").base_name()).unwrap();
+    direct
+        .put_bytes(&key, Bytes::from_static(b"log"))
+        .await
+        .unwrap();
+    let (endpoint, refused) = flaky_proxy(upstream.clone(), 2).await;
+    let through = connect(endpoint).await.unwrap();
+    let t = std::time::Instant::now();
+    assert!(
+        through.exists(&key).await.unwrap(),
+        "object seen after retries"
+    );
+    assert_eq!(refused.load(Ordering::SeqCst), 2);
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(50),
+        "no backoff between attempts ({:?})",
+        t.elapsed()
+    );
+    let got = get_small(&through, &key, 1024).await.unwrap().unwrap();
+    assert_eq!(got, b"log");
+
+    // A server that never stops throttling: a bounded number of attempts.
+    let (endpoint, refused) = flaky_proxy(upstream, usize::MAX).await;
+    let hopeless = connect(endpoint).await.unwrap();
+    let t = std::time::Instant::now();
+    let err = hopeless.exists(&key).await.unwrap_err().to_string();
+    assert!(err.contains(&env.bucket), "{err}");
+    let attempts = refused.load(Ordering::SeqCst);
+    assert!((2..=10).contains(&attempts), "{attempts} attempts");
+    assert!(t.elapsed() < std::time::Duration::from_secs(60));
+    direct.delete(&key).await.unwrap();
+}
