@@ -266,6 +266,8 @@ pub fn tmpfs_roots_dir() -> Option<PathBuf> {
         return None;
     }
     let uid = unsafe { libc::geteuid() };
+    static SWEEP: std::sync::Once = std::sync::Once::new();
+    SWEEP.call_once(|| sweep_stale_roots(shm, uid));
     for _ in 0..16 {
         let n = N.fetch_add(1, Ordering::Relaxed);
         let dir = shm.join(format!("kiln-{uid}-{}-{n}", std::process::id()));
@@ -277,6 +279,37 @@ pub fn tmpfs_roots_dir() -> Option<PathBuf> {
         }
     }
     None
+}
+
+/// Removes the root directories a killed Kiln process of this user left in
+/// `shm` (`kiln-<uid>-<pid>-<n>` whose process is gone).
+fn sweep_stale_roots(shm: &Path, uid: u32) {
+    let Ok(entries) = fs::read_dir(shm) else {
+        return;
+    };
+    let prefix = format!("kiln-{uid}-");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .split('-')
+            .next()
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let gone = unsafe { libc::kill(pid, 0) } == -1
+            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        let ours = e.metadata().is_ok_and(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.is_dir() && m.uid() == uid
+        });
+        if gone && ours {
+            let _ = remove_tree(&e.path());
+        }
+    }
 }
 
 /// Gives the prepared root to a build user (host `uid`/`gid`) as Nix does
@@ -381,6 +414,24 @@ mod tests {
         remove_tree(&root).unwrap();
         remove_tree(&work).unwrap();
         assert!(!root.exists() && !work.exists());
+    }
+
+    #[test]
+    fn roots_of_dead_processes_are_swept() {
+        let t = tempfile::tempdir().unwrap();
+        let uid = unsafe { libc::geteuid() };
+        // pid_max is at most 2^22: this pid cannot be running.
+        let dead = t.path().join(format!("kiln-{uid}-99999999-0"));
+        let alive = t
+            .path()
+            .join(format!("kiln-{uid}-{}-0", std::process::id()));
+        let other = t.path().join("kiln-x-1-0");
+        for d in [&dead, &alive, &other] {
+            fs::create_dir_all(d.join("root/etc")).unwrap();
+        }
+        sweep_stale_roots(t.path(), uid);
+        assert!(!dead.exists());
+        assert!(alive.exists() && other.exists());
     }
 
     #[test]
