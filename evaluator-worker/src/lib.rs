@@ -324,6 +324,22 @@ mod tests {
     }
 
     #[test]
+    fn generic_closure_dedupes_by_nix_equality_and_scales() {
+        // 1 and 1.0 are the same key; strings ignore context; other keys
+        // (lists) are compared structurally.
+        let e = "builtins.genericClosure { startSet = [ { key = 1; } { key = 1.0; } { key = [ 1 ]; } ]; \
+                 operator = x: [ { key = [ 1 ]; } { key = \"${toString 2}\"; } { key = \"2\"; } ]; }";
+        assert_eq!(
+            eval(e).unwrap(),
+            "[ { key = 1; } { key = [ 1 ]; } { key = \"2\"; } ]"
+        );
+        // 20,000 keys, each reached twice: linear in the number of keys.
+        let big = "builtins.length (builtins.genericClosure { startSet = [ { key = 0; } ]; \
+                   operator = x: if x.key < 19999 then [ { key = x.key + 1; } { key = x.key; } ] else [ ]; })";
+        assert_eq!(eval(big).unwrap(), "20000");
+    }
+
+    #[test]
     fn intersect_attrs_either_size() {
         let small_first =
             "builtins.intersectAttrs { a = 1; c = 2; } { a = 10; b = 20; c = 30; d = 40; }";

@@ -181,6 +181,9 @@ fn generic_closure(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let mut work: std::collections::VecDeque<Value> =
         ev.expect_list(start, pos)?.iter().cloned().collect();
     let mut done: Vec<Value> = Vec::new();
+    // Numbers, strings and paths (what keys nearly always are) are looked
+    // up by hash; any other key is compared with every other such key.
+    let mut hashed: std::collections::HashSet<ClosureKey> = std::collections::HashSet::new();
     let mut keys: Vec<Value> = Vec::new();
     while let Some(item) = work.pop_front() {
         let s = ev.expect_attrs(&item, pos)?;
@@ -188,22 +191,56 @@ fn generic_closure(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             .get("key")
             .ok_or_else(|| Error::eval("attribute 'key' required").at(pos))?;
         let key = ev.force(key)?;
-        let mut found = false;
-        for k in &keys {
-            if ops::equal(ev, k, &key, pos, false)? {
-                found = true;
-                break;
+        match ClosureKey::of(&key) {
+            Some(k) => {
+                if !hashed.insert(k) {
+                    continue;
+                }
+            }
+            None => {
+                let mut found = false;
+                for k in &keys {
+                    if ops::equal(ev, k, &key, pos, false)? {
+                        found = true;
+                        break;
+                    }
+                }
+                if found {
+                    continue;
+                }
+                keys.push(key);
             }
         }
-        if found {
-            continue;
-        }
-        keys.push(key);
         done.push(item.clone());
         let next = ev.call(&op, item, pos)?;
         work.extend(ev.expect_list(&next, pos)?.iter().cloned());
     }
     Ok(Value::list(done))
+}
+
+/// A `genericClosure` key with a hashable identity that agrees with Nix's
+/// equality: `1 == 1.0`, strings by content (context ignored), paths.
+#[derive(PartialEq, Eq, Hash)]
+enum ClosureKey {
+    Int(i64),
+    Float(u64),
+    Str(String),
+    Path(String),
+}
+
+impl ClosureKey {
+    fn of(v: &Value) -> Option<ClosureKey> {
+        Some(match v {
+            Value::Int(i) => ClosureKey::Int(*i),
+            Value::Float(f) if f.is_nan() => return None,
+            // An integral float equals the integer of the same value.
+            Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => ClosureKey::Int(*f as i64),
+            Value::Float(f) => ClosureKey::Float((f + 0.0).to_bits()),
+            Value::Str(s) => ClosureKey::Str(s.s.to_string()),
+            Value::Path(p) => ClosureKey::Path(p.to_string()),
+            _ => return None,
+        })
+    }
 }
 
 fn add_error_context(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
