@@ -316,6 +316,26 @@ fn filter_source(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let args = ev.expect_attrs(&a[0], pos)?;
+    for attr in args.iter() {
+        let n = attr.name.as_str();
+        if !matches!(n, "path" | "name" | "filter" | "recursive" | "sha256") {
+            return Err(
+                Error::eval(format!("unsupported argument '{n}' to 'addPath'"))
+                    .at_opt(attr.pos)
+                    .at(pos),
+            );
+        }
+    }
+    if let Some(r) = args.get("recursive") {
+        if !ev.expect_bool(r, pos)? {
+            // A flat (single-file) fixed-output addition: not supported yet;
+            // refused rather than silently added recursively.
+            return Err(Error::eval(
+                "builtins.path with 'recursive = false' is not supported by Kiln yet",
+            )
+            .at(pos));
+        }
+    }
     let p = args
         .get("path")
         .ok_or_else(|| Error::eval("attribute 'path' missing in call to 'path'").at(pos))?;
