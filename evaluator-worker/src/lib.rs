@@ -340,6 +340,32 @@ mod tests {
     }
 
     #[test]
+    fn path_added_flat_is_named_like_nix() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("flat.txt");
+        std::fs::write(&f, "hello\n").unwrap();
+        let e = format!(
+            "builtins.path {{ path = {}; recursive = false; }}",
+            f.display()
+        );
+        // nix-instantiate --eval, Nix 2.8.
+        assert_eq!(
+            eval(&e).unwrap(),
+            "\"/nix/store/6knq949b53ya3z1rs5ips7h7xkb8mw3a-flat.txt\""
+        );
+        let e = format!(
+            "builtins.path {{ path = {}; recursive = false; sha256 = \"sha256-WJG1tSLV3whtD/CxEPvZ0hu0/HFjrzTQgoai6Eb2vgM=\"; }}",
+            f.display()
+        );
+        assert!(eval(&e).is_ok());
+        let e = format!(
+            "builtins.path {{ path = {}; recursive = false; }}",
+            t.path().display()
+        );
+        assert!(eval(&e).unwrap_err().contains("not a regular file"));
+    }
+
+    #[test]
     fn intersect_attrs_either_size() {
         let small_first =
             "builtins.intersectAttrs { a = 1; c = 2; } { a = 10; b = 20; c = 30; d = 40; }";

@@ -85,6 +85,10 @@ pub trait Store {
         name: &str,
         filter: Option<&mut PathFilter<'_>>,
     ) -> Result<StorePath, StoreError>;
+    /// Copy the regular file `path` into the store as `name` the way
+    /// `builtins.path { recursive = false; }` does: a flat fixed-output
+    /// path, named by the SHA-256 of the file's bytes (not of its NAR).
+    fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError>;
     /// Write a text file (`toFile`, `.drv`) with the given references and
     /// return its store path.
     fn add_text(
@@ -142,6 +146,32 @@ pub fn source_path(
     make_source_path(name, &digest.hash, &BTreeSet::new(), false).map_err(path_err(name))
 }
 
+/// The flat fixed-output store path of the regular file `path` and its
+/// bytes, without writing anything.
+pub fn flat_path(path: &Path, name: &str) -> Result<(StorePath, Vec<u8>), StoreError> {
+    let io = |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let md = fs::symlink_metadata(path).map_err(io)?;
+    if !md.is_file() {
+        return Err(io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (needed when 'recursive' is false)",
+        )));
+    }
+    let data = fs::read(path).map_err(io)?;
+    let hash = kiln_nix::hash::Hash::of(HashAlgo::Sha256, &data);
+    let sp = kiln_nix::store_path::make_fixed_output_path(
+        name,
+        kiln_nix::store_path::FileIngestionMethod::Flat,
+        &hash,
+        &BTreeSet::new(),
+    )
+    .map_err(path_err(name))?;
+    Ok((sp, data))
+}
+
 /// A store that computes every path exactly but writes nothing to disk: its
 /// paths are not readable through the file system. The texts it is given
 /// (`toFile`, `.drv`) are kept in memory and can be read back with
@@ -171,6 +201,10 @@ impl Store for MemStore {
         filter: Option<&mut PathFilter<'_>>,
     ) -> Result<StorePath, StoreError> {
         source_path(path, name, filter)
+    }
+
+    fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        flat_path(path, name).map(|(sp, _)| sp)
     }
 
     fn add_text(
@@ -272,6 +306,24 @@ impl Store for DirStore {
         result
     }
 
+    fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        let (sp, data) = flat_path(path, name)?;
+        let dest = self.location(&sp);
+        if dest.symlink_metadata().is_err() {
+            let io = |source| StoreError::Io {
+                path: dest.display().to_string(),
+                source,
+            };
+            let tmp = self.temp_name(name);
+            let mut f = fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&data).map_err(io)?;
+            f.set_permissions(fs::Permissions::from_mode(0o444))
+                .map_err(io)?;
+            fs::rename(&tmp, &dest).map_err(io)?;
+        }
+        Ok(sp)
+    }
+
     fn add_text(
         &self,
         name: &str,
@@ -317,6 +369,19 @@ mod tests {
         );
         assert_eq!(s.text(&p).as_deref(), Some("bar"));
         assert_eq!(s.real_path(&p), None);
+    }
+
+    #[test]
+    fn flat_files_are_written_under_their_flat_path() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("flat.txt");
+        fs::write(&f, "hello\n").unwrap();
+        let s = DirStore::new(t.path().join("store")).unwrap();
+        let p = s.add_flat(&f, "flat.txt").unwrap();
+        assert_eq!(p.base_name(), "6knq949b53ya3z1rs5ips7h7xkb8mw3a-flat.txt");
+        assert_eq!(fs::read(s.real_path(&p).unwrap()).unwrap(), b"hello\n");
+        assert_eq!(MemStore::new().add_flat(&f, "flat.txt").unwrap(), p);
+        assert!(s.add_flat(t.path(), "dir").is_err());
     }
 
     #[test]

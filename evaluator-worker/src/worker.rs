@@ -390,6 +390,12 @@ impl Store for CacheStore {
         Ok(sp)
     }
 
+    fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
+        let sp = self.dir.add_flat(path, name)?;
+        self.upload(&sp, &BTreeSet::new())?;
+        Ok(sp)
+    }
+
     fn add_text(
         &self,
         name: &str,

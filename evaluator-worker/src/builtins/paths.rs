@@ -326,16 +326,10 @@ fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             );
         }
     }
-    if let Some(r) = args.get("recursive") {
-        if !ev.expect_bool(r, pos)? {
-            // A flat (single-file) fixed-output addition: not supported yet;
-            // refused rather than silently added recursively.
-            return Err(Error::eval(
-                "builtins.path with 'recursive = false' is not supported by Kiln yet",
-            )
-            .at(pos));
-        }
-    }
+    let recursive = match args.get("recursive") {
+        Some(r) => ev.expect_bool(r, pos)?,
+        None => true,
+    };
     let p = args
         .get("path")
         .ok_or_else(|| Error::eval("attribute 'path' missing in call to 'path'").at(pos))?;
@@ -353,9 +347,14 @@ fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
             let h = ev.expect_string(h, pos)?;
             let hash = kiln_nix::hash::Hash::parse_any(&h.s, Some(HashAlgo::Sha256))
                 .map_err(|e| Error::eval(format!("invalid sha256 '{}': {e}", h.s)).at(pos))?;
+            let method = if recursive {
+                kiln_nix::store_path::FileIngestionMethod::Recursive
+            } else {
+                kiln_nix::store_path::FileIngestionMethod::Flat
+            };
             let sp = kiln_nix::store_path::make_fixed_output_path(
                 &name,
-                kiln_nix::store_path::FileIngestionMethod::Recursive,
+                method,
                 &hash,
                 &BTreeSet::new(),
             )
@@ -364,7 +363,25 @@ fn path_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         }
         None => None,
     };
-    let v = add_filtered(ev, &p, &name, filter, pos)?;
+    let v = if recursive {
+        add_filtered(ev, &p, &name, filter, pos)?
+    } else {
+        // Flat: the file's own bytes are hashed (a filter has nothing to
+        // select in a single file).
+        let real = ev.real_path(&p);
+        if !std::fs::symlink_metadata(&real).is_ok_and(|m| m.is_file()) {
+            return Err(Error::eval(format!(
+                "'{p}' is not a regular file, which builtins.path with 'recursive = false' needs"
+            ))
+            .at(pos));
+        }
+        let sp = ev
+            .store
+            .add_flat(&real, &name)
+            .map_err(|e| Error::eval(e.to_string()).at(pos))?
+            .to_absolute_path();
+        Value::string_ctx(sp.clone(), vec![Rc::from(sp.as_str())])
+    };
     if let Some(want) = expected {
         let got = ev.expect_string(&v, pos)?;
         if got.s != want {
