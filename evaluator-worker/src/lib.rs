@@ -75,6 +75,28 @@ pub struct Evaluator {
     pub ev: Eval,
 }
 
+/// Splits an `-A` attribute path as Nix does: on dots, except inside double
+/// quotes (`a."b.c".d` is `a`, `b.c`, `d`).
+pub fn split_attr_path(path: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    for c in path.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            '.' if !quoted => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    if quoted {
+        return Err(Error::eval(format!(
+            "missing closing quote in selection path '{path}'"
+        )));
+    }
+    out.push(cur);
+    Ok(out)
+}
+
 impl Evaluator {
     /// A new evaluator.
     pub fn new(opts: Options) -> Evaluator {
@@ -156,7 +178,8 @@ impl Evaluator {
         if path.is_empty() {
             return Ok(v);
         }
-        for comp in path.split('.') {
+        for comp in split_attr_path(path)? {
+            let comp = comp.as_str();
             v = self.ev.force(&v)?;
             v = match &v {
                 Value::Attrs(a) => match a.get(comp) {
@@ -363,6 +386,15 @@ mod tests {
             t.path().display()
         );
         assert!(eval(&e).unwrap_err().contains("not a regular file"));
+    }
+
+    #[test]
+    fn attr_paths_split_like_nix() {
+        let parts = |p: &str| split_attr_path(p).unwrap();
+        assert_eq!(parts("a.b"), ["a", "b"]);
+        assert_eq!(parts("a.\"b.c\".d"), ["a", "b.c", "d"]);
+        assert_eq!(parts("0"), ["0"]);
+        assert!(split_attr_path("a.\"b").is_err());
     }
 
     #[test]
