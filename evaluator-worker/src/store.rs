@@ -251,6 +251,26 @@ impl DirStore {
         self.root.join(p.base_name())
     }
 
+    /// Writes `data` as the read-only file of `sp` unless it is there
+    /// already; under a temporary name first, so a crash never leaves a
+    /// truncated object under its final name.
+    fn write_file(&self, sp: &StorePath, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let dest = self.location(sp);
+        if dest.symlink_metadata().is_ok() {
+            return Ok(());
+        }
+        let io = |source| StoreError::Io {
+            path: dest.display().to_string(),
+            source,
+        };
+        let tmp = self.temp_name(name);
+        let mut f = fs::File::create(&tmp).map_err(io)?;
+        f.write_all(data).map_err(io)?;
+        f.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(io)?;
+        fs::rename(&tmp, &dest).map_err(io)
+    }
+
     /// A fresh temporary file name in the store directory (hidden, so it
     /// never looks like a store object).
     fn temp_name(&self, name: &str) -> PathBuf {
@@ -308,19 +328,7 @@ impl Store for DirStore {
 
     fn add_flat(&self, path: &Path, name: &str) -> Result<StorePath, StoreError> {
         let (sp, data) = flat_path(path, name)?;
-        let dest = self.location(&sp);
-        if dest.symlink_metadata().is_err() {
-            let io = |source| StoreError::Io {
-                path: dest.display().to_string(),
-                source,
-            };
-            let tmp = self.temp_name(name);
-            let mut f = fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&data).map_err(io)?;
-            f.set_permissions(fs::Permissions::from_mode(0o444))
-                .map_err(io)?;
-            fs::rename(&tmp, &dest).map_err(io)?;
-        }
+        self.write_file(&sp, name, &data)?;
         Ok(sp)
     }
 
@@ -331,21 +339,7 @@ impl Store for DirStore {
         refs: &BTreeSet<StorePath>,
     ) -> Result<StorePath, StoreError> {
         let sp = compute_text_path(name, text.as_bytes(), refs).map_err(path_err(name))?;
-        let dest = self.location(&sp);
-        if dest.symlink_metadata().is_err() {
-            let io = |source| StoreError::Io {
-                path: dest.display().to_string(),
-                source,
-            };
-            // Write under a temporary name first so a crash never leaves a
-            // truncated object under its final name.
-            let tmp = self.temp_name(name);
-            let mut f = fs::File::create(&tmp).map_err(io)?;
-            f.write_all(text.as_bytes()).map_err(io)?;
-            f.set_permissions(fs::Permissions::from_mode(0o444))
-                .map_err(io)?;
-            fs::rename(&tmp, &dest).map_err(io)?;
-        }
+        self.write_file(&sp, name, text.as_bytes())?;
         Ok(sp)
     }
 
