@@ -191,6 +191,8 @@ pub enum BuildError {
 #[derive(Debug)]
 pub struct Builder {
     config: BuilderConfig,
+    /// Builds run as users of `config.user_pool` (see [`UserPool::usable`]).
+    pool_usable: bool,
     slots: Arc<Semaphore>,
     counter: AtomicU64,
 }
@@ -226,6 +228,7 @@ impl Builder {
     pub fn new(config: BuilderConfig) -> Self {
         let slots = Arc::new(Semaphore::new(config.max_jobs.max(1)));
         Builder {
+            pool_usable: config.user_pool.usable(),
             config,
             slots,
             counter: AtomicU64::new(0),
@@ -402,7 +405,7 @@ impl Builder {
             })?;
         }
         // As root, the build runs as an unprivileged host user of its own.
-        let user = if unsafe { libc::geteuid() } == 0 {
+        let user = if self.pool_usable {
             let user = self
                 .config
                 .user_pool

@@ -80,6 +80,20 @@ pub enum UserPoolError {
 }
 
 impl UserPool {
+    /// Whether builds should take users from this pool: the process is root
+    /// and every uid and gid of the pool exists in its user namespace (not
+    /// so for root inside a rootless container, which then builds as
+    /// itself, like an unprivileged user).
+    pub fn usable(&self) -> bool {
+        if unsafe { libc::geteuid() } != 0 {
+            return false;
+        }
+        let covers = |file: &str| {
+            std::fs::read_to_string(file).is_ok_and(|map| map_covers(&map, self.base, self.size))
+        };
+        covers("/proc/self/uid_map") && covers("/proc/self/gid_map")
+    }
+
     /// Reserves the first free user of the pool.
     pub fn acquire(&self) -> Result<BuildUser, UserPoolError> {
         let lock_err = |path: &Path| {
@@ -117,9 +131,33 @@ impl UserPool {
     }
 }
 
+/// Whether the id map text (`/proc/self/uid_map` lines: inside, outside,
+/// count) maps every id in `base .. base + size`.
+fn map_covers(map: &str, base: u32, size: u32) -> bool {
+    let (lo, hi) = (u64::from(base), u64::from(base) + u64::from(size));
+    map.lines().any(|l| {
+        let f: Vec<u64> = l
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        matches!(f[..], [inside, _, count] if inside <= lo && hi <= inside + count)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_namespace_holding_the_pool_can_use_it() {
+        let full = "         0          0 4294967295\n";
+        assert!(map_covers(full, DEFAULT_BASE, DEFAULT_SIZE));
+        // Root of a rootless container: a few thousand ids.
+        let rootless = "         0       1000          1\n         1     100000      65536\n";
+        assert!(!map_covers(rootless, DEFAULT_BASE, DEFAULT_SIZE));
+        assert!(map_covers(rootless, 100, 1000));
+        assert!(!map_covers("", 0, 1));
+    }
 
     #[test]
     fn users_are_exclusive_until_dropped() {
