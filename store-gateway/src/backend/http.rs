@@ -28,6 +28,14 @@ pub struct ExistsResponse {
     pub present: Vec<bool>,
 }
 
+/// Attempts of an idempotent request before its error is reported.
+pub const HTTP_ATTEMPTS: u32 = 4;
+
+/// Statuses worth another attempt: throttling and transient server errors.
+fn retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 429 | 500 | 502 | 503 | 504)
+}
+
 /// A remote binary cache.
 #[derive(Debug, Clone)]
 pub struct HttpStore {
@@ -66,6 +74,31 @@ impl HttpStore {
             Some(t) => req.bearer_auth(t),
             None => req,
         }
+    }
+
+    /// Sends an idempotent request (`GET`, `HEAD`, the read-only exists
+    /// query), retrying with exponential backoff (100 ms, doubling) when the
+    /// connection fails or the server answers 429 or a 5xx status that means
+    /// "try again" (500, 502, 503, 504), at most [`HTTP_ATTEMPTS`] times.
+    async fn send_idempotent(
+        &self,
+        method: &'static str,
+        url: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response> {
+        let mut delay = std::time::Duration::from_millis(100);
+        for attempt in 1..=HTTP_ATTEMPTS {
+            let last = attempt == HTTP_ATTEMPTS;
+            match build().send().await {
+                Ok(resp) if !last && retryable(resp.status()) => {}
+                Ok(resp) => return Ok(resp),
+                Err(e) if !last && (e.is_connect() || e.is_timeout()) => {}
+                Err(e) => return Err(Self::err(method, url, e)),
+            }
+            tokio::time::sleep(delay).await;
+            delay *= 2;
+        }
+        unreachable!("the last attempt returns")
     }
 
     fn err(method: &'static str, url: &str, message: impl ToString) -> StoreError {
@@ -111,10 +144,8 @@ impl Store for HttpStore {
     async fn get(&self, key: &Key) -> Result<Option<ByteStream>> {
         let url = self.url_of(key);
         let resp = self
-            .request(Method::GET, &url)
-            .send()
-            .await
-            .map_err(|e| Self::err("GET", &url, e))?;
+            .send_idempotent("GET", &url, || self.request(Method::GET, &url))
+            .await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
             s if s.is_success() => {
@@ -128,10 +159,8 @@ impl Store for HttpStore {
     async fn exists(&self, key: &Key) -> Result<bool> {
         let url = self.url_of(key);
         let resp = self
-            .request(Method::HEAD, &url)
-            .send()
-            .await
-            .map_err(|e| Self::err("HEAD", &url, e))?;
+            .send_idempotent("HEAD", &url, || self.request(Method::HEAD, &url))
+            .await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(false),
             s if s.is_success() => Ok(true),
@@ -142,16 +171,18 @@ impl Store for HttpStore {
     async fn exists_many(&self, keys: &[Key]) -> Result<Vec<bool>> {
         if keys.len() > 1 && keys.iter().all(|k| k.kind() == KeyKind::NarInfo) {
             let url = format!("{}/api/v1/exists", self.base);
-            let paths = keys
-                .iter()
-                .map(|k| k.as_str().trim_end_matches(".narinfo").to_string())
-                .collect();
+            let body = ExistsRequest {
+                paths: keys
+                    .iter()
+                    .map(|k| k.as_str().trim_end_matches(".narinfo").to_string())
+                    .collect(),
+            };
+            // A read-only query: safe to repeat.
             let resp = self
-                .request(Method::POST, &url)
-                .json(&ExistsRequest { paths })
-                .send()
-                .await
-                .map_err(|e| Self::err("POST", &url, e))?;
+                .send_idempotent("POST", &url, || {
+                    self.request(Method::POST, &url).json(&body)
+                })
+                .await?;
             if resp.status().is_success() {
                 let body: ExistsResponse =
                     resp.json().await.map_err(|e| Self::err("POST", &url, e))?;
@@ -193,5 +224,83 @@ impl Store for HttpStore {
 
     async fn delete(&self, _key: &Key) -> Result<()> {
         Err(StoreError::ReadOnly { store: self.url() })
+    }
+}
+
+#[cfg(test)]
+mod retry_tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// An HTTP peer that answers `failures` requests with `status`, then
+    /// `200 ok`; counts the requests it saw.
+    async fn flaky(
+        status: &'static str,
+        failures: usize,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut b).await {
+                        Ok(1) => head.push(b[0]),
+                        _ => break,
+                    }
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let resp = if n < failures {
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                        .to_string()
+                };
+                let _ = c.write_all(resp.as_bytes()).await;
+                let _ = c.shutdown().await;
+            }
+        });
+        (base, seen)
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_bounded() {
+        use std::sync::atomic::Ordering;
+        let key = Key::cache_info();
+        let (base, seen) = flaky("503 Service Unavailable", 2).await;
+        let store = HttpStore::new(&base, None).unwrap();
+        let t = std::time::Instant::now();
+        let mut body = Vec::new();
+        store
+            .get(&key)
+            .await
+            .unwrap()
+            .expect("found after retries")
+            .read_to_end(&mut body)
+            .await
+            .unwrap();
+        assert_eq!(body, b"ok");
+        assert_eq!(seen.load(Ordering::SeqCst), 3);
+        assert!(
+            t.elapsed() >= std::time::Duration::from_millis(300),
+            "backoff"
+        );
+
+        // Always failing: HTTP_ATTEMPTS requests, then the error.
+        let (base, seen) = flaky("502 Bad Gateway", usize::MAX).await;
+        let store = HttpStore::new(&base, None).unwrap();
+        let err = store.exists(&key).await.unwrap_err().to_string();
+        assert!(err.contains("502"), "{err}");
+        assert_eq!(seen.load(Ordering::SeqCst), HTTP_ATTEMPTS as usize);
+
+        // A definite answer is not repeated.
+        let (base, seen) = flaky("404 Not Found", usize::MAX).await;
+        let store = HttpStore::new(&base, None).unwrap();
+        assert!(!store.exists(&key).await.unwrap());
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
     }
 }
