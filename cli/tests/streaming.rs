@@ -132,3 +132,59 @@ fn first_build_starts_before_the_last_derivation_is_instantiated() {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 }
+
+/// Fail-fast stops the evaluation too: a build that fails early ends the
+/// job long before a slow evaluation would have finished.
+#[test]
+fn fail_fast_stops_a_slow_evaluation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(busybox) = kiln_tests::host_busybox(tmp.path()) else {
+        return;
+    };
+    let lib = kiln_tests::shared_dir().join("conformance/build/lib.nix");
+    // `slow` is pure evaluation work with little memory: nested folds.
+    let slow = "builtins.foldl' (a: i: builtins.foldl' (b: j: b + 1) a (builtins.genList (x: x) 1000)) 0 (builtins.genList (x: x) N)";
+    let expr = |n: u32| {
+        format!(
+            r#"{{ busybox }}:
+            let inherit (import {} {{ inherit busybox; }}) mk;
+                slow = {};
+            in [ (mk {{ name = "fails"; script = "exit 1"; }})
+                 (mk {{ name = "late"; script = "echo ${{toString slow}} > $out"; }}) ]"#,
+            lib.display(),
+            slow.replace('N', &n.to_string())
+        )
+    };
+    // How long the slow part takes here per outer step (less the start-up
+    // of the process), to size it at about 10 s of evaluation.
+    let timed = |e: &str| {
+        let t = std::time::Instant::now();
+        let probe = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["instantiate", "--eval", "-E", e])
+            .output()
+            .unwrap();
+        assert!(
+            probe.status.success(),
+            "{}",
+            String::from_utf8_lossy(&probe.stderr)
+        );
+        t.elapsed().as_secs_f64()
+    };
+    let startup = timed("1");
+    let per_step = ((timed(&slow.replace('N', "2000")) - startup) / 2000.0).max(1e-6);
+    let n = (10.0 / per_step).clamp(2000.0, 1_000_000.0) as u32;
+    let expected_eval = per_step * f64::from(n);
+
+    let (out, took) = kiln_build(tmp.path(), &busybox, &expr(n));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("fails") && stderr.contains("exit code 1"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("evaluation cancelled"), "{stderr}");
+    assert!(
+        took.as_secs_f64() < expected_eval / 2.0,
+        "the job took {took:?}; its evaluation alone takes about {expected_eval:.1} s"
+    );
+}

@@ -79,6 +79,8 @@ struct JobEntry {
     eval_done: Option<Option<String>>,
     roots: Vec<EvalRoot>,
     cancelled: bool,
+    /// `CancelEval` was sent for the job.
+    eval_stopped: bool,
     options: kiln_protocol::JobOptions,
 }
 
@@ -142,6 +144,7 @@ pub async fn run(
             d = jobs_sub.next() => c.delivered(d).await?,
         }
         c.flush_checks();
+        c.stop_evaluations().await?;
         c.finish_jobs().await?;
     }
 }
@@ -205,6 +208,15 @@ impl Coordinator {
                         drv_path: root.drv_path,
                     };
                     self.emit(root.job_id, ev).await?;
+                }
+            }
+            // The end of an evaluation this coordinator stopped: expected,
+            // not an evaluation error of the job.
+            Message::EvalFinished(f)
+                if self.jobs.get(&f.job_id).is_some_and(|j| j.eval_stopped) =>
+            {
+                if let Some(j) = self.jobs.get_mut(&f.job_id) {
+                    j.eval_done.get_or_insert(None);
                 }
             }
             Message::EvalFinished(f) => match f.error {
@@ -284,6 +296,7 @@ impl Coordinator {
                 eval_done: None,
                 roots: Vec::new(),
                 cancelled: false,
+                eval_stopped: false,
                 options: spec.options.clone(),
             },
         );
@@ -467,6 +480,31 @@ impl Coordinator {
         };
         self.publish(&Route::JobEvents(job), Message::JobEvent(ev), 0)
             .await
+    }
+
+    /// Tells the evaluators to stop jobs that stopped (fail-fast, cancel)
+    /// while their evaluation still runs: nothing it would add gets built.
+    async fn stop_evaluations(&mut self) -> Result<(), CoordinatorError> {
+        let stop: Vec<JobId> = self
+            .jobs
+            .iter()
+            .filter(|(id, j)| {
+                // A cancelled job counts as evaluated already (so it can
+                // finish), but its evaluator may still be running.
+                (j.eval_done.is_none() || j.cancelled)
+                    && !j.eval_stopped
+                    && (j.cancelled || self.graph.jobs.get(id).is_some_and(|g| g.stopping))
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for job_id in stop {
+            if let Some(j) = self.jobs.get_mut(&job_id) {
+                j.eval_stopped = true;
+            }
+            self.publish(&Route::EvalControl, Message::CancelEval { job_id }, 0)
+                .await?;
+        }
+        Ok(())
     }
 
     async fn finish_jobs(&mut self) -> Result<(), CoordinatorError> {

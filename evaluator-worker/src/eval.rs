@@ -72,6 +72,8 @@ pub struct Eval {
     depth: Cell<usize>,
     /// Maximum evaluation depth before a clean "stack overflow" error.
     pub max_depth: usize,
+    /// Set from outside to stop the evaluation at its next step.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Where store paths and `.drv` files go.
     pub store: Rc<dyn Store>,
     /// Builds derivation outputs needed during evaluation (IFD).
@@ -205,6 +207,7 @@ impl Eval {
             parse_cache: RefCell::new(HashMap::new()),
             depth: Cell::new(0),
             max_depth: 10_000,
+            cancel: None,
             store,
             realiser: None,
             sink: None,
@@ -310,6 +313,11 @@ impl Eval {
     }
 
     fn enter(&self) -> Result<()> {
+        if let Some(c) = &self.cancel {
+            if c.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(Error::eval("evaluation cancelled: the job was stopped"));
+            }
+        }
         let d = self.depth.get() + 1;
         if d > self.max_depth {
             return Err(Error::new(ErrorKind::TooDeep(self.max_depth)));

@@ -59,6 +59,8 @@ pub struct Options {
     /// that exits right after (`kiln instantiate`); a long-lived one, like
     /// the evaluator worker, must leave it off.
     pub leak_on_drop: bool,
+    /// Stops the evaluation (with an error) once set.
+    pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 /// Parse a `NIX_PATH`-style list (`a:b=c`).
@@ -105,6 +107,7 @@ impl Evaluator {
             .unwrap_or_else(|| Rc::new(store::MemStore::new()));
         let mut ev = Eval::new(opts.search_path, store);
         ev.max_depth = opts.max_depth.unwrap_or(100_000);
+        ev.cancel = opts.cancel;
         // Nothing the evaluator made so far (the builtins) is in a cycle
         // that needs recording.
         ev.free_on_drop = !opts.leak_on_drop;

@@ -79,14 +79,37 @@ async fn evaluate_job(
     let work_dir = config.work_dir.clone();
     // Subscribed before evaluation starts, so no answer can be missed.
     let replies = transport.subscribe(&Route::IfdReply(job_id)).await?;
+    let mut control = transport.subscribe(&Route::EvalControl).await?;
+    let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cancel_eval = cancel.clone();
     let eval = tokio::task::spawn_blocking(move || {
-        crate::with_big_stack(move || evaluate(spec, tx, cache, handle, replies, &work_dir))
-            .unwrap_or_else(|_| Err("the evaluator crashed".to_string()))
+        crate::with_big_stack(move || {
+            evaluate(spec, tx, cache, handle, replies, &work_dir, cancel_eval)
+        })
+        .unwrap_or_else(|_| Err("the evaluator crashed".to_string()))
     });
     // The evaluation thread sends `EvalFinished` itself, before it frees
     // the evaluation's values, so the job need not wait for that.
     let mut finished = false;
-    while let Some(msg) = rx.recv().await {
+    let mut control_open = true;
+    loop {
+        let msg = tokio::select! {
+            m = rx.recv() => m,
+            c = control.next(), if control_open => {
+                match c {
+                    Ok(Some(d)) => {
+                        if matches!(d.envelope.body, Message::CancelEval { job_id: j } if j == job_id) {
+                            cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        let _ = d.ack().await;
+                    }
+                    Ok(None) => control_open = false,
+                    Err(e) => warn!(error = %e, "dropped a malformed control message"),
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         finished = matches!(msg, Message::EvalFinished(_));
         // IFD requests jump the queue; everything else is the derivation
         // stream. Both go through this one channel, so a request always
@@ -125,6 +148,7 @@ fn evaluate(
     handle: tokio::runtime::Handle,
     replies: Box<dyn Subscription>,
     work_dir: &Path,
+    cancel: Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<(), String> {
     let dir = work_dir.join(spec.job_id.to_string());
     let store = DirStore::new(&dir).map_err(|e| e.to_string())?;
@@ -157,6 +181,7 @@ fn evaluate(
     let mut evr = Evaluator::new(Options {
         search_path,
         store: Some(store.clone()),
+        cancel: Some(cancel),
         ..Default::default()
     });
     evr.ev.sink = Some(sink);

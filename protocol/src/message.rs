@@ -23,6 +23,9 @@ pub enum Message {
     CancelJob { job_id: JobId },
     /// Coordinator → evaluators: evaluate a job's expression.
     EvalRequest(JobSpec),
+    /// Coordinator → evaluators: stop evaluating a job (it stopped: fail-fast
+    /// or cancelled); the evaluator ends it with an `EvalFinished` error.
+    CancelEval { job_id: JobId },
     /// Evaluator → coordinator: one derivation, as soon as it is instantiated.
     Derivation(DerivationMsg),
     /// Evaluator → coordinator: a root attribute evaluated to this derivation.

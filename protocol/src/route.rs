@@ -35,6 +35,9 @@ pub enum Route {
     },
     /// `kiln.build-control`: build cancellations, seen by every builder.
     BuildControl,
+    /// `kiln.eval-control`: evaluation cancellations, seen by every
+    /// evaluator.
+    EvalControl,
     /// `kiln.build-events`: started, log, NAR chunks and results from builders.
     BuildEvents,
     /// `kiln.events.<job>`: the per-job event stream for front ends.
@@ -75,22 +78,25 @@ impl Route {
                 format!("kiln.build.{system}.{f}")
             }
             Route::BuildControl => "kiln.build-control".into(),
+            Route::EvalControl => "kiln.eval-control".into(),
             Route::BuildEvents => "kiln.build-events".into(),
             Route::JobEvents(job) => format!("kiln.events.{job}"),
             Route::Heartbeats => "kiln.heartbeats".into(),
         }
     }
 
-    /// Whether the route is a work queue or a broadcast.
     /// Routes that exist for one job only: their queues go away when their
     /// consumer does (auto-delete queues on a broker).
     pub fn is_per_job(&self) -> bool {
         matches!(self, Route::IfdReply(_) | Route::JobEvents(_))
     }
 
+    /// Whether the route is a work queue or a broadcast.
     pub fn fanout(&self) -> Fanout {
         match self {
-            Route::JobEvents(_) | Route::Heartbeats | Route::BuildControl => Fanout::Broadcast,
+            Route::JobEvents(_) | Route::Heartbeats | Route::BuildControl | Route::EvalControl => {
+                Fanout::Broadcast
+            }
             _ => Fanout::Queue,
         }
     }
