@@ -207,9 +207,9 @@ impl Graph {
                     );
                 }
             }
-            Some(state) => {
+            Some(_) => {
                 // Another job already has it: share the work.
-                let state = self.revive(job, &drv, state, &mut fx);
+                let state = self.revive(job, &drv, &mut fx);
                 self.join(job, &drv, &mut fx);
                 if state.is_terminal() {
                     self.report_terminal_to(job, &drv, &mut fx);
@@ -223,13 +223,8 @@ impl Graph {
     /// again by `job`: it goes back to the store check, waiting for the
     /// inputs that are not realised (they are revived as they arrive for
     /// `job` too). Returns the node's state afterwards.
-    fn revive(
-        &mut self,
-        job: JobId,
-        drv: &str,
-        state: NodeState,
-        fx: &mut Vec<Effect>,
-    ) -> NodeState {
+    fn revive(&mut self, job: JobId, drv: &str, fx: &mut Vec<Effect>) -> NodeState {
+        let state = self.nodes[drv].state.clone();
         let job_live = self.jobs.get(&job).is_some_and(|j| !j.stopping);
         if state != NodeState::Cancelled || !job_live {
             return state;
@@ -662,8 +657,7 @@ impl Graph {
         if self.nodes.get(&drv).is_none_or(|n| n.info.is_none()) {
             fx.extend(self.add_derivation(job, info));
         } else {
-            let state = self.nodes[&drv].state.clone();
-            self.revive(job, &drv, state, &mut fx);
+            self.revive(job, &drv, &mut fx);
             self.join(job, &drv, &mut fx);
         }
         let node = self.nodes.get_mut(&drv).unwrap();
