@@ -267,10 +267,17 @@ impl Shared {
                 )
             }
         };
+        let fetching = std::time::Instant::now();
         let inputs = match self.realise_inputs(req).await {
             Ok(i) => i,
             Err(message) => return (fail(FailureKind::Store, message), Vec::new()),
         };
+        debug!(
+            drv = %req.drv_path,
+            inputs = inputs.len(),
+            ms = fetching.elapsed().as_secs_f64() * 1e3,
+            "inputs realised"
+        );
         self.publish(Message::BuildStarted(BuildStarted {
             build_id: req.build_id,
             drv_path: req.drv_path.clone(),

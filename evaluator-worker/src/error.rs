@@ -41,9 +41,15 @@ pub enum ErrorKind {
 pub const MAX_TRACE: usize = 1000;
 
 /// An error with the position it happened at and a trace of enclosing frames.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind}")]
-pub struct Error {
+///
+/// Boxed, so that the `Result<Value>` every evaluation step returns stays
+/// two words wide; the fields are reached through `Deref` ([`ErrorData`]).
+#[derive(Debug, Clone)]
+pub struct Error(Box<ErrorData>);
+
+/// What an [`Error`] holds.
+#[derive(Debug, Clone)]
+pub struct ErrorData {
     /// What went wrong.
     pub kind: ErrorKind,
     /// Where, if known.
@@ -52,17 +58,38 @@ pub struct Error {
     pub trace: Vec<(Option<Pos>, String)>,
 }
 
+impl std::ops::Deref for Error {
+    type Target = ErrorData;
+    fn deref(&self) -> &ErrorData {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Error {
+    fn deref_mut(&mut self) -> &mut ErrorData {
+        &mut self.0
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.kind.fmt(f)
+    }
+}
+
+impl std::error::Error for Error {}
+
 /// Result alias used throughout the evaluator.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// An error of kind `kind` with no position.
     pub fn new(kind: ErrorKind) -> Self {
-        Error {
+        Error(Box::new(ErrorData {
             kind,
             pos: None,
             trace: Vec::new(),
-        }
+        }))
     }
     /// A generic evaluation error.
     pub fn eval(msg: impl Into<String>) -> Self {

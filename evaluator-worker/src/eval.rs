@@ -348,8 +348,38 @@ impl Eval {
                 def: def.clone(),
                 env: env.clone(),
             })),
+            Expr::Bin { op, l, r, pos } if is_total_on_numbers(*op) => {
+                // Arithmetic and comparisons of numbers that are already
+                // known cannot fail or diverge: computing them now gives the
+                // same value as forcing a thunk later, and saves the thunk.
+                if let (Some(a), Some(b)) = (self.ready_number(env, l), self.ready_number(env, r))
+                {
+                    if let Ok(v) = crate::ops::binop(self, *op, &a, &b, *pos) {
+                        return v;
+                    }
+                }
+                Value::Thunk(Thunk::new(env.clone(), e.clone()))
+            }
             _ => Value::Thunk(Thunk::new(env.clone(), e.clone())),
         }
+    }
+
+    /// The value of `e` when it is a number that needs no evaluation: a
+    /// constant, or a variable already evaluated to a number.
+    fn ready_number(&self, env: &Rc<Env>, e: &Rc<Expr>) -> Option<Value> {
+        let v = match &**e {
+            Expr::Const(v) => v.clone(),
+            Expr::Var { level, slot, .. } => {
+                let frame = env_at(env, *level);
+                let vals = frame.vals.borrow();
+                match vals.get(*slot as usize)? {
+                    Value::Thunk(t) => t.value()?,
+                    v => v.clone(),
+                }
+            }
+            _ => return None,
+        };
+        matches!(v, Value::Int(_) | Value::Float(_)).then_some(v)
     }
 
     /// Evaluate `e` in `env` to weak head normal form.
@@ -917,6 +947,22 @@ impl Eval {
     }
 }
 
+/// Operators that give a value, never an error, for any two numbers.
+fn is_total_on_numbers(op: BinOp) -> bool {
+    matches!(
+        op,
+        BinOp::Add
+            | BinOp::Sub
+            | BinOp::Mul
+            | BinOp::Lt
+            | BinOp::Le
+            | BinOp::Gt
+            | BinOp::Ge
+            | BinOp::Eq
+            | BinOp::Neq
+    )
+}
+
 /// The error for reading a slot of a frame emptied when its evaluator was
 /// dropped (or not filled yet, which evaluation never does).
 #[cold]
@@ -1009,12 +1055,43 @@ mod tests {
         }
     }
 
+    /// Arithmetic on numbers already known is computed when its thunk
+    /// would be made; anything that could fail or needs forcing stays lazy.
+    #[test]
+    fn eager_arithmetic_keeps_laziness() {
+        let run = |src: &'static str| {
+            crate::with_big_stack(move || {
+                let e = Evaluator::new(Options::default());
+                let v = e.eval_string(src, Path::new("/")).map_err(|e| e.to_string())?;
+                let v = e.ev.force(&v).map_err(|e| e.to_string())?;
+                Ok::<_, String>(match v {
+                    Value::Int(i) => i,
+                    _ => panic!("{src}: not an int"),
+                })
+            })
+            .unwrap()
+        };
+        // Unused operands that would fail are never forced.
+        assert_eq!(run("let x = throw \"no\"; y = x + 1; in 1"), Ok(1));
+        assert_eq!(run("let z = 0; b = 1 / z; in 5"), Ok(5));
+        assert_eq!(run("let s = \"a\"; b = s + 1; in 5"), Ok(5));
+        // The failures still happen when the value is needed.
+        assert!(run("let z = 0; b = 1 / z; in b").unwrap_err().contains("division by zero"));
+        assert!(run("let s = \"a\"; n = 1; b = n + s; in b").is_err());
+        // Known numbers: the same values as lazily.
+        assert_eq!(
+            run("let f = n: if n < 2 then n else f (n - 1) + f (n - 2); in f 15"),
+            Ok(610)
+        );
+        assert_eq!(run("let n = 9223372036854775807; m = n + 1; in m"), Ok(i64::MIN));
+    }
+
     #[test]
     fn values_outliving_their_evaluator_fail_cleanly() {
         let msg = crate::with_big_stack(|| {
             let e = Evaluator::new(Options::default());
             let v = e
-                .eval_string("let x = { a = x; b = y + 1; }; y = 1; in x", Path::new("/"))
+                .eval_string("let x = { a = x; b = toString y; }; y = 1; in x", Path::new("/"))
                 .unwrap();
             let v = e.ev.force(&v).unwrap();
             e.ev.force(&v).unwrap();

@@ -340,7 +340,7 @@ impl Thunk {
     }
     /// The value, if already evaluated.
     pub fn value(&self) -> Option<Value> {
-        match &*self.0.borrow() {
+        match &*self.0.try_borrow().ok()? {
             ThunkState::Done(v) => Some(v.clone()),
             _ => None,
         }

@@ -361,6 +361,7 @@ impl CacheStore {
             .dir
             .real_path(path)
             .ok_or_else(|| upload_error(path, "not written locally".into()))?;
+        let started = std::time::Instant::now();
         let cache = self.cache.clone();
         let meta = PathMeta {
             path: path.clone(),
@@ -391,6 +392,11 @@ impl CacheStore {
                 stored.map(|_| ())
             })
             .map_err(|e| upload_error(path, e.to_string()))?;
+        tracing::debug!(
+            path = %path,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "source uploaded"
+        );
         self.uploaded.borrow_mut().insert(path.clone());
         Ok(())
     }
@@ -410,7 +416,13 @@ impl Store for CacheStore {
         name: &str,
         filter: Option<&mut PathFilter<'_>>,
     ) -> Result<StorePath, StoreError> {
+        let started = std::time::Instant::now();
         let sp = self.dir.add_path(path, name, filter)?;
+        tracing::debug!(
+            path = %sp,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "source added"
+        );
         self.upload(&sp, &BTreeSet::new())?;
         Ok(sp)
     }
