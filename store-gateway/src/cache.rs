@@ -335,6 +335,7 @@ impl BinaryCache {
             });
         }
         let what = format!("NAR of '{}'", meta.path);
+        let started = std::time::Instant::now();
         let pending = write_nar(
             self.store.as_ref(),
             nar,
@@ -367,7 +368,9 @@ impl BinaryCache {
                 });
             }
         }
+        let staged_ms = started.elapsed().as_secs_f64() * 1e3;
         let key = pending.commit().await?;
+        let committed_ms = started.elapsed().as_secs_f64() * 1e3;
         let mut info = NarInfo {
             store_path: meta.path,
             url: key.to_string(),
@@ -383,6 +386,15 @@ impl BinaryCache {
             ca: meta.ca,
         };
         self.put_narinfo(&mut info).await?;
+        tracing::debug!(
+            path = %info.store_path,
+            nar_size = info.nar_size,
+            compression = %info.compression,
+            staged_ms,
+            committed_ms,
+            total_ms = started.elapsed().as_secs_f64() * 1e3,
+            "path added"
+        );
         Ok(info)
     }
 

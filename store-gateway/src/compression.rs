@@ -76,7 +76,7 @@ impl Compression {
         match self {
             Compression::None => Encoder::None(out),
             Compression::Xz => Encoder::Xz(XzEncoder::with_quality(out, Level::Precise(6))),
-            Compression::Zstd => Encoder::Zstd(ZstdEncoder::with_quality(out, Level::Precise(3))),
+            Compression::Zstd => Encoder::Zstd(ZstdEncoder::with_quality(out, Level::Precise(1))),
         }
     }
 }
