@@ -360,8 +360,46 @@ impl Eval {
                 }
                 Value::Thunk(Thunk::new(env.clone(), e.clone()))
             }
+            Expr::Select { e: subject, path, .. } => {
+                // `x.a.b` of a set already evaluated, whose attribute is
+                // there: that attribute's own value (perhaps a thunk) is
+                // what forcing a new thunk would give, so it is shared.
+                match self.ready_select(env, subject, path) {
+                    Some(v) => v,
+                    None => Value::Thunk(Thunk::new(env.clone(), e.clone())),
+                }
+            }
             _ => Value::Thunk(Thunk::new(env.clone(), e.clone())),
         }
+    }
+
+    /// The value `subject.path` selects, when `subject` is a variable
+    /// already evaluated to a set, every name is static, every set on the
+    /// way is already evaluated, and the last attribute exists.
+    fn ready_select(&self, env: &Rc<Env>, subject: &Rc<Expr>, path: &[AttrKey]) -> Option<Value> {
+        let Expr::Var { level, slot, .. } = &**subject else {
+            return None;
+        };
+        let mut v = {
+            let frame = env_at(env, *level);
+            let vals = frame.vals.borrow();
+            evaluated(vals.get(*slot as usize)?)?
+        };
+        for (i, key) in path.iter().enumerate() {
+            let AttrKey::Static(name) = key else {
+                return None;
+            };
+            let Value::Attrs(set) = &v else {
+                return None;
+            };
+            let found = set.get(name.as_str())?.clone();
+            v = if i + 1 == path.len() {
+                found
+            } else {
+                evaluated(&found)?
+            };
+        }
+        Some(v)
     }
 
     /// The value of `e` when it is a number that needs no evaluation: a
@@ -947,6 +985,15 @@ impl Eval {
     }
 }
 
+/// `v` in weak head normal form if it is there already (a value, or a
+/// thunk already evaluated), without evaluating anything.
+fn evaluated(v: &Value) -> Option<Value> {
+    match v {
+        Value::Thunk(t) => t.value(),
+        v => Some(v.clone()),
+    }
+}
+
 /// Operators that give a value, never an error, for any two numbers.
 fn is_total_on_numbers(op: BinOp) -> bool {
     matches!(
@@ -1084,6 +1131,16 @@ mod tests {
             Ok(610)
         );
         assert_eq!(run("let n = 9223372036854775807; m = n + 1; in m"), Ok(i64::MIN));
+        // Selections from sets already evaluated share the attribute's
+        // value; they evaluate nothing and fail only when forced.
+        let sel = "let s = { a = throw \"x\"; b.c = 2; }; f = x: x; in ";
+        let sel_run = |tail: &str| run(Box::leak(format!("{sel}builtins.seq s ({tail})").into_boxed_str()));
+        assert_eq!(sel_run("let y = s.a; in 1"), Ok(1));
+        assert_eq!(sel_run("f s.b.c"), Ok(2));
+        assert_eq!(sel_run("f (s.z or 3)"), Ok(3));
+        assert_eq!(sel_run("f (s.b.c or 3)"), Ok(2));
+        assert!(sel_run("f s.a").unwrap_err().contains('x'));
+        assert!(sel_run("f s.z").unwrap_err().contains("attribute 'z' missing"));
     }
 
     #[test]
