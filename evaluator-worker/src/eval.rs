@@ -352,15 +352,16 @@ impl Eval {
                 // Arithmetic and comparisons of numbers that are already
                 // known cannot fail or diverge: computing them now gives the
                 // same value as forcing a thunk later, and saves the thunk.
-                if let (Some(a), Some(b)) = (self.ready_number(env, l), self.ready_number(env, r))
-                {
+                if let (Some(a), Some(b)) = (self.ready_number(env, l), self.ready_number(env, r)) {
                     if let Ok(v) = crate::ops::binop(self, *op, &a, &b, *pos) {
                         return v;
                     }
                 }
                 Value::Thunk(Thunk::new(env.clone(), e.clone()))
             }
-            Expr::Select { e: subject, path, .. } => {
+            Expr::Select {
+                e: subject, path, ..
+            } => {
                 // `x.a.b` of a set already evaluated, whose attribute is
                 // there: that attribute's own value (perhaps a thunk) is
                 // what forcing a new thunk would give, so it is shared.
@@ -1109,7 +1110,9 @@ mod tests {
         let run = |src: &'static str| {
             crate::with_big_stack(move || {
                 let e = Evaluator::new(Options::default());
-                let v = e.eval_string(src, Path::new("/")).map_err(|e| e.to_string())?;
+                let v = e
+                    .eval_string(src, Path::new("/"))
+                    .map_err(|e| e.to_string())?;
                 let v = e.ev.force(&v).map_err(|e| e.to_string())?;
                 Ok::<_, String>(match v {
                     Value::Int(i) => i,
@@ -1123,24 +1126,35 @@ mod tests {
         assert_eq!(run("let z = 0; b = 1 / z; in 5"), Ok(5));
         assert_eq!(run("let s = \"a\"; b = s + 1; in 5"), Ok(5));
         // The failures still happen when the value is needed.
-        assert!(run("let z = 0; b = 1 / z; in b").unwrap_err().contains("division by zero"));
+        assert!(run("let z = 0; b = 1 / z; in b")
+            .unwrap_err()
+            .contains("division by zero"));
         assert!(run("let s = \"a\"; n = 1; b = n + s; in b").is_err());
         // Known numbers: the same values as lazily.
         assert_eq!(
             run("let f = n: if n < 2 then n else f (n - 1) + f (n - 2); in f 15"),
             Ok(610)
         );
-        assert_eq!(run("let n = 9223372036854775807; m = n + 1; in m"), Ok(i64::MIN));
+        assert_eq!(
+            run("let n = 9223372036854775807; m = n + 1; in m"),
+            Ok(i64::MIN)
+        );
         // Selections from sets already evaluated share the attribute's
         // value; they evaluate nothing and fail only when forced.
         let sel = "let s = { a = throw \"x\"; b.c = 2; }; f = x: x; in ";
-        let sel_run = |tail: &str| run(Box::leak(format!("{sel}builtins.seq s ({tail})").into_boxed_str()));
+        let sel_run = |tail: &str| {
+            run(Box::leak(
+                format!("{sel}builtins.seq s ({tail})").into_boxed_str(),
+            ))
+        };
         assert_eq!(sel_run("let y = s.a; in 1"), Ok(1));
         assert_eq!(sel_run("f s.b.c"), Ok(2));
         assert_eq!(sel_run("f (s.z or 3)"), Ok(3));
         assert_eq!(sel_run("f (s.b.c or 3)"), Ok(2));
         assert!(sel_run("f s.a").unwrap_err().contains('x'));
-        assert!(sel_run("f s.z").unwrap_err().contains("attribute 'z' missing"));
+        assert!(sel_run("f s.z")
+            .unwrap_err()
+            .contains("attribute 'z' missing"));
     }
 
     #[test]
@@ -1148,7 +1162,10 @@ mod tests {
         let msg = crate::with_big_stack(|| {
             let e = Evaluator::new(Options::default());
             let v = e
-                .eval_string("let x = { a = x; b = toString y; }; y = 1; in x", Path::new("/"))
+                .eval_string(
+                    "let x = { a = x; b = toString y; }; y = 1; in x",
+                    Path::new("/"),
+                )
                 .unwrap();
             let v = e.ev.force(&v).unwrap();
             e.ev.force(&v).unwrap();

@@ -314,7 +314,10 @@ async fn s3_backend_passes_the_suite() {
             .await
             .unwrap()
             .unwrap();
-        assert!(back == data, "object of {size} bytes differs when read back");
+        assert!(
+            back == data,
+            "object of {size} bytes differs when read back"
+        );
         store.delete(&key).await.unwrap();
     }
 
