@@ -381,11 +381,7 @@ impl Eval {
         let Expr::Var { level, slot, .. } = &**subject else {
             return None;
         };
-        let mut v = {
-            let frame = env_at(env, *level);
-            let vals = frame.vals.borrow();
-            evaluated(vals.get(*slot as usize)?)?
-        };
+        let mut v = ready_var(env, *level, *slot)?;
         for (i, key) in path.iter().enumerate() {
             let AttrKey::Static(name) = key else {
                 return None;
@@ -408,14 +404,7 @@ impl Eval {
     fn ready_number(&self, env: &Rc<Env>, e: &Rc<Expr>) -> Option<Value> {
         let v = match &**e {
             Expr::Const(v) => v.clone(),
-            Expr::Var { level, slot, .. } => {
-                let frame = env_at(env, *level);
-                let vals = frame.vals.borrow();
-                match vals.get(*slot as usize)? {
-                    Value::Thunk(t) => t.value()?,
-                    v => v.clone(),
-                }
-            }
+            Expr::Var { level, slot, .. } => ready_var(env, *level, *slot)?,
             _ => return None,
         };
         matches!(v, Value::Int(_) | Value::Float(_)).then_some(v)
@@ -993,6 +982,13 @@ fn evaluated(v: &Value) -> Option<Value> {
         Value::Thunk(t) => t.value(),
         v => Some(v.clone()),
     }
+}
+
+/// The variable at `level`/`slot` if it is evaluated already.
+fn ready_var(env: &Rc<Env>, level: u32, slot: u32) -> Option<Value> {
+    let frame = env_at(env, level);
+    let vals = frame.vals.borrow();
+    evaluated(vals.get(slot as usize)?)
 }
 
 /// Operators that give a value, never an error, for any two numbers.
