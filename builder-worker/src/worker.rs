@@ -338,12 +338,19 @@ impl Shared {
         if roots.is_empty() {
             return Ok(BTreeMap::new());
         }
+        let looking = std::time::Instant::now();
         let closure = self.cache.closure(&roots).await.map_err(|e| {
             format!(
                 "cannot find the inputs of '{}' in the store: {e}",
                 req.drv_path
             )
         })?;
+        debug!(
+            drv = %req.drv_path,
+            paths = closure.len(),
+            ms = looking.elapsed().as_secs_f64() * 1e3,
+            "input closure looked up"
+        );
         let paths: Vec<StorePath> = closure.iter().map(|i| i.store_path.clone()).collect();
         kiln_store::realise::realise_closure(
             &self.cache,

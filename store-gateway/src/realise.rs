@@ -90,7 +90,9 @@ async fn realise_one(
     if tokio::fs::symlink_metadata(&target).await.is_ok() {
         return Ok(false);
     }
+    let started = std::time::Instant::now();
     let nar = cache.nar(info).await?;
+    let opened_ms = started.elapsed().as_secs_f64() * 1e3;
     let staging = staging.to_path_buf();
     let what = info.store_path.to_string();
     let (tmp, unpacked): (tempfile::TempDir, PathBuf) = tokio::task::spawn_blocking(move || {
@@ -118,5 +120,12 @@ async fn realise_one(
         Err(e) => return Err(StoreError::io("moving into place", &target, e)),
     }
     drop(tmp);
+    tracing::debug!(
+        path = %info.store_path,
+        nar_size = info.nar_size,
+        opened_ms,
+        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        "path realised"
+    );
     Ok(true)
 }
