@@ -16,23 +16,6 @@ mod store_cmds;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc's option enum.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps freed memory for a second before handing it back to the kernel.
-/// mimalloc's default (10 ms) returns the pages freed after parsing each
-/// file, and the next file faults them in again, zeroed (often as 2 MiB
-/// huge pages): a fifth of a large evaluation's time went to that. A
-/// second still lets an idle service shrink.
-fn tune_allocator() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return; // the operator's choice, already read by mimalloc
-    }
-    // SAFETY: sets a plain integer option; mimalloc reads it on its next
-    // purge decision.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000) };
-}
-
 #[derive(Parser)]
 #[command(name = "kiln", version, about = "A build farm for Nix derivations")]
 struct Cli {
@@ -85,7 +68,6 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -107,8 +107,9 @@ pub enum Value {
     Float(f64),
     /// String with context.
     Str(Rc<NixString>),
-    /// Absolute, canonical path.
-    Path(Rc<str>),
+    /// Absolute, canonical path (a thin pointer: `Rc<str>` would make
+    /// every value 24 bytes instead of 16).
+    Path(Rc<String>),
     /// Attribute set.
     Attrs(Rc<Attrs>),
     /// List.
@@ -314,8 +315,10 @@ impl Attrs {
 pub enum ThunkState {
     /// Evaluate `expr` in `env`.
     Expr(Rc<Env>, Rc<Expr>),
-    /// Apply a function value to an argument.
-    Apply(Value, Value, Pos),
+    /// Apply a function value to an argument (boxed: it is the largest
+    /// state, and keeping it out of line makes every thunk 32 bytes
+    /// smaller).
+    Apply(Box<(Value, Value, Pos)>),
     /// Being evaluated right now: forcing it again is infinite recursion.
     Blackhole,
     /// Evaluated.
@@ -324,6 +327,10 @@ pub enum ThunkState {
     /// reference cycles): forcing it is an error.
     Released,
 }
+
+// Every value and every thunk is made of these: keep them small.
+const _: () = assert!(std::mem::size_of::<Value>() <= 16);
+const _: () = assert!(std::mem::size_of::<ThunkState>() <= 24);
 
 /// A shared, lazily evaluated value.
 #[derive(Clone)]
@@ -336,7 +343,9 @@ impl Thunk {
     }
     /// A thunk applying `f` to `arg`.
     pub fn apply(f: Value, arg: Value, pos: Pos) -> Value {
-        Value::Thunk(Thunk(Rc::new(RefCell::new(ThunkState::Apply(f, arg, pos)))))
+        Value::Thunk(Thunk(Rc::new(RefCell::new(ThunkState::Apply(Box::new((
+            f, arg, pos,
+        )))))))
     }
     /// The value, if already evaluated.
     pub fn value(&self) -> Option<Value> {
@@ -363,7 +372,10 @@ impl Thunk {
         };
         let res = match &state {
             ThunkState::Expr(env, expr) => ev.eval(env, expr).and_then(|v| ev.force(&v)),
-            ThunkState::Apply(f, a, pos) => ev.call(f, a.clone(), *pos).and_then(|v| ev.force(&v)),
+            ThunkState::Apply(app) => {
+                let (f, a, pos) = &**app;
+                ev.call(f, a.clone(), *pos).and_then(|v| ev.force(&v))
+            }
             _ => unreachable!("checked above"),
         };
         match res {
