@@ -15,17 +15,21 @@ use std::rc::{Rc, Weak};
 
 mod coerce;
 
+/// The slots of a frame. Most frames (a lambda's argument, a `with`) have
+/// one or two, which are kept inline: one allocation per frame.
+pub type Slots = smallvec::SmallVec<[Value; 2]>;
+
 /// An environment frame: slots for one `let`/`rec`/lambda/`with`.
 pub struct Env {
     /// Slot values (filled right after creation for recursive frames).
-    pub vals: RefCell<Vec<Value>>,
+    pub vals: RefCell<Slots>,
     /// Enclosing frame.
     pub up: Option<Rc<Env>>,
 }
 
 impl Env {
     /// A frame with `vals` under `up`.
-    pub fn new(vals: Vec<Value>, up: Option<Rc<Env>>) -> Rc<Env> {
+    pub fn new(vals: Slots, up: Option<Rc<Env>>) -> Rc<Env> {
         Rc::new(Env {
             vals: RefCell::new(vals),
             up,
@@ -298,7 +302,7 @@ impl Eval {
             return Ok(v.clone());
         }
         let e = self.parse_file(path, None)?;
-        let v = self.eval(&Env::new(Vec::new(), None), &e)?;
+        let v = self.eval(&Env::new(Slots::new(), None), &e)?;
         self.import_cache.borrow_mut().insert(key, v.clone());
         Ok(v)
     }
@@ -533,7 +537,7 @@ impl Eval {
                 self.eval(&new_env, body)
             }
             Expr::With { ns, body } => {
-                let new_env = Env::new(vec![self.thunk(env, ns)], Some(env.clone()));
+                let new_env = Env::new(smallvec::smallvec![self.thunk(env, ns)], Some(env.clone()));
                 self.eval(&new_env, body)
             }
             Expr::If {
@@ -703,8 +707,8 @@ impl Eval {
 
     /// A new recursive frame for `def` (a `let` or `rec` set) under `env`.
     fn rec_env(&self, env: &Rc<Env>, def: &AttrsDef) -> Rc<Env> {
-        let new_env = Env::new(Vec::with_capacity(def.attrs.len()), Some(env.clone()));
-        let vals: Vec<Value> = def
+        let new_env = Env::new(Slots::new(), Some(env.clone()));
+        let vals: Slots = def
             .attrs
             .iter()
             .map(|a| {
@@ -915,7 +919,7 @@ impl Eval {
     fn call_lambda_inner(&self, c: &Rc<Closure>, arg: Value, pos: Pos) -> Result<Value> {
         let def = &c.def;
         let Some(formals) = &def.formals else {
-            let env = Env::new(vec![arg], Some(c.env.clone()));
+            let env = Env::new(smallvec::smallvec![arg], Some(c.env.clone()));
             return self.eval(&env, &def.body);
         };
         let argv = self.force(&arg).map_err(|e| e.at(pos))?;
@@ -929,8 +933,8 @@ impl Eval {
                 .at(pos))
             }
         };
-        let env = Env::new(Vec::with_capacity(def.slots), Some(c.env.clone()));
-        let mut vals = Vec::with_capacity(def.slots);
+        let env = Env::new(Slots::new(), Some(c.env.clone()));
+        let mut vals = Slots::with_capacity(def.slots);
         let mut used = 0usize;
         for (name, default) in &formals.entries {
             match attrs.get(name.as_str()) {

@@ -132,7 +132,7 @@ impl Evaluator {
 
     /// Evaluate a parsed expression to weak head normal form.
     pub fn eval_expr(&self, e: &Rc<ir::Expr>) -> Result<Value> {
-        self.ev.eval(&eval::Env::new(Vec::new(), None), e)
+        self.ev.eval(&eval::Env::new(eval::Slots::new(), None), e)
     }
 
     /// Evaluate a file.

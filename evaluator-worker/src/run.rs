@@ -260,7 +260,7 @@ pub fn auto_args(
             AutoArg::Expr(e) => {
                 let ex = evr.parse_string(e, cwd)?;
                 Value::Thunk(crate::value::Thunk::new(
-                    crate::eval::Env::new(Vec::new(), None),
+                    crate::eval::Env::new(crate::eval::Slots::new(), None),
                     ex,
                 ))
             }

@@ -243,7 +243,8 @@ pub fn install_derivation(ev: &mut Eval) {
         "/",
         None,
     );
-    match parsed.and_then(|e| ev.eval(&crate::eval::Env::new(Vec::new(), None), &e)) {
+    match parsed.and_then(|e| ev.eval(&crate::eval::Env::new(crate::eval::Slots::new(), None), &e))
+    {
         Ok(v) => {
             ev.add_global("derivation", v.clone());
             ev.add_global("__derivation", v);

@@ -99,7 +99,7 @@ fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let names: Vec<Symbol> = scope.iter().map(|e| e.name.clone()).collect();
     let vals: Vec<Value> = scope.iter().map(|e| e.value.clone()).collect();
     let e = ev.parse_file(&ev.real_path(&p), Some(names))?;
-    ev.eval(&Env::new(vals, None), &e)
+    ev.eval(&Env::new(crate::eval::Slots::from_vec(vals), None), &e)
 }
 
 fn read_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
