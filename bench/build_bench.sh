@@ -23,6 +23,9 @@
 # path and that its closure holds the expected number of derivations; after
 # each run, that each tool built all of them and printed the same output.
 #
+# Each timed run starts after a `sync`, so neither tool pays for the
+# write-back of the other's clean-up.
+#
 # Usage: bench/build_bench.sh [RUNS=3] [JOBS=2]   (env: KEEP=1 keeps the
 # work directory and prints it). Needs python3, cargo, nix-build and
 # nix-instantiate (Debian: nix-bin) and /bin/busybox (busybox-static); run
@@ -92,6 +95,10 @@ for r in $(seq 1 "$RUNS"); do
   if [ $((r % 2)) = 1 ]; then order="nix kiln"; else order="kiln nix"; fi
   for tool in $order; do
     echo "== run $r/$RUNS: $tool (-j $JOBS)"
+    # Start every timed run on a quiet disk: the previous run's clean-up
+    # (thousands of files deleted) must not be written back while this one
+    # runs, whichever tool it is.
+    sync
     line=$("run_$tool" "$r")
     echo "$tool $line" >>"$T/results"
   done
