@@ -361,7 +361,6 @@ impl CacheStore {
             .dir
             .real_path(path)
             .ok_or_else(|| upload_error(path, "not written locally".into()))?;
-        let started = std::time::Instant::now();
         let cache = self.cache.clone();
         let meta = PathMeta {
             path: path.clone(),
@@ -392,11 +391,6 @@ impl CacheStore {
                 stored.map(|_| ())
             })
             .map_err(|e| upload_error(path, e.to_string()))?;
-        tracing::debug!(
-            path = %path,
-            ms = started.elapsed().as_secs_f64() * 1e3,
-            "source uploaded"
-        );
         self.uploaded.borrow_mut().insert(path.clone());
         Ok(())
     }

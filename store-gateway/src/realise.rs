@@ -92,7 +92,6 @@ async fn realise_one(
     }
     let started = std::time::Instant::now();
     let nar = cache.nar(info).await?;
-    let opened_ms = started.elapsed().as_secs_f64() * 1e3;
     let staging = staging.to_path_buf();
     let what = info.store_path.to_string();
     let (tmp, unpacked): (tempfile::TempDir, PathBuf) = tokio::task::spawn_blocking(move || {
@@ -123,8 +122,7 @@ async fn realise_one(
     tracing::debug!(
         path = %info.store_path,
         nar_size = info.nar_size,
-        opened_ms,
-        total_ms = started.elapsed().as_secs_f64() * 1e3,
+        ms = started.elapsed().as_secs_f64() * 1e3,
         "path realised"
     );
     Ok(true)
