@@ -73,6 +73,9 @@ pub struct Eval {
     pub(crate) import_cache: RefCell<HashMap<PathBuf, Value>>,
     /// Every file parsed so far, by resolved path.
     parse_cache: RefCell<HashMap<PathBuf, Rc<Expr>>>,
+    /// Parses, on a second thread, the files sources name before they are
+    /// imported (see [`crate::prefetch`]); `None` when turned off.
+    prefetch: Option<RefCell<crate::prefetch::Prefetcher>>,
     depth: Cell<usize>,
     /// Maximum evaluation depth before a clean "stack overflow" error.
     pub max_depth: usize,
@@ -209,6 +212,7 @@ impl Eval {
             search_path,
             import_cache: RefCell::new(HashMap::new()),
             parse_cache: RefCell::new(HashMap::new()),
+            prefetch: parse_ahead_enabled().then(Default::default),
             depth: Cell::new(0),
             max_depth: 10_000,
             cancel: None,
@@ -241,7 +245,20 @@ impl Eval {
         base_dir: &str,
         outer: Option<Vec<Symbol>>,
     ) -> Result<Rc<Expr>> {
-        let text: Rc<str> = Rc::from(text);
+        self.parse_source(Rc::from(text), None, name, path, base_dir, outer)
+    }
+
+    /// Lower `text` (or `parse`, its parse when already made) as a source
+    /// of its own, then queue the files it names for parsing ahead.
+    fn parse_source(
+        &self,
+        text: Rc<str>,
+        parse: Option<rnix::Parse<rnix::Root>>,
+        name: String,
+        path: Option<PathBuf>,
+        base_dir: &str,
+        outer: Option<Vec<Symbol>>,
+    ) -> Result<Rc<Expr>> {
         let src = Source::new(name, path, text.clone());
         let file = self.sources.borrow_mut().add(src);
         let sources = self.sources.borrow();
@@ -249,12 +266,19 @@ impl Eval {
             .get(file)
             .ok_or_else(|| Error::eval("source table corrupted"))?;
         let mut l = Lowerer::new(file, src, Rc::from(base_dir), &self.global_names, outer);
-        l.parse_and_lower(&text)
+        let lowered = match parse {
+            Some(parse) => l.lower_parse(parse, &crate::lower::normalize_newlines(&text)),
+            None => l.parse_and_lower(&text),
+        };
+        if let Some(pf) = &self.prefetch {
+            pf.borrow_mut().request(std::mem::take(&mut l.paths));
+        }
+        lowered
     }
 
     /// Parse the file at `path` (a directory means its `default.nix`).
     /// Each file is read and parsed once per evaluator (Nix's
-    /// `fileParseCache`); `scopedImport` (`outer` names) parses afresh since
+    /// `fileParseCache`); `scopedImport` (`outer` names) lowers afresh since
     /// its variables resolve differently.
     pub fn parse_file(&self, path: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
         let p = resolve_import_path(path);
@@ -272,21 +296,30 @@ impl Eval {
     }
 
     fn parse_file_uncached(&self, p: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        let text = match crate::corepkgs::source(p) {
-            Some(text) => text.to_string(),
-            None => std::fs::read_to_string(p).map_err(|e| {
-                Error::new(ErrorKind::Io {
-                    msg: format!("opening file: {e}:"),
-                    path: p.display().to_string(),
-                })
-            })?,
+        let ahead = match crate::corepkgs::source(p) {
+            Some(_) => None,
+            None => self.prefetch.as_ref().and_then(|pf| pf.borrow().take(p)),
+        };
+        let (text, parse) = match (ahead, crate::corepkgs::source(p)) {
+            (Some(pre), _) => (pre.text, Some(pre.parse)),
+            (None, Some(text)) => (text.to_string(), None),
+            (None, None) => (
+                std::fs::read_to_string(p).map_err(|e| {
+                    Error::new(ErrorKind::Io {
+                        msg: format!("opening file: {e}:"),
+                        path: p.display().to_string(),
+                    })
+                })?,
+                None,
+            ),
         };
         let dir = p
             .parent()
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| "/".into());
-        self.parse(
-            &text,
+        self.parse_source(
+            Rc::from(text),
+            parse,
             p.display().to_string(),
             Some(p.to_path_buf()),
             &dir,
@@ -1019,6 +1052,12 @@ fn released_frame() -> Error {
 }
 
 /// The file `import path` reads: `path/default.nix` for a directory.
+/// Whether files are parsed ahead on a second thread: on unless
+/// `KILN_EVAL_PARSE_AHEAD=0` (for measuring what it gains).
+fn parse_ahead_enabled() -> bool {
+    std::env::var_os("KILN_EVAL_PARSE_AHEAD").is_none_or(|v| v != "0")
+}
+
 fn resolve_import_path(path: &Path) -> PathBuf {
     if path.is_dir() {
         path.join("default.nix")

@@ -11,6 +11,7 @@ pub mod ir;
 pub mod lower;
 pub mod ops;
 pub mod pos;
+pub mod prefetch;
 pub mod print;
 pub mod run;
 pub mod show;
@@ -314,6 +315,52 @@ mod tests {
             e.print(&v, true).map_err(|err| e.format_error(&err, false))
         })
         .expect("no panic")
+    }
+
+    /// Files parsed ahead on the second thread evaluate, and fail, exactly
+    /// as files parsed on the evaluation thread do.
+    #[test]
+    fn files_parsed_ahead_behave_as_parsed_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("sub")).unwrap();
+        std::fs::write(d.join("sub/default.nix"), "{ x }: x * 2").unwrap();
+        std::fs::write(d.join("ok.nix"), "42").unwrap();
+        std::fs::write(d.join("crlf.nix"), "let\r\n  a = 1;\r\nin a + 1").unwrap();
+        std::fs::write(d.join("bad.nix"), "{\n  a = 1;\n  b = ;\n}").unwrap();
+        let main = "[ (import ./ok.nix) (import ./sub { x = 4; }) (import ./crlf.nix) \
+                    (builtins.tryEval (import ./bad.nix)).success ]";
+        std::fs::write(d.join("main.nix"), main).unwrap();
+        let root = d.to_path_buf();
+        for ahead in ["1", "0"] {
+            let root = root.clone();
+            let out = with_big_stack(move || {
+                std::env::set_var("KILN_EVAL_PARSE_AHEAD", ahead);
+                let e = Evaluator::new(Options::default());
+                let v = e.eval_file(&root.join("main.nix"));
+                let v = v.and_then(|v| e.print(&v, true));
+                v.map_err(|err| e.format_error(&err, false))
+            })
+            .expect("no panic");
+            let err = out.expect_err("bad.nix is a parse error, which tryEval does not catch");
+            assert!(
+                err.contains("syntax error, unexpected ';'") && err.contains("bad.nix:3:7"),
+                "parse ahead {ahead}: {err}"
+            );
+        }
+        std::env::remove_var("KILN_EVAL_PARSE_AHEAD");
+        let root2 = root.clone();
+        let out = with_big_stack(move || {
+            let e = Evaluator::new(Options::default());
+            let v = e.eval_string(
+                "[ (import ./ok.nix) (import ./sub { x = 4; }) (import ./crlf.nix) ]",
+                &root2,
+            )?;
+            e.print(&v, true)
+        })
+        .expect("no panic")
+        .map_err(|e| e.to_string());
+        assert_eq!(out.unwrap(), "[ 42 8 2 ]");
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub struct Lowerer<'a> {
     scopes: Vec<Scope>,
     names: HashMap<String, Symbol>,
     in_rec: bool,
+    /// Every constant absolute or relative path literal lowered, resolved
+    /// (for [`crate::prefetch`]).
+    pub paths: Vec<String>,
 }
 
 impl<'a> Lowerer<'a> {
@@ -88,6 +91,7 @@ impl<'a> Lowerer<'a> {
             scopes,
             names: HashMap::new(),
             in_rec: false,
+            paths: Vec::new(),
         }
     }
 
@@ -129,9 +133,13 @@ impl<'a> Lowerer<'a> {
 
     /// Parse `text` and lower it.
     pub fn parse_and_lower(&mut self, text: &str) -> Result<Rc<Expr>> {
-        let text = normalize_newlines(text);
-        let text = text.as_ref();
-        let parse = rnix::Root::parse(text);
+        let normalized = normalize_newlines(text);
+        let parse = rnix::Root::parse(&normalized);
+        self.lower_parse(parse, &normalized)
+    }
+
+    /// Lower `parse`, rnix's parse of `text` (with normalised newlines).
+    pub fn lower_parse(&mut self, parse: rnix::Parse<rnix::Root>, text: &str) -> Result<Rc<Expr>> {
         if let Some(e) = parse.errors().first() {
             return Err(self.parse_error(e, text));
         }
@@ -575,7 +583,11 @@ impl<'a> Lowerer<'a> {
                 if s.ends_with('/') && s.len() > 1 {
                     return Err(self.err(pos, format!("path '{s}' has a trailing slash")));
                 }
-                return Ok(Expr::Const(Value::Path(self.resolve_path(kind, s).into())));
+                let resolved = self.resolve_path(kind, s);
+                if kind != PathKind::Home {
+                    self.paths.push(resolved.clone());
+                }
+                return Ok(Expr::Const(Value::Path(resolved.into())));
             }
         }
         let e = self.lower_parts(lit_parts, pos, false)?;

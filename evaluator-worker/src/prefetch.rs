@@ -1,0 +1,323 @@
+//! Speculative parsing of the files a source names, on a second thread.
+//!
+//! Evaluation is single-threaded, and in a package set much of its time goes
+//! to reading and parsing the files that `import` and `callPackage` load.
+//! Which files those will be is mostly visible in advance: they are the path
+//! literals of the sources already lowered (`./pkgs/foo.nix`,
+//! `../libraries/bar`). When a source has been lowered, its path literals
+//! that name a `.nix` file (or a directory with a `default.nix`) are queued
+//! here, and one background thread reads and parses them in order, so that
+//! the evaluation thread finds them parsed when it imports them.
+//!
+//! Only rnix's green tree crosses threads (it is `Send`); lowering to the
+//! IR stays on the evaluation thread, which owns the `Rc`-based IR. The
+//! speculation is invisible to the language: a file that is never imported
+//! is parsed for nothing but never evaluated, and parse errors are reported
+//! only when (and exactly as if) the evaluation thread parses the file.
+//!
+//! What the speculation costs is bounded: at most [`MAX_READY`] parsed
+//! files ([`MAX_READY_BYTES`] of source) wait to be taken; beyond that the
+//! thread pauses. Files over [`MAX_FILE_BYTES`] are left to the evaluation
+//! thread. The thread ends when its [`Prefetcher`] is dropped.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+/// Most parsed files waiting to be taken.
+pub const MAX_READY: usize = 512;
+/// Most bytes of source among the parsed files waiting to be taken.
+pub const MAX_READY_BYTES: usize = 4 << 20;
+/// Larger files are not parsed speculatively.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Stack of the parsing thread (rnix's parser recurses; it stops itself at
+/// its own nesting limit, far below what this holds).
+const STACK_SIZE: usize = 64 << 20;
+
+/// A file read and parsed ahead of its import.
+pub struct Parsed {
+    /// The file's text, exactly as read.
+    pub text: String,
+    /// rnix's parse of the text with its newlines normalised.
+    pub parse: rnix::Parse<rnix::Root>,
+}
+
+/// The queue and the finished parses, shared with the parsing thread.
+#[derive(Default)]
+struct State {
+    /// Files to parse, in the order they were named.
+    queue: VecDeque<PathBuf>,
+    /// Every file ever queued (a file is queued once).
+    seen: HashSet<PathBuf>,
+    /// Files the evaluation thread asked for before the parsing thread
+    /// reached them: it parses them itself, so they are skipped here.
+    claimed: HashSet<PathBuf>,
+    /// The file being parsed now.
+    busy: Option<PathBuf>,
+    /// Finished parses not yet taken.
+    ready: HashMap<PathBuf, Parsed>,
+    /// Bytes of source in `ready`.
+    ready_bytes: usize,
+    /// Set when the owner is dropped.
+    stop: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when a parse finishes, the queue grows, a parse is taken
+    /// or the owner stops.
+    changed: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain data behind; carry on.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Owner of the parsing thread; see the module documentation.
+pub struct Prefetcher {
+    shared: Arc<Shared>,
+    started: bool,
+}
+
+impl Default for Prefetcher {
+    fn default() -> Self {
+        Prefetcher {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }),
+            started: false,
+        }
+    }
+}
+
+impl Prefetcher {
+    /// Queue `paths` (absolute, as a source names them) for parsing. Paths
+    /// that cannot be a Nix file are dropped here without touching the
+    /// file system; the rest are checked on the parsing thread.
+    pub fn request<I: IntoIterator<Item = String>>(&mut self, paths: I) {
+        let mut added = false;
+        {
+            let mut st = self.shared.lock();
+            for p in paths {
+                if !candidate(&p) {
+                    continue;
+                }
+                let p = PathBuf::from(p);
+                if st.seen.insert(p.clone()) {
+                    st.queue.push_back(p);
+                    added = true;
+                }
+            }
+        }
+        if !added {
+            return;
+        }
+        if !self.started {
+            let shared = self.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name("kiln-parse".into())
+                .stack_size(STACK_SIZE)
+                .spawn(move || run(&shared));
+            if spawned.is_err() {
+                // No thread: everything is parsed on the evaluation thread.
+                let mut st = self.shared.lock();
+                st.queue.clear();
+                return;
+            }
+            self.started = true;
+        }
+        self.shared.changed.notify_all();
+    }
+
+    /// The speculative parse of the file at `path` (resolved as `import`
+    /// resolves it), waiting for it when it is being parsed right now.
+    /// `None` when the file was not parsed ahead: the caller parses it,
+    /// and the parsing thread will not.
+    pub fn take(&self, path: &Path) -> Option<Parsed> {
+        let mut st = self.shared.lock();
+        loop {
+            if let Some(p) = st.ready.remove(path) {
+                st.ready_bytes -= p.text.len();
+                drop(st);
+                self.shared.changed.notify_all();
+                return Some(p);
+            }
+            if st.busy.as_deref() != Some(path) {
+                // `path` is resolved (a directory's `default.nix`) while
+                // the queue holds paths as named: the parsing thread checks
+                // both against the claims.
+                if !st.seen.is_empty() {
+                    st.claimed.insert(path.to_path_buf());
+                }
+                return None;
+            }
+            st = self
+                .shared
+                .changed
+                .wait(st)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        let mut st = self.shared.lock();
+        st.stop = true;
+        st.queue.clear();
+        st.ready.clear();
+        drop(st);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// Whether a path literal may name a file that `import` parses: a `.nix`
+/// file, or a directory (its `default.nix`) when the last component has no
+/// extension. Anything else (`./fix.patch`, `./src.tar.gz`) is not read.
+fn candidate(p: &str) -> bool {
+    let last = p.rsplit('/').next().unwrap_or(p);
+    p.starts_with('/') && (last.ends_with(".nix") || !last.contains('.'))
+}
+
+/// The parsing thread: take the next queued file, parse it, repeat.
+fn run(shared: &Shared) {
+    loop {
+        let path = {
+            let mut st = shared.lock();
+            loop {
+                if st.stop {
+                    return;
+                }
+                let full = st.ready.len() >= MAX_READY || st.ready_bytes >= MAX_READY_BYTES;
+                if !full {
+                    if let Some(p) = st.queue.pop_front() {
+                        if st.claimed.remove(&p) {
+                            continue;
+                        }
+                        st.busy = Some(p.clone());
+                        break p;
+                    }
+                }
+                st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let resolved = resolve(&path);
+        let parsed = resolved.as_deref().and_then(|p| {
+            std::panic::catch_unwind(|| read_and_parse(p))
+                .ok()
+                .flatten()
+        });
+        let mut st = shared.lock();
+        st.busy = None;
+        if let (Some(resolved), Some(parsed)) = (resolved, parsed) {
+            if !st.stop && !st.claimed.remove(&resolved) && !st.ready.contains_key(&resolved) {
+                st.ready_bytes += parsed.text.len();
+                st.ready.insert(resolved, parsed);
+            }
+        }
+        drop(st);
+        shared.changed.notify_all();
+    }
+}
+
+/// The file `import` would read for `path`, when it is a regular file.
+fn resolve(path: &Path) -> Option<PathBuf> {
+    let meta = std::fs::metadata(path).ok()?;
+    if meta.is_dir() {
+        let p = path.join("default.nix");
+        std::fs::metadata(&p).ok()?.is_file().then_some(p)
+    } else {
+        meta.is_file().then(|| path.to_path_buf())
+    }
+}
+
+fn read_and_parse(path: &Path) -> Option<Parsed> {
+    if std::fs::metadata(path).ok()?.len() > MAX_FILE_BYTES {
+        return None;
+    }
+    let text = std::fs::read_to_string(path).ok()?;
+    let parse = rnix::Root::parse(&crate::lower::normalize_newlines(&text));
+    Some(Parsed { text, parse })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>() {}
+
+    #[test]
+    fn parses_cross_threads() {
+        assert_send::<Parsed>();
+    }
+
+    #[test]
+    fn candidates() {
+        assert!(candidate("/a/b/foo.nix"));
+        assert!(candidate("/a/b/pkgs"));
+        assert!(!candidate("/a/b/fix.patch"));
+        assert!(!candidate("relative.nix"));
+    }
+
+    #[test]
+    fn parses_named_files_and_yields_each_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a.nix");
+        std::fs::write(&a, "{ x = 1; }").unwrap();
+        std::fs::create_dir(dir.path().join("d")).unwrap();
+        let d = dir.path().join("d/default.nix");
+        std::fs::write(&d, "1 +").unwrap();
+        let mut pf = Prefetcher::default();
+        pf.request([
+            a.display().to_string(),
+            dir.path().join("d").display().to_string(),
+            dir.path().join("missing.nix").display().to_string(),
+        ]);
+        // Wait until the queue is worked off.
+        for _ in 0..500 {
+            let st = pf.shared.lock();
+            if st.queue.is_empty() && st.busy.is_none() {
+                break;
+            }
+            drop(st);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let p = pf.take(&a).expect("a.nix parsed ahead");
+        assert_eq!(p.text, "{ x = 1; }");
+        assert!(p.parse.errors().is_empty());
+        // A directory is parsed as its default.nix; its errors are kept for
+        // the evaluation thread to report.
+        let p = pf.take(&d).expect("d/default.nix parsed ahead");
+        assert!(!p.parse.errors().is_empty());
+        assert!(pf.take(&a).is_none(), "taken twice");
+        assert!(pf.take(&dir.path().join("missing.nix")).is_none());
+    }
+
+    #[test]
+    fn a_claimed_file_is_left_to_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut pf = Prefetcher::default();
+        let files: Vec<PathBuf> = (0..50)
+            .map(|i| {
+                let p = dir.path().join(format!("f{i}.nix"));
+                std::fs::write(&p, format!("{i}")).unwrap();
+                p
+            })
+            .collect();
+        pf.request(files.iter().map(|p| p.display().to_string()));
+        // Whatever was not parsed yet is claimed and never shows up later.
+        for p in &files {
+            let _ = pf.take(p);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let st = pf.shared.lock();
+        assert!(st.ready.is_empty(), "{} parses left behind", st.ready.len());
+        drop(st);
+        // Each one was handed out at most once.
+        assert!(files.iter().all(|p| pf.take(p).is_none()));
+    }
+}
