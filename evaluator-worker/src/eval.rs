@@ -266,12 +266,16 @@ impl Eval {
             .get(file)
             .ok_or_else(|| Error::eval("source table corrupted"))?;
         let mut l = Lowerer::new(file, src, Rc::from(base_dir), &self.global_names, outer);
-        let lowered = match parse {
+        let lowered = match &parse {
             Some(parse) => l.lower_parse(parse, &crate::lower::normalize_newlines(&text)),
             None => l.parse_and_lower(&text),
         };
         if let Some(pf) = &self.prefetch {
-            pf.borrow_mut().request(std::mem::take(&mut l.paths));
+            let mut pf = pf.borrow_mut();
+            pf.request(std::mem::take(&mut l.paths));
+            if let Some(parse) = parse {
+                pf.discard(parse);
+            }
         }
         lowered
     }
@@ -300,6 +304,7 @@ impl Eval {
             Some(_) => None,
             None => self.prefetch.as_ref().and_then(|pf| pf.borrow().take(p)),
         };
+        tracing::trace!(file = %p.display(), parsed_ahead = ahead.is_some(), "parsing");
         let (text, parse) = match (ahead, crate::corepkgs::source(p)) {
             (Some(pre), _) => (pre.text, Some(pre.parse)),
             (None, Some(text)) => (text.to_string(), None),

@@ -60,13 +60,24 @@ struct State {
     ready_bytes: usize,
     /// Set when the owner is dropped.
     stop: bool,
+    /// Syntax trees lowered already, for the parsing thread to free: it
+    /// allocated them, and freeing them there keeps that work off the
+    /// evaluation thread.
+    discarded: Vec<rnix::Parse<rnix::Root>>,
+    /// The parsing thread waits for work (`Shared::work`).
+    parser_idle: bool,
+    /// The evaluation thread waits for a parse (`Shared::done`).
+    taker_waiting: bool,
 }
 
 struct Shared {
     state: Mutex<State>,
-    /// Signalled when a parse finishes, the queue grows, a parse is taken
-    /// or the owner stops.
-    changed: Condvar,
+    /// Wakes the parsing thread: the queue grew, a parse was taken (room
+    /// in the window) or the owner stops. Signalled only when it waits, so
+    /// that the common case costs no system call.
+    work: Condvar,
+    /// Wakes the evaluation thread waiting for the parse in progress.
+    done: Condvar,
 }
 
 impl Shared {
@@ -87,7 +98,8 @@ impl Default for Prefetcher {
         Prefetcher {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                changed: Condvar::new(),
+                work: Condvar::new(),
+                done: Condvar::new(),
             }),
             started: false,
         }
@@ -100,7 +112,7 @@ impl Prefetcher {
     /// file system; the rest are checked on the parsing thread.
     pub fn request<I: IntoIterator<Item = String>>(&mut self, paths: I) {
         let mut added = false;
-        {
+        let idle = {
             let mut st = self.shared.lock();
             for p in paths {
                 if !candidate(&p) {
@@ -112,7 +124,8 @@ impl Prefetcher {
                     added = true;
                 }
             }
-        }
+            st.parser_idle
+        };
         if !added {
             return;
         }
@@ -129,8 +142,9 @@ impl Prefetcher {
                 return;
             }
             self.started = true;
+        } else if idle {
+            self.shared.work.notify_one();
         }
-        self.shared.changed.notify_all();
     }
 
     /// The speculative parse of the file at `path` (resolved as `import`
@@ -142,8 +156,11 @@ impl Prefetcher {
         loop {
             if let Some(p) = st.ready.remove(path) {
                 st.ready_bytes -= p.text.len();
+                let idle = st.parser_idle;
                 drop(st);
-                self.shared.changed.notify_all();
+                if idle {
+                    self.shared.work.notify_one();
+                }
                 return Some(p);
             }
             if st.busy.as_deref() != Some(path) {
@@ -155,11 +172,30 @@ impl Prefetcher {
                 }
                 return None;
             }
+            st.taker_waiting = true;
             st = self
                 .shared
-                .changed
+                .done
                 .wait(st)
                 .unwrap_or_else(|e| e.into_inner());
+            st.taker_waiting = false;
+        }
+    }
+}
+
+impl Prefetcher {
+    /// Hand a parse that came from [`Prefetcher::take`] back once it is
+    /// lowered, to be freed on the parsing thread.
+    pub fn discard(&mut self, parse: rnix::Parse<rnix::Root>) {
+        let mut st = self.shared.lock();
+        if st.stop {
+            return;
+        }
+        st.discarded.push(parse);
+        // Freed with the next parse; wake the thread only for a batch.
+        if st.parser_idle && st.discarded.len() >= 64 {
+            drop(st);
+            self.shared.work.notify_one();
         }
     }
 }
@@ -170,8 +206,9 @@ impl Drop for Prefetcher {
         st.stop = true;
         st.queue.clear();
         st.ready.clear();
+        st.discarded.clear();
         drop(st);
-        self.shared.changed.notify_all();
+        self.shared.work.notify_one();
     }
 }
 
@@ -192,6 +229,13 @@ fn run(shared: &Shared) {
                 if st.stop {
                     return;
                 }
+                if !st.discarded.is_empty() {
+                    let trash = std::mem::take(&mut st.discarded);
+                    drop(st);
+                    drop(trash);
+                    st = shared.lock();
+                    continue;
+                }
                 let full = st.ready.len() >= MAX_READY || st.ready_bytes >= MAX_READY_BYTES;
                 if !full {
                     if let Some(p) = st.queue.pop_front() {
@@ -202,7 +246,9 @@ fn run(shared: &Shared) {
                         break p;
                     }
                 }
-                st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.parser_idle = true;
+                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.parser_idle = false;
             }
         };
         let resolved = resolve(&path);
@@ -219,8 +265,11 @@ fn run(shared: &Shared) {
                 st.ready.insert(resolved, parsed);
             }
         }
+        let waiting = st.taker_waiting;
         drop(st);
-        shared.changed.notify_all();
+        if waiting {
+            shared.done.notify_one();
+        }
     }
 }
 

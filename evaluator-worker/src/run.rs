@@ -133,6 +133,12 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         };
         out.push_str(&text);
     }
+    if !req.release_memory {
+        // The caller exits right after: what the evaluation built is left
+        // for the process exit to reclaim instead of being freed object by
+        // object (the parse cache, the sources and every value).
+        std::mem::forget((root, args, expr, evr));
+    }
     Ok(out)
 }
 
