@@ -259,6 +259,11 @@ impl Eval {
         base_dir: &str,
         outer: Option<Vec<Symbol>>,
     ) -> Result<Rc<Expr>> {
+        // Offsets (positions) count in the text as parsed.
+        let text: Rc<str> = match crate::lower::normalize_newlines(&text) {
+            std::borrow::Cow::Borrowed(_) => text,
+            std::borrow::Cow::Owned(normal) => Rc::from(normal),
+        };
         let src = Source::new(name, path, text.clone());
         let file = self.sources.borrow_mut().add(src);
         let sources = self.sources.borrow();
@@ -267,7 +272,7 @@ impl Eval {
             .ok_or_else(|| Error::eval("source table corrupted"))?;
         let mut l = Lowerer::new(file, src, Rc::from(base_dir), &self.global_names, outer);
         let lowered = match &parse {
-            Some(parse) => l.lower_parse(parse, &crate::lower::normalize_newlines(&text)),
+            Some(parse) => l.lower_parse(parse, &text),
             None => l.parse_and_lower(&text),
         };
         if let Some(pf) = &self.prefetch {
@@ -534,15 +539,7 @@ impl Eval {
             Expr::HasAttr { e: subject, path } => {
                 let mut v = self.eval(env, subject)?;
                 for (i, key) in path.iter().enumerate() {
-                    let name = self.attr_name(
-                        env,
-                        key,
-                        Pos {
-                            file: 0,
-                            line: 0,
-                            col: 0,
-                        },
-                    )?;
+                    let name = self.attr_name(env, key, Pos::START)?;
                     let Value::Attrs(a) = &v else {
                         return Ok(Value::Bool(false));
                     };
@@ -642,16 +639,14 @@ impl Eval {
     /// `{ file, line, column }` for `pos`, or null.
     pub fn pos_value(&self, pos: Option<Pos>) -> Value {
         let Some(pos) = pos else { return Value::Null };
-        let file = self
-            .sources
-            .borrow()
-            .get(pos.file)
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
+        let (file, line, col) = match self.sources.borrow().locate(pos) {
+            Some((src, line, col)) => (src.name.clone(), line, col),
+            None => (String::new(), 1, 1),
+        };
         let attrs = vec![
             Attr {
                 name: "column".into(),
-                value: Value::Int(pos.col as i64),
+                value: Value::Int(col as i64),
                 pos: None,
             },
             Attr {
@@ -661,7 +656,7 @@ impl Eval {
             },
             Attr {
                 name: "line".into(),
-                value: Value::Int(pos.line as i64),
+                value: Value::Int(line as i64),
                 pos: None,
             },
         ];

@@ -165,11 +165,7 @@ impl Evaluator {
                 self.ev.call(&v, arg, pos)
             }
             Value::Attrs(a) if a.get("__functor").is_some() => {
-                let pos = pos::Pos {
-                    file: 0,
-                    line: 1,
-                    col: 1,
-                };
+                let pos = pos::Pos::START;
                 self.ev.call(&v, Value::Attrs(Rc::new(args.clone())), pos)
             }
             _ => Ok(v),
@@ -223,33 +219,14 @@ impl Evaluator {
     pub fn print_json(&self, v: &Value) -> Result<String> {
         let mut out = String::new();
         let mut ctx = Vec::new();
-        print::to_json(
-            &self.ev,
-            v,
-            pos::Pos {
-                file: 0,
-                line: 1,
-                col: 1,
-            },
-            &mut out,
-            &mut ctx,
-        )?;
+        print::to_json(&self.ev, v, pos::Pos::START, &mut out, &mut ctx)?;
         Ok(out)
     }
 
     /// Print as `--xml`.
     pub fn print_xml(&self, v: &Value) -> Result<String> {
         let mut ctx = Vec::new();
-        print::to_xml(
-            &self.ev,
-            v,
-            pos::Pos {
-                file: 0,
-                line: 1,
-                col: 1,
-            },
-            &mut ctx,
-        )
+        print::to_xml(&self.ev, v, pos::Pos::START, &mut ctx)
     }
 
     /// Render an error the way Nix 2.8 does: message, position, source line with
@@ -258,31 +235,28 @@ impl Evaluator {
         let mut out = format!("error: {}", err.kind);
         let sources = self.ev.sources.borrow();
         let snippet = |out: &mut String, pos: pos::Pos| {
-            let Some(src) = sources.get(pos.file) else {
+            let Some((src, line, col)) = sources.locate(pos) else {
                 return;
             };
-            out.push_str(&format!(
-                "\n\n       at {}:{}:{}:\n\n",
-                src.name, pos.line, pos.col
-            ));
-            let width = (pos.line + 1).to_string().len();
-            if pos.line > 1 {
-                if let Some(l) = src.line_text(pos.line - 1) {
-                    out.push_str(&format!("{:>w$}| {}\n", pos.line - 1, l, w = width + 12));
+            out.push_str(&format!("\n\n       at {}:{line}:{col}:\n\n", src.name));
+            let width = (line + 1).to_string().len();
+            if line > 1 {
+                if let Some(l) = src.line_text(line - 1) {
+                    out.push_str(&format!("{:>w$}| {}\n", line - 1, l, w = width + 12));
                 }
             }
-            if let Some(l) = src.line_text(pos.line) {
-                out.push_str(&format!("{:>w$}| {}\n", pos.line, l, w = width + 12));
+            if let Some(l) = src.line_text(line) {
+                out.push_str(&format!("{:>w$}| {}\n", line, l, w = width + 12));
                 out.push_str(&format!(
                     "{:>w$}| {}^\n",
                     "",
-                    " ".repeat(pos.col as usize - 1),
+                    " ".repeat(col as usize - 1),
                     w = width + 12
                 ));
             }
-            if let Some(l) = src.line_text(pos.line + 1) {
-                if !l.is_empty() || src.line_text(pos.line + 2).is_some() {
-                    out.push_str(&format!("{:>w$}| {}\n", pos.line + 1, l, w = width + 12));
+            if let Some(l) = src.line_text(line + 1) {
+                if !l.is_empty() || src.line_text(line + 2).is_some() {
+                    out.push_str(&format!("{:>w$}| {}\n", line + 1, l, w = width + 12));
                 }
             }
         };
@@ -327,7 +301,7 @@ mod tests {
         std::fs::write(d.join("sub/default.nix"), "{ x }: x * 2").unwrap();
         std::fs::write(d.join("ok.nix"), "42").unwrap();
         std::fs::write(d.join("crlf.nix"), "let\r\n  a = 1;\r\nin a + 1").unwrap();
-        std::fs::write(d.join("bad.nix"), "{\n  a = 1;\n  b = ;\n}").unwrap();
+        std::fs::write(d.join("bad.nix"), "{\r\n  a = 1;\r\n  b = ;\r\n}").unwrap();
         let main = "[ (import ./ok.nix) (import ./sub { x = 4; }) (import ./crlf.nix) \
                     (builtins.tryEval (import ./bad.nix)).success ]";
         std::fs::write(d.join("main.nix"), main).unwrap();

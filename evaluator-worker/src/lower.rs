@@ -115,12 +115,7 @@ impl<'a> Lowerer<'a> {
     }
 
     fn pos_of(&self, off: rowan::TextSize) -> Pos {
-        let (line, col) = self.src.line_col(u32::from(off));
-        Pos {
-            file: self.file,
-            line,
-            col,
-        }
+        Pos::new(self.file, u32::from(off))
     }
 
     fn pos(&self, n: &impl AstNode) -> Pos {

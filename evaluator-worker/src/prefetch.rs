@@ -17,12 +17,13 @@
 //!
 //! What the speculation costs is bounded: at most [`MAX_READY`] parsed
 //! files ([`MAX_READY_BYTES`] of source) wait to be taken; beyond that the
-//! thread pauses. Files over [`MAX_FILE_BYTES`] are left to the evaluation
-//! thread. The thread ends when its [`Prefetcher`] is dropped.
+//! thread turns to other work. Files over [`MAX_FILE_BYTES`] are left to the
+//! evaluation thread. There is one parsing thread per process, shared by
+//! every evaluator in it; dropping a [`Prefetcher`] drops its queue.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Most parsed files waiting to be taken.
 pub const MAX_READY: usize = 512;
@@ -42,7 +43,8 @@ pub struct Parsed {
     pub parse: rnix::Parse<rnix::Root>,
 }
 
-/// The queue and the finished parses, shared with the parsing thread.
+/// The queue and the finished parses of one evaluator, shared with the
+/// parsing thread.
 #[derive(Default)]
 struct State {
     /// Files to parse, in the order they were named.
@@ -64,19 +66,29 @@ struct State {
     /// allocated them, and freeing them there keeps that work off the
     /// evaluation thread.
     discarded: Vec<rnix::Parse<rnix::Root>>,
-    /// The parsing thread waits for work (`Shared::work`).
-    parser_idle: bool,
+    /// Handed to the parsing thread, which works on this state until it
+    /// runs out of work or room.
+    scheduled: bool,
     /// The evaluation thread waits for a parse (`Shared::done`).
     taker_waiting: bool,
 }
 
+impl State {
+    fn full(&self) -> bool {
+        self.ready.len() >= MAX_READY || self.ready_bytes >= MAX_READY_BYTES
+    }
+
+    /// Whether the parsing thread has something to do here.
+    fn has_work(&self) -> bool {
+        !self.stop && (!self.discarded.is_empty() || (!self.queue.is_empty() && !self.full()))
+    }
+}
+
 struct Shared {
     state: Mutex<State>,
-    /// Wakes the parsing thread: the queue grew, a parse was taken (room
-    /// in the window) or the owner stops. Signalled only when it waits, so
-    /// that the common case costs no system call.
-    work: Condvar,
-    /// Wakes the evaluation thread waiting for the parse in progress.
+    /// Wakes the evaluation thread waiting for the parse in progress;
+    /// signalled only when it waits, so the common case costs no system
+    /// call.
     done: Condvar,
 }
 
@@ -87,10 +99,34 @@ impl Shared {
     }
 }
 
-/// Owner of the parsing thread; see the module documentation.
+/// The process's one parsing thread, fed the evaluators that have work.
+/// One thread for the whole process, started on first use: a worker that
+/// evaluates job after job does not start (and leave memory behind in) a
+/// thread per job. `None` when the thread could not be started; then every
+/// file is parsed on the evaluation thread.
+fn parser() -> Option<&'static Mutex<mpsc::Sender<Arc<Shared>>>> {
+    static PARSER: OnceLock<Option<Mutex<mpsc::Sender<Arc<Shared>>>>> = OnceLock::new();
+    PARSER
+        .get_or_init(|| {
+            let (tx, rx) = mpsc::channel::<Arc<Shared>>();
+            std::thread::Builder::new()
+                .name("kiln-parse".into())
+                .stack_size(STACK_SIZE)
+                .spawn(move || {
+                    for shared in rx {
+                        serve(&shared);
+                    }
+                })
+                .ok()
+                .map(|_| Mutex::new(tx))
+        })
+        .as_ref()
+}
+
+/// Per-evaluator handle on the parsing thread; see the module
+/// documentation.
 pub struct Prefetcher {
     shared: Arc<Shared>,
-    started: bool,
 }
 
 impl Default for Prefetcher {
@@ -98,53 +134,47 @@ impl Default for Prefetcher {
         Prefetcher {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
-                work: Condvar::new(),
                 done: Condvar::new(),
             }),
-            started: false,
         }
     }
 }
 
 impl Prefetcher {
+    /// Hands this evaluator to the parsing thread when it has work there
+    /// and is not handed over already. Called with the lock held.
+    fn schedule(&self, st: &mut State) {
+        if st.scheduled || !st.has_work() {
+            return;
+        }
+        let Some(parser) = parser() else {
+            // No thread: the evaluation thread parses everything itself.
+            st.queue.clear();
+            st.discarded.clear();
+            return;
+        };
+        let sent = parser
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .send(self.shared.clone());
+        st.scheduled = sent.is_ok();
+    }
+
     /// Queue `paths` (absolute, as a source names them) for parsing. Paths
     /// that cannot be a Nix file are dropped here without touching the
     /// file system; the rest are checked on the parsing thread.
     pub fn request<I: IntoIterator<Item = String>>(&mut self, paths: I) {
-        let mut added = false;
-        let idle = {
-            let mut st = self.shared.lock();
-            for p in paths {
-                if !candidate(&p) {
-                    continue;
-                }
-                let p = PathBuf::from(p);
-                if st.seen.insert(p.clone()) {
-                    st.queue.push_back(p);
-                    added = true;
-                }
+        let mut st = self.shared.lock();
+        for p in paths {
+            if !candidate(&p) {
+                continue;
             }
-            st.parser_idle
-        };
-        if !added {
-            return;
-        }
-        if !self.started {
-            let shared = self.shared.clone();
-            let spawned = std::thread::Builder::new()
-                .name("kiln-parse".into())
-                .stack_size(STACK_SIZE)
-                .spawn(move || run(&shared));
-            if spawned.is_err() {
-                // No thread: everything is parsed on the evaluation thread.
-                let mut st = self.shared.lock();
-                st.queue.clear();
-                return;
+            let p = PathBuf::from(p);
+            if st.seen.insert(p.clone()) {
+                st.queue.push_back(p);
             }
-            self.started = true;
-        } else if idle {
-            self.shared.work.notify_one();
         }
+        self.schedule(&mut st);
     }
 
     /// The speculative parse of the file at `path` (resolved as `import`
@@ -156,11 +186,8 @@ impl Prefetcher {
         loop {
             if let Some(p) = st.ready.remove(path) {
                 st.ready_bytes -= p.text.len();
-                let idle = st.parser_idle;
-                drop(st);
-                if idle {
-                    self.shared.work.notify_one();
-                }
+                // Room in the window again.
+                self.schedule(&mut st);
                 return Some(p);
             }
             if st.busy.as_deref() != Some(path) {
@@ -173,17 +200,11 @@ impl Prefetcher {
                 return None;
             }
             st.taker_waiting = true;
-            st = self
-                .shared
-                .done
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
             st.taker_waiting = false;
         }
     }
-}
 
-impl Prefetcher {
     /// Hand a parse that came from [`Prefetcher::take`] back once it is
     /// lowered, to be freed on the parsing thread.
     pub fn discard(&mut self, parse: rnix::Parse<rnix::Root>) {
@@ -192,10 +213,10 @@ impl Prefetcher {
             return;
         }
         st.discarded.push(parse);
-        // Freed with the next parse; wake the thread only for a batch.
-        if st.parser_idle && st.discarded.len() >= 64 {
-            drop(st);
-            self.shared.work.notify_one();
+        // Freed along with the next parse; the thread is woken for them
+        // alone only once there is a batch.
+        if st.discarded.len() >= 64 {
+            self.schedule(&mut st);
         }
     }
 }
@@ -206,9 +227,16 @@ impl Drop for Prefetcher {
         st.stop = true;
         st.queue.clear();
         st.ready.clear();
-        st.discarded.clear();
-        drop(st);
-        self.shared.work.notify_one();
+        st.ready_bytes = 0;
+        let discarded = std::mem::take(&mut st.discarded);
+        // The parsing thread frees what it allocated, if it is at work
+        // here anyway; otherwise it is freed now.
+        if st.scheduled {
+            st.discarded = discarded;
+        } else {
+            drop(st);
+            drop(discarded);
+        }
     }
 }
 
@@ -220,15 +248,13 @@ fn candidate(p: &str) -> bool {
     p.starts_with('/') && (last.ends_with(".nix") || !last.contains('.'))
 }
 
-/// The parsing thread: take the next queued file, parse it, repeat.
-fn run(shared: &Shared) {
+/// Work on one evaluator's queue until it has no work left (or no room),
+/// then give it up; it is handed over again when it has work.
+fn serve(shared: &Shared) {
     loop {
         let path = {
             let mut st = shared.lock();
             loop {
-                if st.stop {
-                    return;
-                }
                 if !st.discarded.is_empty() {
                     let trash = std::mem::take(&mut st.discarded);
                     drop(st);
@@ -236,19 +262,17 @@ fn run(shared: &Shared) {
                     st = shared.lock();
                     continue;
                 }
-                let full = st.ready.len() >= MAX_READY || st.ready_bytes >= MAX_READY_BYTES;
-                if !full {
-                    if let Some(p) = st.queue.pop_front() {
-                        if st.claimed.remove(&p) {
-                            continue;
-                        }
-                        st.busy = Some(p.clone());
-                        break p;
-                    }
+                if !st.has_work() {
+                    st.scheduled = false;
+                    return;
                 }
-                st.parser_idle = true;
-                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
-                st.parser_idle = false;
+                if let Some(p) = st.queue.pop_front() {
+                    if st.claimed.remove(&p) {
+                        continue;
+                    }
+                    st.busy = Some(p.clone());
+                    break p;
+                }
             }
         };
         let resolved = resolve(&path);
@@ -265,9 +289,7 @@ fn run(shared: &Shared) {
                 st.ready.insert(resolved, parsed);
             }
         }
-        let waiting = st.taker_waiting;
-        drop(st);
-        if waiting {
+        if st.taker_waiting {
             shared.done.notify_one();
         }
     }

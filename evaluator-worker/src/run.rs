@@ -246,11 +246,7 @@ impl DrvCollector<'_> {
     }
 }
 
-const NO_POS: crate::pos::Pos = crate::pos::Pos {
-    file: 0,
-    line: 1,
-    col: 1,
-};
+const NO_POS: crate::pos::Pos = crate::pos::Pos::START;
 
 /// The `--arg`/`--argstr` values as the attribute set functions are
 /// auto-called with; expressions resolve relative paths against `cwd`.

@@ -180,15 +180,13 @@ impl Lowerer<'_> {
     }
 
     pub(super) fn dup(&self, name: &Symbol, pos: Pos, prev: Pos) -> Error {
-        let _ = prev;
+        let (line, col) = self.src.line_col(prev.offset());
         self.err(
             pos,
             format!(
-                "attribute '{}' already defined at {}:{}:{}",
+                "attribute '{}' already defined at {}:{line}:{col}",
                 name.as_str(),
                 self.src.name,
-                prev.line,
-                prev.col
             ),
         )
     }

@@ -24,11 +24,7 @@ use std::rc::Rc;
 const EVAL_CASES: usize = 30;
 const BUILD_CASES: usize = 22;
 
-const NO_POS: Pos = Pos {
-    file: 0,
-    line: 1,
-    col: 1,
-};
+const NO_POS: Pos = Pos::START;
 
 /// The `NAME.nix` files of `dir` that have a `NAME.expected.json`.
 fn case_files(dir: &Path) -> Vec<PathBuf> {
