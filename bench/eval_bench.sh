@@ -8,8 +8,9 @@
 #   (b)  `fib 27` written in Nix, `--eval`;
 #   (c)  the Nix 2.8 language suite (every eval-okay case with a .exp or
 #        .exp.xml), timed as a loop over the files, one process per case.
-# Prints mean wall time and peak RSS per tool and the ratios kiln/nix
-# (< 1 means kiln is faster or smaller), whether both printed the same output
+# Prints the median wall time of interleaved kiln and nix runs, the peak RSS
+# per tool and the ratios kiln/nix (< 1 means kiln is faster or smaller),
+# whether both printed the same output
 # and, for (c), how many cases each tool passes. A part that kiln cannot run
 # yet is reported as failed with its first error line; the rest still runs.
 #
@@ -84,6 +85,28 @@ mean_secs() {
   fi
 }
 
+# Median wall times in seconds of two shell commands ("NIX KILN" on one
+# line), run interleaved: one warm-up each, then $RUNS rounds that run both,
+# the one going first alternating. This machine's speed drifts over
+# minutes; interleaving gives both tools the same conditions, and the
+# median is robust to the occasional slow run.
+pair_secs() {
+  sh -c "$1" > /dev/null 2>&1 || true
+  sh -c "$2" > /dev/null 2>&1 || true
+  local i start end first second
+  : > "$WORK/pair.nix"; : > "$WORK/pair.kiln"
+  for i in $(seq "$RUNS"); do
+    if [ $((i % 2)) = 1 ]; then first=nix; second=kiln; else first=kiln; second=nix; fi
+    for side in "$first" "$second"; do
+      if [ "$side" = nix ]; then cmd=$1; else cmd=$2; fi
+      start=$(date +%s%N); sh -c "$cmd" > /dev/null 2>&1 || true; end=$(date +%s%N)
+      echo $((end - start)) >> "$WORK/pair.$side"
+    done
+  done
+  python3 -c 'import statistics,sys; print(" ".join("%.4f" % (statistics.median(int(l) for l in open(f)) / 1e9) for f in sys.argv[1:]))' \
+    "$WORK/pair.nix" "$WORK/pair.kiln"
+}
+
 # Peak RSS in KiB of one run (for a loop: the largest process in it).
 peak_kib() {
   /usr/bin/time -f %M -o "$WORK/rss" sh -c "$1" > /dev/null 2>&1
@@ -110,8 +133,7 @@ for n in "${NAMES[@]}"; do
   if [ "$n" != c ]; then
     if cmp -s "$WORK/$n.nix.out" "$WORK/$n.kiln.out"; then SAME[$n]=yes; else SAME[$n]=NO; fi
   fi
-  T_NIX[$n]=$(mean_secs "${CMD_NIX[$n]}")
-  T_KILN[$n]=$(mean_secs "${CMD_KILN[$n]}")
+  read -r T_NIX[$n] T_KILN[$n] < <(pair_secs "${CMD_NIX[$n]}" "${CMD_KILN[$n]}")
   M_NIX[$n]=$(peak_kib "${CMD_NIX[$n]}")
   M_KILN[$n]=$(peak_kib "${CMD_KILN[$n]}")
 done
@@ -127,7 +149,7 @@ if [ -s "$WORK/c.kiln.res.failed" ]; then
 fi
 NOTE[c]="${NOTE[c]:-pass: nix $pass_nix/$total, kiln $pass_kiln/$total}"
 
-echo "== results ($RUNS runs each, mean wall time; peak RSS of one run)"
+echo "== results ($RUNS interleaved runs each, median wall time; peak RSS of one run)"
 printf '%-32s %9s %9s %7s %9s %9s %7s  %s\n' \
   case "nix s" "kiln s" ratio "nix MiB" "kiln MiB" ratio "same output / notes"
 for n in "${NAMES[@]}"; do

@@ -25,8 +25,9 @@ use crate::key::Key;
 pub const MAX_NARINFO_SIZE: u64 = 1 << 20;
 /// Largest build log accepted in memory.
 pub const MAX_LOG_SIZE: u64 = 64 << 20;
-/// Chunks of a NAR fetched ahead of its decompression and verification.
-const NAR_READ_AHEAD: usize = 16;
+/// Chunks of a NAR fetched ahead of its decompression and verification
+/// (as received: tens to hundreds of KiB each from S3 and HTTP).
+const NAR_READ_AHEAD: usize = 64;
 /// Most entries kept in the positive existence cache.
 const POSITIVE_CACHE_CAP: usize = 200_000;
 
@@ -303,7 +304,7 @@ impl BinaryCache {
             })?;
         let raw = self
             .store
-            .get(&key)
+            .get_chunks(&key)
             .await?
             .ok_or_else(|| StoreError::NotFound {
                 store: self.store.url(),

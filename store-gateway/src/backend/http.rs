@@ -142,16 +142,20 @@ impl Store for HttpStore {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<ByteStream>> {
+        let chunks = self.get_chunks(key).await?;
+        Ok(chunks.map(|c| Box::pin(StreamReader::new(c)) as ByteStream))
+    }
+
+    async fn get_chunks(&self, key: &Key) -> Result<Option<super::ChunkStream>> {
         let url = self.url_of(key);
         let resp = self
             .send_idempotent("GET", &url, || self.request(Method::GET, &url))
             .await?;
         match resp.status() {
             StatusCode::NOT_FOUND | StatusCode::FORBIDDEN => Ok(None),
-            s if s.is_success() => {
-                let stream = resp.bytes_stream().map_err(std::io::Error::other);
-                Ok(Some(Box::pin(StreamReader::new(stream))))
-            }
+            s if s.is_success() => Ok(Some(Box::pin(
+                resp.bytes_stream().map_err(std::io::Error::other),
+            ))),
             s => Err(Self::err("GET", &url, s)),
         }
     }

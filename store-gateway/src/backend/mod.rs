@@ -25,6 +25,9 @@ pub use staged::FileUpload;
 /// A stream of an object's bytes.
 pub type ByteStream = Pin<Box<dyn AsyncRead + Send>>;
 
+/// An object's bytes as the chunks a backend receives them in.
+pub type ChunkStream = Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>>;
+
 /// How many existence checks a backend runs at once by default.
 pub const EXISTS_CONCURRENCY: usize = 64;
 
@@ -44,6 +47,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Opens an object for reading; `None` when it does not exist.
     async fn get(&self, key: &Key) -> Result<Option<ByteStream>>;
+
+    /// Opens an object as a stream of chunks; `None` when it does not
+    /// exist. A backend that receives chunks (S3, HTTP) hands them on as
+    /// they are, without copying; by default, [`Store::get`] read in
+    /// [`READ_AHEAD_CHUNK`]s.
+    async fn get_chunks(&self, key: &Key) -> Result<Option<ChunkStream>> {
+        Ok(self.get(key).await?.map(|r| {
+            Box::pin(tokio_util::io::ReaderStream::with_capacity(
+                r,
+                READ_AHEAD_CHUNK,
+            )) as ChunkStream
+        }))
+    }
 
     /// Whether an object exists.
     async fn exists(&self, key: &Key) -> Result<bool>;
@@ -104,24 +120,19 @@ pub trait Upload: Send {
     async fn abort(self: Box<Self>);
 }
 
-/// Bytes a [`read_ahead`] task reads at a time.
-const READ_AHEAD_CHUNK: usize = 256 << 10;
+/// Bytes a backend without chunks of its own is read in at a time.
+pub const READ_AHEAD_CHUNK: usize = 256 << 10;
 
-/// Reads `input` in a task of its own, up to `depth` chunks ahead of the
-/// consumer, so that receiving (network, disk) overlaps with whatever the
-/// consumer does with the bytes (decompressing, hashing). Memory is bounded
-/// by `depth` chunks; the task ends when the returned stream is dropped.
-/// Must be called within a Tokio runtime.
-pub fn read_ahead(mut input: ByteStream, depth: usize) -> ByteStream {
+/// Receives `input` in a task of its own, up to `depth` chunks ahead of
+/// the consumer, so that receiving (network, disk) overlaps with whatever
+/// the consumer does with the bytes (decompressing, hashing). Chunks are
+/// passed on, not copied. Memory is bounded by `depth` chunks; the task
+/// ends when the returned stream is dropped. Must be called within a Tokio
+/// runtime.
+pub fn read_ahead(mut input: ChunkStream, depth: usize) -> ByteStream {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(depth.max(1));
     tokio::spawn(async move {
-        loop {
-            let mut buf = bytes::BytesMut::with_capacity(READ_AHEAD_CHUNK);
-            let item = match input.read_buf(&mut buf).await {
-                Ok(0) => return,
-                Ok(_) => Ok(buf.freeze()),
-                Err(e) => Err(e),
-            };
+        while let Some(item) = input.next().await {
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 return;

@@ -397,6 +397,11 @@ impl Store for S3Store {
     }
 
     async fn get(&self, key: &Key) -> Result<Option<ByteStream>> {
+        let chunks = self.get_chunks(key).await?;
+        Ok(chunks.map(|c| Box::pin(tokio_util::io::StreamReader::new(c)) as ByteStream))
+    }
+
+    async fn get_chunks(&self, key: &Key) -> Result<Option<super::ChunkStream>> {
         let okey = self.config.object_key(key);
         let res = self
             .client
@@ -406,7 +411,11 @@ impl Store for S3Store {
             .send()
             .await;
         match res {
-            Ok(out) => Ok(Some(Box::pin(out.body.into_async_read()))),
+            // The body's chunks as the HTTP client receives them.
+            Ok(out) => Ok(Some(Box::pin(stream::unfold(out.body, |mut body| async {
+                let chunk = body.next().await?;
+                Some((chunk.map_err(std::io::Error::other), body))
+            })))),
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => Ok(None),
             Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 404) => Ok(None),
             Err(e) => Err(self.err("GetObject", &okey, e)),
