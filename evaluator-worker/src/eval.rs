@@ -73,6 +73,8 @@ pub struct Eval {
     pub(crate) import_cache: RefCell<HashMap<PathBuf, Value>>,
     /// Every file parsed so far, by resolved path.
     parse_cache: RefCell<HashMap<PathBuf, Rc<Expr>>>,
+    /// Every name the sources use, one `Symbol` each (see [`Lowerer`]).
+    symbols: RefCell<HashMap<String, Symbol>>,
     /// Parses, on a second thread, the files sources name before they are
     /// imported (see [`crate::prefetch`]); `None` when turned off.
     prefetch: Option<RefCell<crate::prefetch::Prefetcher>>,
@@ -212,6 +214,7 @@ impl Eval {
             search_path,
             import_cache: RefCell::new(HashMap::new()),
             parse_cache: RefCell::new(HashMap::new()),
+            symbols: RefCell::new(HashMap::new()),
             prefetch: parse_ahead_enabled().then(Default::default),
             depth: Cell::new(0),
             max_depth: 10_000,
@@ -270,7 +273,15 @@ impl Eval {
         let src = sources
             .get(file)
             .ok_or_else(|| Error::eval("source table corrupted"))?;
-        let mut l = Lowerer::new(file, src, Rc::from(base_dir), &self.global_names, outer);
+        let mut names = self.symbols.borrow_mut();
+        let mut l = Lowerer::new(
+            file,
+            src,
+            Rc::from(base_dir),
+            &self.global_names,
+            &mut names,
+            outer,
+        );
         let lowered = match &parse {
             Some(parse) => l.lower_parse(parse, &text),
             None => l.parse_and_lower(&text),

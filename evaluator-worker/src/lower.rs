@@ -64,7 +64,9 @@ pub struct Lowerer<'a> {
     home: Option<String>,
     globals: &'a HashMap<Symbol, u32>,
     scopes: Vec<Scope>,
-    names: HashMap<String, Symbol>,
+    /// The evaluator's symbol table: one shared `Symbol` per name across
+    /// every source, so that equal names compare by pointer.
+    names: &'a mut HashMap<String, Symbol>,
     in_rec: bool,
     /// Every constant absolute or relative path literal lowered, resolved
     /// (for [`crate::prefetch`]).
@@ -79,6 +81,7 @@ impl<'a> Lowerer<'a> {
         src: &'a Source,
         base_dir: Rc<str>,
         globals: &'a HashMap<Symbol, u32>,
+        names: &'a mut HashMap<String, Symbol>,
         outer: Option<Vec<Symbol>>,
     ) -> Self {
         let scopes = outer.map(|v| vec![Scope::vars(v)]).unwrap_or_default();
@@ -89,7 +92,7 @@ impl<'a> Lowerer<'a> {
             home: std::env::var("HOME").ok(),
             globals,
             scopes,
-            names: HashMap::new(),
+            names,
             in_rec: false,
             paths: Vec::new(),
         }
