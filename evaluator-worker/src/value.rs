@@ -331,6 +331,8 @@ pub enum ThunkState {
 // Every value and every thunk is made of these: keep them small.
 const _: () = assert!(std::mem::size_of::<Value>() <= 16);
 const _: () = assert!(std::mem::size_of::<ThunkState>() <= 24);
+// Attribute sets are arrays of these.
+const _: () = assert!(std::mem::size_of::<Attr>() <= 40);
 
 /// A shared, lazily evaluated value.
 #[derive(Clone)]
