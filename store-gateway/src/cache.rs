@@ -15,8 +15,8 @@ use kiln_nix::signing::{SecretKey, TrustedKeys};
 use kiln_nix::store_path::{StorePath, STORE_DIR};
 use tokio::io::AsyncRead;
 
-use crate::backend::{get_small, read_ahead, ByteStream, Store};
-use crate::compression::{Compression, VerifyingReader};
+use crate::backend::{get_small, read_ahead, read_ahead_checked, ByteStream, Store};
+use crate::compression::{Compression, NarCheck, VerifyingReader};
 use crate::error::{Result, StoreError};
 use crate::ingest::write_nar;
 use crate::key::Key;
@@ -310,12 +310,18 @@ impl BinaryCache {
                 store: self.store.url(),
                 path: format!("{} (its NAR {key})", info.store_path),
             })?;
+        let what = format!("NAR of '{}' from '{}'", info.store_path, self.store.url());
+        if compression == Compression::None {
+            // The file is the NAR: check it as it is received.
+            let check = NarCheck::new(info.nar_hash.clone(), info.nar_size, what);
+            return Ok(read_ahead_checked(raw, NAR_READ_AHEAD, Some(check)));
+        }
         let plain = compression.decoder(read_ahead(raw, NAR_READ_AHEAD));
         Ok(Box::pin(VerifyingReader::new(
             plain,
             info.nar_hash.clone(),
             info.nar_size,
-            format!("NAR of '{}' from '{}'", info.store_path, self.store.url()),
+            what,
         )))
     }
 

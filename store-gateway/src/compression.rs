@@ -194,26 +194,22 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HashingAsyncWriter<W> {
     }
 }
 
-/// A reader that checks, at its end, that what it passed on has the
-/// expected sha256 hash and size. A mismatch, or more data than expected,
-/// turns into an [`io::ErrorKind::InvalidData`] error, so a consumer that
-/// commits only after a clean end never commits bad data.
-pub struct VerifyingReader {
-    inner: ByteStream,
-    hasher: Option<Hasher>,
+/// The running check of a NAR against its expected hash (any algorithm)
+/// and size; mismatches are [`io::ErrorKind::InvalidData`] errors that name
+/// the data.
+pub struct NarCheck {
+    hasher: Hasher,
     expected_hash: Hash,
     expected_size: u64,
     seen: u64,
     what: String,
 }
 
-impl VerifyingReader {
-    /// Verifies `inner` against `hash` (any algorithm) and `size`; `what`
-    /// names the data in errors.
-    pub fn new(inner: ByteStream, hash: Hash, size: u64, what: impl Into<String>) -> Self {
-        VerifyingReader {
-            inner,
-            hasher: Some(Hasher::new(hash.algo())),
+impl NarCheck {
+    /// A check of the data `what` names against `hash` and `size`.
+    pub fn new(hash: Hash, size: u64, what: impl Into<String>) -> Self {
+        NarCheck {
+            hasher: Hasher::new(hash.algo()),
             expected_hash: hash,
             expected_size: size,
             seen: 0,
@@ -223,6 +219,63 @@ impl VerifyingReader {
 
     fn bad(&self, msg: String) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", self.what))
+    }
+
+    /// Takes the next bytes; an error as soon as there are more than
+    /// expected.
+    pub fn update(&mut self, data: &[u8]) -> io::Result<()> {
+        self.seen += data.len() as u64;
+        if self.seen > self.expected_size {
+            let msg = format!(
+                "NAR is larger than the expected {} bytes",
+                self.expected_size
+            );
+            return Err(self.bad(msg));
+        }
+        self.hasher.update(data);
+        Ok(())
+    }
+
+    /// The verdict at the end of the data.
+    pub fn finish(self) -> io::Result<()> {
+        if self.seen != self.expected_size {
+            let msg = format!(
+                "NAR size mismatch: expected {}, got {}",
+                self.expected_size, self.seen
+            );
+            return Err(self.bad(msg));
+        }
+        let got = self.hasher.finish();
+        if got != self.expected_hash {
+            let msg = format!(
+                "NAR hash mismatch: expected {}, got {}",
+                self.expected_hash.to_nix_base32_prefixed(),
+                got.to_nix_base32_prefixed()
+            );
+            let err = io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", self.what));
+            return Err(err);
+        }
+        Ok(())
+    }
+}
+
+/// A reader that checks, at its end, that what it passed on has the
+/// expected hash and size (see [`NarCheck`]). A mismatch, or more data than
+/// expected, turns into an [`io::ErrorKind::InvalidData`] error, so a
+/// consumer that commits only after a clean end never commits bad data.
+pub struct VerifyingReader {
+    inner: ByteStream,
+    check: Option<NarCheck>,
+}
+
+impl VerifyingReader {
+    /// Verifies `inner` against `hash` (any algorithm) and `size`; `what`
+    /// names the data in errors.
+    pub fn new(inner: ByteStream, hash: Hash, size: u64, what: impl Into<String>) -> Self {
+        VerifyingReader {
+            inner,
+            check: Some(NarCheck::new(hash, size, what)),
+        }
     }
 }
 
@@ -240,38 +293,17 @@ impl AsyncRead for VerifyingReader {
         }
         let new = &buf.filled()[before..];
         if new.is_empty() {
-            if let Some(h) = this.hasher.take() {
-                if this.seen != this.expected_size {
-                    let msg = format!(
-                        "NAR size mismatch: expected {}, got {}",
-                        this.expected_size, this.seen
-                    );
-                    return Poll::Ready(Err(this.bad(msg)));
-                }
-                let got = h.finish();
-                if got != this.expected_hash {
-                    let msg = format!(
-                        "NAR hash mismatch: expected {}, got {}",
-                        this.expected_hash.to_nix_base32_prefixed(),
-                        got.to_nix_base32_prefixed()
-                    );
-                    return Poll::Ready(Err(this.bad(msg)));
-                }
+            return Poll::Ready(match this.check.take() {
+                Some(check) => check.finish(),
+                None => Ok(()),
+            });
+        }
+        if let Some(check) = this.check.as_mut() {
+            if let Err(e) = check.update(new) {
+                // Hand out nothing of a stream that is already known to be bad.
+                buf.set_filled(before);
+                return Poll::Ready(Err(e));
             }
-            return Poll::Ready(Ok(()));
-        }
-        this.seen += new.len() as u64;
-        if this.seen > this.expected_size {
-            // Hand out nothing of a stream that is already known to be bad.
-            buf.set_filled(before);
-            let msg = format!(
-                "NAR is larger than the expected {} bytes",
-                this.expected_size
-            );
-            return Poll::Ready(Err(this.bad(msg)));
-        }
-        if let Some(h) = this.hasher.as_mut() {
-            h.update(new);
         }
         Poll::Ready(Ok(()))
     }

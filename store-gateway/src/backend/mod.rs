@@ -129,14 +129,34 @@ pub const READ_AHEAD_CHUNK: usize = 256 << 10;
 /// passed on, not copied. Memory is bounded by `depth` chunks; the task
 /// ends when the returned stream is dropped. Must be called within a Tokio
 /// runtime.
-pub fn read_ahead(mut input: ChunkStream, depth: usize) -> ByteStream {
+pub fn read_ahead(input: ChunkStream, depth: usize) -> ByteStream {
+    read_ahead_checked(input, depth, None)
+}
+
+/// [`read_ahead`] that also runs `check` over the chunks as they arrive, in
+/// the receiving task (so that hashing overlaps with the consumer's work
+/// and costs no copy); its verdict ends the stream: a mismatch arrives as
+/// an error instead of the end, and nothing after an excess is passed on.
+pub fn read_ahead_checked(
+    mut input: ChunkStream,
+    depth: usize,
+    mut check: Option<crate::compression::NarCheck>,
+) -> ByteStream {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(depth.max(1));
     tokio::spawn(async move {
-        while let Some(item) = input.next().await {
+        while let Some(mut item) = input.next().await {
+            if let (Ok(chunk), Some(c)) = (&item, check.as_mut()) {
+                if let Err(e) = c.update(chunk) {
+                    item = Err(e);
+                }
+            }
             let failed = item.is_err();
             if tx.send(item).await.is_err() || failed {
                 return;
             }
+        }
+        if let Some(Err(e)) = check.map(|c| c.finish()) {
+            let _ = tx.send(Err(e)).await;
         }
     });
     Box::pin(tokio_util::io::StreamReader::new(stream::poll_fn(
@@ -164,4 +184,55 @@ pub async fn get_small(store: &dyn Store, key: &Key, limit: u64) -> Result<Optio
         });
     }
     Ok(Some(buf))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compression::NarCheck;
+    use kiln_nix::hash::{Hash, HashAlgo};
+
+    fn chunks(parts: &[&'static [u8]]) -> ChunkStream {
+        let items: Vec<std::io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Box::pin(stream::iter(items))
+    }
+
+    async fn read_checked(
+        parts: &[&'static [u8]],
+        hash_of: &[u8],
+        size: u64,
+    ) -> std::io::Result<Vec<u8>> {
+        let check = NarCheck::new(Hash::of(HashAlgo::Sha256, hash_of), size, "NAR of 'x'");
+        let mut out = Vec::new();
+        read_ahead_checked(chunks(parts), 2, Some(check))
+            .read_to_end(&mut out)
+            .await
+            .map(|_| out)
+    }
+
+    #[tokio::test]
+    async fn checked_read_ahead_passes_good_data_and_refuses_bad() {
+        let got = read_checked(&[b"hello ", b"world"], b"hello world", 11).await;
+        assert_eq!(got.unwrap(), b"hello world");
+
+        let err = read_checked(&[b"hello ", b"worle"], b"hello world", 11)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("NAR hash mismatch"), "{err}");
+
+        let err = read_checked(&[b"hello"], b"hello world", 11)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NAR size mismatch"), "{err}");
+
+        let err = read_checked(&[b"hello ", b"world", b"!!"], b"hello world", 11)
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("larger than the expected 11"),
+            "{err}"
+        );
+    }
 }
