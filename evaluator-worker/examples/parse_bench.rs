@@ -1,5 +1,9 @@
-//! Times reading, parsing (rnix) and lowering every `.nix` file under a
-//! directory: `cargo run --release -p kiln-evaluator --example parse_bench DIR`.
+//! Times reading, tokenizing, parsing (rnix) and parsing plus lowering of
+//! every `.nix` file under a directory, each step on its own:
+//! `cargo run --release -p kiln-evaluator --example parse_bench DIR`.
+//! It runs with the system allocator (the `kiln` binary uses mimalloc) and
+//! with parsing ahead as `KILN_EVAL_PARSE_AHEAD` says; set it to 0 to time
+//! lowering with parsing on one thread.
 use std::time::Instant;
 
 fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {

@@ -316,12 +316,13 @@ impl Eval {
     }
 
     fn parse_file_uncached(&self, p: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        let ahead = match crate::corepkgs::source(p) {
+        let core = crate::corepkgs::source(p);
+        let ahead = match core {
             Some(_) => None,
             None => self.prefetch.as_ref().and_then(|pf| pf.borrow().take(p)),
         };
         tracing::trace!(file = %p.display(), parsed_ahead = ahead.is_some(), "parsing");
-        let (text, parse) = match (ahead, crate::corepkgs::source(p)) {
+        let (text, parse) = match (ahead, core) {
             (Some(pre), _) => (pre.text, Some(pre.parse)),
             (None, Some(text)) => (text.to_string(), None),
             (None, None) => (
