@@ -31,9 +31,11 @@ pub const MAX_READY: usize = 512;
 pub const MAX_READY_BYTES: usize = 4 << 20;
 /// Larger files are not parsed speculatively.
 pub const MAX_FILE_BYTES: u64 = 1 << 20;
-/// Stack of the parsing thread (rnix's parser recurses; it stops itself at
-/// its own nesting limit, far below what this holds).
-const STACK_SIZE: usize = 64 << 20;
+/// Stack of the parsing thread: rnix's parser recurses (not every kind of
+/// nesting counts towards its own limit), so it gets the evaluation
+/// thread's stack, and a file parses here exactly when it would parse
+/// there. Only the pages used are committed.
+const STACK_SIZE: usize = crate::EVAL_STACK_SIZE;
 
 /// A file read and parsed ahead of its import.
 pub struct Parsed {
@@ -342,14 +344,18 @@ mod tests {
         std::fs::create_dir(dir.path().join("d")).unwrap();
         let d = dir.path().join("d/default.nix");
         std::fs::write(&d, "1 +").unwrap();
+        let deep = dir.path().join("deep.nix");
+        std::fs::write(&deep, "[".repeat(20_000) + &"]".repeat(20_000)).unwrap();
         let mut pf = Prefetcher::default();
         pf.request([
+            deep.display().to_string(),
             a.display().to_string(),
             dir.path().join("d").display().to_string(),
             dir.path().join("missing.nix").display().to_string(),
         ]);
-        // Wait until the queue is worked off.
-        for _ in 0..500 {
+        // Wait until the queue is worked off (the thread is shared with
+        // other tests).
+        for _ in 0..5_000 {
             let st = pf.shared.lock();
             if st.queue.is_empty() && st.busy.is_none() {
                 break;
@@ -364,6 +370,11 @@ mod tests {
         // the evaluation thread to report.
         let p = pf.take(&d).expect("d/default.nix parsed ahead");
         assert!(!p.parse.errors().is_empty());
+        // Deep nesting parses as it does on the evaluation thread.
+        let p = pf.take(&deep).expect("deep.nix parsed ahead");
+        let text = p.text.clone();
+        let here = crate::with_big_stack(move || rnix::Root::parse(&text).errors().to_vec());
+        assert_eq!(p.parse.errors(), here.unwrap().as_slice());
         assert!(pf.take(&a).is_none(), "taken twice");
         assert!(pf.take(&dir.path().join("missing.nix")).is_none());
     }
