@@ -284,7 +284,7 @@ impl Eval {
         );
         let lowered = match &parse {
             Some(parse) => l.lower_parse(parse, &text),
-            None => l.parse_and_lower(&text),
+            None => l.lower_parse(&rnix::Root::parse(&text), &text),
         };
         if let Some(pf) = &self.prefetch {
             let mut pf = pf.borrow_mut();

@@ -129,13 +129,6 @@ impl<'a> Lowerer<'a> {
         Error::new(ErrorKind::Parse(msg.into())).at(pos)
     }
 
-    /// Parse `text` and lower it.
-    pub fn parse_and_lower(&mut self, text: &str) -> Result<Rc<Expr>> {
-        let normalized = normalize_newlines(text);
-        let parse = rnix::Root::parse(&normalized);
-        self.lower_parse(&parse, &normalized)
-    }
-
     /// Lower `parse`, rnix's parse of `text` (with normalised newlines).
     pub fn lower_parse(&mut self, parse: &rnix::Parse<rnix::Root>, text: &str) -> Result<Rc<Expr>> {
         if let Some(e) = parse.errors().first() {

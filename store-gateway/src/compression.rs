@@ -245,15 +245,14 @@ impl NarCheck {
             );
             return Err(self.bad(msg));
         }
-        let got = self.hasher.finish();
+        let got = self.hasher.clone().finish();
         if got != self.expected_hash {
             let msg = format!(
                 "NAR hash mismatch: expected {}, got {}",
                 self.expected_hash.to_nix_base32_prefixed(),
                 got.to_nix_base32_prefixed()
             );
-            let err = io::Error::new(io::ErrorKind::InvalidData, format!("{}: {msg}", self.what));
-            return Err(err);
+            return Err(self.bad(msg));
         }
         Ok(())
     }
