@@ -4,6 +4,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::ir::*;
 use crate::lower::{canon_path, Lowerer};
 use crate::pos::{Pos, Source, Sources};
+use crate::prefetch::Ahead;
 use crate::store::{DerivationSink, Realiser, Store};
 use crate::value::*;
 use kiln_nix::derivation::DrvHashModulo;
@@ -73,8 +74,9 @@ pub struct Eval {
     pub(crate) import_cache: RefCell<HashMap<PathBuf, Value>>,
     /// Every file parsed so far, by resolved path.
     parse_cache: RefCell<HashMap<PathBuf, Rc<Expr>>>,
-    /// Every name the sources use, one `Symbol` each (see [`Lowerer`]).
-    symbols: RefCell<HashMap<String, Symbol>>,
+    /// Every name the sources use, one `Symbol` each (see [`Lowerer`]);
+    /// shared with the parsing thread, which lowers files too.
+    symbols: std::sync::Arc<crate::lower::SymbolTable>,
     /// Parses, on a second thread, the files sources name before they are
     /// imported (see [`crate::prefetch`]); `None` when turned off.
     prefetch: Option<RefCell<crate::prefetch::Prefetcher>>,
@@ -214,8 +216,8 @@ impl Eval {
             search_path,
             import_cache: RefCell::new(HashMap::new()),
             parse_cache: RefCell::new(HashMap::new()),
-            symbols: RefCell::new(HashMap::new()),
-            prefetch: parse_ahead_enabled().then(Default::default),
+            symbols: Default::default(),
+            prefetch: None,
             depth: Cell::new(0),
             max_depth: 10_000,
             cancel: None,
@@ -230,7 +232,21 @@ impl Eval {
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);
+        if parse_ahead_enabled() {
+            let cx = crate::prefetch::LowerContext {
+                globals: ev.global_names.clone(),
+                symbols: ev.symbols.clone(),
+                next_file: ev.sources.borrow().counter(),
+            };
+            ev.prefetch = Some(RefCell::new(crate::prefetch::Prefetcher::new(Some(cx))));
+        }
         ev
+    }
+
+    /// The parse-ahead state (tests).
+    #[cfg(test)]
+    pub(crate) fn prefetcher(&self) -> Option<std::cell::Ref<'_, crate::prefetch::Prefetcher>> {
+        self.prefetch.as_ref().map(|p| p.borrow())
     }
 
     pub(crate) fn add_global(&mut self, name: &str, v: Value) {
@@ -273,13 +289,12 @@ impl Eval {
         let src = sources
             .get(file)
             .ok_or_else(|| Error::eval("source table corrupted"))?;
-        let mut names = self.symbols.borrow_mut();
         let mut l = Lowerer::new(
             file,
             src,
             Rc::from(base_dir),
             &self.global_names,
-            &mut names,
+            &self.symbols,
             outer,
         );
         let lowered = match &parse {
@@ -321,9 +336,25 @@ impl Eval {
             Some(_) => None,
             None => self.prefetch.as_ref().and_then(|pf| pf.borrow().take(p)),
         };
-        tracing::trace!(file = %p.display(), parsed_ahead = ahead.is_some(), "parsing");
-        let (text, parse) = match (ahead, core) {
-            (Some(pre), _) => (pre.text, Some(pre.parse)),
+        tracing::trace!(
+            file = %p.display(),
+            parsed_ahead = ahead.is_some(),
+            lowered_ahead = matches!(
+                ahead,
+                Some(crate::prefetch::Parsed { ahead: Ahead::Lowered(_), .. })
+            ),
+            "parsing"
+        );
+        let (text, parse) = match (ahead.map(|a| a.ahead), core) {
+            (Some(Ahead::Lowered(l)), _) => {
+                if outer.is_none() {
+                    self.sources.borrow_mut().insert(l.file, l.source);
+                    return Ok(l.expr);
+                }
+                // `scopedImport` resolves names differently: lower afresh.
+                (l.source.text.to_string(), None)
+            }
+            (Some(Ahead::Parsed { text, parse }), _) => (text, Some(parse)),
             (None, Some(text)) => (text.to_string(), None),
             (None, None) => (
                 std::fs::read_to_string(p).map_err(|e| {
@@ -335,16 +366,12 @@ impl Eval {
                 None,
             ),
         };
-        let dir = p
-            .parent()
-            .map(|d| d.display().to_string())
-            .unwrap_or_else(|| "/".into());
         self.parse_source(
             Rc::from(text),
             parse,
             p.display().to_string(),
             Some(p.to_path_buf()),
-            &dir,
+            &import_base_dir(p),
             outer,
         )
     }
@@ -1068,6 +1095,13 @@ fn released_frame() -> Error {
 /// `KILN_EVAL_PARSE_AHEAD=0` (for measuring what it gains).
 fn parse_ahead_enabled() -> bool {
     std::env::var_os("KILN_EVAL_PARSE_AHEAD").is_none_or(|v| v != "0")
+}
+
+/// The directory relative paths in the file at `path` resolve against.
+pub(crate) fn import_base_dir(path: &Path) -> String {
+    path.parent()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "/".into())
 }
 
 fn resolve_import_path(path: &Path) -> PathBuf {

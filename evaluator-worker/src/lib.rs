@@ -337,6 +337,99 @@ mod tests {
         assert_eq!(out.unwrap(), "[ 42 8 2 ]");
     }
 
+    /// Files lowered on the parsing thread evaluate as if lowered in place:
+    /// the same values, the same errors at the same positions, and
+    /// `scopedImport` still sees its own names.
+    #[test]
+    fn files_lowered_ahead_behave_as_lowered_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let files = [
+            ("fun.nix", "{ a, b ? 2 }: let c = a * b; in { inherit c; s = \"${toString c}!\"; p = ./fun.nix; }"),
+            ("undef.nix", "{ a = 1;\n  b = nope; }"),
+            ("dup.nix", "{ a = 1;\n  a = 2; }"),
+            // Lowers on its own (`magic` left to `with`), but scopedImport binds it.
+            ("scoped.nix", "with { }; magic + 1"),
+            ("chain.nix", "import ./leaf.nix"),
+            ("leaf.nix", "builtins.length [ 1 2 3 ]"),
+        ];
+        for (name, text) in files {
+            std::fs::write(d.join(name), text).unwrap();
+        }
+        let cases = [
+            "(import ./fun.nix { a = 3; })",
+            "(import ./undef.nix)",
+            "(import ./dup.nix)",
+            "(scopedImport { magic = 41; } ./scoped.nix)",
+            "(import ./chain.nix)",
+        ];
+        let root = d.to_path_buf();
+        let run = move |ahead: &'static str| {
+            let root = root.clone();
+            with_big_stack(move || {
+                std::env::set_var("KILN_EVAL_PARSE_AHEAD", ahead);
+                let e = Evaluator::new(Options::default());
+                // Name every file, let the parsing thread lower them (and
+                // what they name), then evaluate.
+                e.eval_string(
+                    "[ ./fun.nix ./undef.nix ./dup.nix ./scoped.nix ./chain.nix ]",
+                    &root,
+                )
+                .unwrap();
+                let lowered = e.ev.prefetcher().map(|pf| {
+                    pf.settle();
+                    pf.ready_files()
+                });
+                let out: Vec<String> = cases
+                    .iter()
+                    .map(|c| {
+                        let v = e.eval_string(c, &root).and_then(|v| e.print(&v, true));
+                        v.unwrap_or_else(|err| e.format_error(&err, false))
+                    })
+                    .collect();
+                (lowered, out)
+            })
+            .expect("no panic")
+        };
+        let (lowered, ahead) = run("1");
+        let (_, in_place) = run("0");
+        std::env::remove_var("KILN_EVAL_PARSE_AHEAD");
+        let lowered = lowered.expect("parsing ahead is on");
+        let state = |name: &str| {
+            lowered
+                .iter()
+                .find(|(p, _)| p.ends_with(name))
+                .map(|(_, l)| *l)
+        };
+        assert_eq!(state("fun.nix"), Some(true));
+        assert_eq!(
+            state("leaf.nix"),
+            Some(true),
+            "named by a file lowered ahead"
+        );
+        assert_eq!(
+            state("undef.nix"),
+            Some(false),
+            "does not lower: parsed only"
+        );
+        assert_eq!(state("dup.nix"), Some(false));
+        assert_eq!(state("scoped.nix"), Some(true));
+        assert_eq!(ahead, in_place);
+        assert!(
+            ahead[0].contains("c = 6") && ahead[0].contains("fun.nix"),
+            "{}",
+            ahead[0]
+        );
+        assert!(
+            ahead[1].contains("undefined variable 'nope'") && ahead[1].contains("undef.nix:2:"),
+            "{}",
+            ahead[1]
+        );
+        assert!(ahead[2].contains("dup.nix:2:"), "{}", ahead[2]);
+        assert_eq!(ahead[3], "42");
+        assert_eq!(ahead[4], "3");
+    }
+
     #[test]
     fn language_basics() {
         assert_eq!(

@@ -56,6 +56,10 @@ impl Vars {
     }
 }
 
+/// An evaluator's names, one [`Symbol`] each, shared by every thread that
+/// lowers its files.
+pub type SymbolTable = std::sync::Mutex<HashMap<String, Symbol>>;
+
 /// Lowers one file.
 pub struct Lowerer<'a> {
     file: u32,
@@ -66,7 +70,7 @@ pub struct Lowerer<'a> {
     scopes: Vec<Scope>,
     /// The evaluator's symbol table: one shared `Symbol` per name across
     /// every source, so that equal names compare by pointer.
-    names: &'a mut HashMap<String, Symbol>,
+    names: &'a SymbolTable,
     in_rec: bool,
     /// Every constant absolute or relative path literal lowered, resolved
     /// (for [`crate::prefetch`]).
@@ -81,7 +85,7 @@ impl<'a> Lowerer<'a> {
         src: &'a Source,
         base_dir: Rc<str>,
         globals: &'a HashMap<Symbol, u32>,
-        names: &'a mut HashMap<String, Symbol>,
+        names: &'a SymbolTable,
         outer: Option<Vec<Symbol>>,
     ) -> Self {
         let scopes = outer.map(|v| vec![Scope::vars(v)]).unwrap_or_default();
@@ -109,11 +113,14 @@ impl<'a> Lowerer<'a> {
     }
 
     fn sym(&mut self, s: &str) -> Symbol {
-        if let Some(v) = self.names.get(s) {
+        // Locked per name: the evaluation and parsing threads may lower
+        // files at the same time.
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = names.get(s) {
             return v.clone();
         }
         let v = Symbol::from(s);
-        self.names.insert(s.to_string(), v.clone());
+        names.insert(s.to_string(), v.clone());
         v
     }
 

@@ -115,20 +115,39 @@ impl Source {
 }
 
 /// The table of every source the evaluator has parsed.
+///
+/// Indices are handed out by a counter that the parsing thread shares
+/// ([`Sources::counter`]): a file lowered ahead of its import gets its
+/// index there and is entered here when it is taken. A file lowered ahead
+/// but never imported leaves its index unused.
 #[derive(Debug, Default)]
 pub struct Sources {
-    files: Vec<Source>,
+    files: Vec<Option<Source>>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Sources {
     /// Add a source and return its index.
     pub fn add(&mut self, src: Source) -> u32 {
-        self.files.push(src);
-        self.files.len() as u32 - 1
+        let idx = reserve(&self.next);
+        self.insert(idx, src);
+        idx
+    }
+    /// Enter `src` at `idx`, an index taken from [`Sources::counter`].
+    pub fn insert(&mut self, idx: u32, src: Source) {
+        let i = idx as usize;
+        if self.files.len() <= i {
+            self.files.resize_with(i + 1, || None);
+        }
+        self.files[i] = Some(src);
+    }
+    /// The counter that hands out source indices, for the parsing thread.
+    pub fn counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicU32> {
+        self.next.clone()
     }
     /// The source at `idx`.
     pub fn get(&self, idx: u32) -> Option<&Source> {
-        self.files.get(idx as usize)
+        self.files.get(idx as usize)?.as_ref()
     }
     /// The source of `pos` with `pos`'s 1-based line and column in it.
     pub fn locate(&self, pos: Pos) -> Option<(&Source, u32, u32)> {
@@ -144,6 +163,11 @@ impl Sources {
             None => "«unknown»:1:1".to_string(),
         }
     }
+}
+
+/// The next source index from `counter` (see [`Sources`]).
+pub fn reserve(counter: &std::sync::atomic::AtomicU32) -> u32 {
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

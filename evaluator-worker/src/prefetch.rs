@@ -9,11 +9,15 @@
 //! here, and one background thread reads and parses them in order, so that
 //! the evaluation thread finds them parsed when it imports them.
 //!
-//! Only rnix's green tree crosses threads (it is `Send`); lowering to the
-//! IR stays on the evaluation thread, which owns the `Rc`-based IR. The
-//! speculation is invisible to the language: a file that is never imported
-//! is parsed for nothing but never evaluated, and parse errors are reported
-//! only when (and exactly as if) the evaluation thread parses the file.
+//! The thread also lowers each file to the IR (see [`Lowered`] for why
+//! that `Rc` tree may cross threads), resolving its variables against the
+//! evaluator's globals and interning its names in the evaluator's symbol
+//! table, and queues the files that file names in turn. The speculation is
+//! invisible to the language: a file that is never imported is parsed for
+//! nothing but never evaluated, and parse and lowering errors are reported
+//! only when (and exactly as if) the evaluation thread lowers the file:
+//! a file that does not lower here is handed over parsed only, and the
+//! evaluation thread lowers it again and reports what it finds.
 //!
 //! What the speculation costs is bounded: at most [`MAX_READY`] parsed
 //! files ([`MAX_READY_BYTES`] of source) wait to be taken; beyond that the
@@ -21,8 +25,14 @@
 //! evaluation thread. There is one parsing thread per process, shared by
 //! every evaluator in it; dropping a [`Prefetcher`] drops its queue.
 
+use crate::ir::Expr;
+use crate::lower::Lowerer;
+use crate::pos::Source;
+use crate::value::Symbol;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::AtomicU32;
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
 
 /// Most parsed files waiting to be taken.
@@ -39,10 +49,97 @@ const STACK_SIZE: usize = crate::EVAL_STACK_SIZE;
 
 /// A file read and parsed ahead of its import.
 pub struct Parsed {
-    /// The file's text, exactly as read.
-    pub text: String,
-    /// rnix's parse of the text with its newlines normalised.
-    pub parse: rnix::Parse<rnix::Root>,
+    /// Bytes of source.
+    pub bytes: usize,
+    /// How far it got.
+    pub ahead: Ahead,
+}
+
+/// What the parsing thread made of a file.
+pub enum Ahead {
+    /// Lowered, ready to evaluate.
+    Lowered(Lowered),
+    /// Parsed only: lowering failed (or there was nothing to lower against,
+    /// see [`Prefetcher::new`]), and the evaluation thread lowers it.
+    Parsed {
+        /// The file's text, exactly as read.
+        text: String,
+        /// rnix's parse of the text with its newlines normalised.
+        parse: rnix::Parse<rnix::Root>,
+    },
+}
+
+/// A file lowered on the parsing thread.
+///
+/// The IR is built of `Rc`s, which may not cross threads because two
+/// threads could count references to one allocation at once. That cannot
+/// happen to this tree: [`lower_ahead`] builds every `Rc` in it from new
+/// allocations, the lowerer that also held some is dropped before the tree
+/// is wrapped, and what the tree shares with the evaluator is `Arc`-counted
+/// (names, [`Symbol`]) or copied (global slots, file index). So whoever
+/// holds a `Lowered` holds the only references to everything `Rc` in it,
+/// and moving it moves them all.
+pub struct Lowered {
+    /// The source's index, taken from the evaluator's counter.
+    pub file: u32,
+    /// The source (name, path and normalised text), to be entered at `file`.
+    pub source: Source,
+    /// The lowered file.
+    pub expr: Rc<Expr>,
+}
+
+// SAFETY: see the type's documentation: the `Rc`s inside are reachable
+// only through this value.
+unsafe impl Send for Lowered {}
+
+/// What the parsing thread needs of an evaluator to lower its files the
+/// way the evaluator would.
+pub struct LowerContext {
+    /// The evaluator's global names and their slots.
+    pub globals: HashMap<Symbol, u32>,
+    /// The evaluator's symbol table.
+    pub symbols: Arc<crate::lower::SymbolTable>,
+    /// The evaluator's source index counter ([`crate::pos::Sources::counter`]).
+    pub next_file: Arc<AtomicU32>,
+}
+
+/// Lowers the file at `path` (text as read) on the parsing thread, the way
+/// `Eval::parse_file` would with no `scopedImport` names, and returns the
+/// path literals it names.
+fn lower_ahead(cx: &LowerContext, path: &Path, text: String) -> (Ahead, Vec<String>) {
+    let normal = crate::lower::normalize_newlines(&text);
+    let parse = rnix::Root::parse(&normal);
+    let source_text: Rc<str> = Rc::from(&*normal);
+    drop(normal);
+    let file = crate::pos::reserve(&cx.next_file);
+    let source = Source::new(
+        path.display().to_string(),
+        Some(path.to_path_buf()),
+        source_text.clone(),
+    );
+    let dir = crate::eval::import_base_dir(path);
+    let lowered = {
+        let mut l = Lowerer::new(
+            file,
+            &source,
+            Rc::from(dir.as_str()),
+            &cx.globals,
+            &cx.symbols,
+            None,
+        );
+        l.lower_parse(&parse, &source_text)
+            .ok()
+            .map(|expr| (expr, std::mem::take(&mut l.paths)))
+    };
+    drop(source_text);
+    match lowered {
+        Some((expr, paths)) => {
+            drop(parse);
+            let ahead = Ahead::Lowered(Lowered { file, source, expr });
+            (ahead, paths)
+        }
+        None => (Ahead::Parsed { text, parse }, Vec::new()),
+    }
 }
 
 /// The queue and the finished parses of one evaluator, shared with the
@@ -80,6 +177,19 @@ impl State {
         self.ready.len() >= MAX_READY || self.ready_bytes >= MAX_READY_BYTES
     }
 
+    /// Queue the `paths` that may name Nix files and were never queued.
+    fn enqueue<I: IntoIterator<Item = String>>(&mut self, paths: I) {
+        for p in paths {
+            if !candidate(&p) {
+                continue;
+            }
+            let p = PathBuf::from(p);
+            if self.seen.insert(p.clone()) {
+                self.queue.push_back(p);
+            }
+        }
+    }
+
     /// Whether the parsing thread has something to do here.
     fn has_work(&self) -> bool {
         !self.stop && (!self.discarded.is_empty() || (!self.queue.is_empty() && !self.full()))
@@ -92,6 +202,8 @@ struct Shared {
     /// signalled only when it waits, so the common case costs no system
     /// call.
     done: Condvar,
+    /// How to lower files; without it they are parsed only.
+    lower: Option<LowerContext>,
 }
 
 impl Shared {
@@ -132,17 +244,25 @@ pub struct Prefetcher {
 }
 
 impl Default for Prefetcher {
+    /// A prefetcher that parses without lowering.
     fn default() -> Self {
-        Prefetcher {
-            shared: Arc::new(Shared {
-                state: Mutex::new(State::default()),
-                done: Condvar::new(),
-            }),
-        }
+        Prefetcher::new(None)
     }
 }
 
 impl Prefetcher {
+    /// A prefetcher that lowers the files it parses with `lower`, or only
+    /// parses them without it.
+    pub fn new(lower: Option<LowerContext>) -> Self {
+        Prefetcher {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                done: Condvar::new(),
+                lower,
+            }),
+        }
+    }
+
     /// Hands this evaluator to the parsing thread when it has work there
     /// and is not handed over already. Called with the lock held.
     fn schedule(&self, st: &mut State) {
@@ -167,15 +287,7 @@ impl Prefetcher {
     /// file system; the rest are checked on the parsing thread.
     pub fn request<I: IntoIterator<Item = String>>(&mut self, paths: I) {
         let mut st = self.shared.lock();
-        for p in paths {
-            if !candidate(&p) {
-                continue;
-            }
-            let p = PathBuf::from(p);
-            if st.seen.insert(p.clone()) {
-                st.queue.push_back(p);
-            }
-        }
+        st.enqueue(paths);
         self.schedule(&mut st);
     }
 
@@ -187,7 +299,7 @@ impl Prefetcher {
         let mut st = self.shared.lock();
         loop {
             if let Some(p) = st.ready.remove(path) {
-                st.ready_bytes -= p.text.len();
+                st.ready_bytes -= p.bytes;
                 // Room in the window again.
                 self.schedule(&mut st);
                 return Some(p);
@@ -201,10 +313,49 @@ impl Prefetcher {
                 }
                 return None;
             }
+            // The parsing thread is at work on `path`. Rather than wait
+            // idle, take a file from the queue and lower it here: when
+            // evaluation outruns the parsing thread, the two threads share
+            // its work.
+            if self.shared.lower.is_some() && !st.full() {
+                if let Some(next) = next_unclaimed(&mut st) {
+                    drop(st);
+                    work_on(&self.shared, next);
+                    st = self.shared.lock();
+                    continue;
+                }
+            }
             st.taker_waiting = true;
             st = self.shared.done.wait(st).unwrap_or_else(|e| e.into_inner());
             st.taker_waiting = false;
         }
+    }
+
+    /// Wait until the parsing thread has worked off the queue (tests).
+    #[cfg(test)]
+    pub(crate) fn settle(&self) {
+        for _ in 0..5_000 {
+            let st = self.shared.lock();
+            if st.queue.is_empty() && st.busy.is_none() {
+                return;
+            }
+            drop(st);
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        panic!("the parsing thread did not finish its queue");
+    }
+
+    /// Files waiting to be taken, lowered or only parsed (tests).
+    #[cfg(test)]
+    pub(crate) fn ready_files(&self) -> Vec<(PathBuf, bool)> {
+        let st = self.shared.lock();
+        let mut v: Vec<_> = st
+            .ready
+            .iter()
+            .map(|(p, r)| (p.clone(), matches!(r.ahead, Ahead::Lowered(_))))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Hand a parse that came from [`Prefetcher::take`] back once it is
@@ -268,31 +419,48 @@ fn serve(shared: &Shared) {
                     st.scheduled = false;
                     return;
                 }
-                if let Some(p) = st.queue.pop_front() {
-                    if st.claimed.remove(&p) {
-                        continue;
-                    }
+                if let Some(p) = next_unclaimed(&mut st) {
                     st.busy = Some(p.clone());
                     break p;
                 }
             }
         };
-        let resolved = resolve(&path);
-        let parsed = resolved.as_deref().and_then(|p| {
-            std::panic::catch_unwind(|| read_and_parse(p))
-                .ok()
-                .flatten()
-        });
+        work_on(shared, path);
         let mut st = shared.lock();
         st.busy = None;
-        if let (Some(resolved), Some(parsed)) = (resolved, parsed) {
-            if !st.stop && !st.claimed.remove(&resolved) && !st.ready.contains_key(&resolved) {
-                st.ready_bytes += parsed.text.len();
-                st.ready.insert(resolved, parsed);
-            }
-        }
         if st.taker_waiting {
             shared.done.notify_one();
+        }
+    }
+}
+
+/// The next queued file that the evaluation thread has not claimed.
+fn next_unclaimed(st: &mut State) -> Option<PathBuf> {
+    while let Some(p) = st.queue.pop_front() {
+        if !st.claimed.remove(&p) {
+            return Some(p);
+        }
+    }
+    None
+}
+
+/// Read, parse and lower the queued file `path` (taken off the queue) and
+/// make it ready, unless it was claimed meanwhile.
+fn work_on(shared: &Shared, path: PathBuf) {
+    let resolved = resolve(&path);
+    let parsed = resolved.as_deref().and_then(|p| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_and_parse(p, shared.lower.as_ref())
+        }))
+        .ok()
+        .flatten()
+    });
+    let mut st = shared.lock();
+    if let (Some(resolved), Some((parsed, named))) = (resolved, parsed) {
+        if !st.stop && !st.claimed.remove(&resolved) && !st.ready.contains_key(&resolved) {
+            st.ready_bytes += parsed.bytes;
+            st.ready.insert(resolved, parsed);
+            st.enqueue(named);
         }
     }
 }
@@ -308,13 +476,22 @@ fn resolve(path: &Path) -> Option<PathBuf> {
     }
 }
 
-fn read_and_parse(path: &Path) -> Option<Parsed> {
+/// Read and parse (and, with `lower`, lower) the file at `path`; also
+/// returns the path literals of a lowered file.
+fn read_and_parse(path: &Path, lower: Option<&LowerContext>) -> Option<(Parsed, Vec<String>)> {
     if std::fs::metadata(path).ok()?.len() > MAX_FILE_BYTES {
         return None;
     }
     let text = std::fs::read_to_string(path).ok()?;
-    let parse = rnix::Root::parse(&crate::lower::normalize_newlines(&text));
-    Some(Parsed { text, parse })
+    let bytes = text.len();
+    let (ahead, named) = match lower {
+        Some(cx) => lower_ahead(cx, path, text),
+        None => {
+            let parse = rnix::Root::parse(&crate::lower::normalize_newlines(&text));
+            (Ahead::Parsed { text, parse }, Vec::new())
+        }
+    };
+    Some((Parsed { bytes, ahead }, named))
 }
 
 #[cfg(test)]
@@ -322,6 +499,14 @@ mod tests {
     use super::*;
 
     fn assert_send<T: Send>() {}
+
+    /// The text and parse of a file parsed (not lowered) ahead.
+    fn parsed(p: Parsed) -> (String, rnix::Parse<rnix::Root>) {
+        match p.ahead {
+            Ahead::Parsed { text, parse } => (text, parse),
+            Ahead::Lowered(_) => panic!("lowered without a lowering context"),
+        }
+    }
 
     #[test]
     fn parses_cross_threads() {
@@ -363,18 +548,17 @@ mod tests {
             drop(st);
             std::thread::sleep(std::time::Duration::from_millis(2));
         }
-        let p = pf.take(&a).expect("a.nix parsed ahead");
-        assert_eq!(p.text, "{ x = 1; }");
-        assert!(p.parse.errors().is_empty());
+        let (text, parse) = parsed(pf.take(&a).expect("a.nix parsed ahead"));
+        assert_eq!(text, "{ x = 1; }");
+        assert!(parse.errors().is_empty());
         // A directory is parsed as its default.nix; its errors are kept for
         // the evaluation thread to report.
-        let p = pf.take(&d).expect("d/default.nix parsed ahead");
-        assert!(!p.parse.errors().is_empty());
+        let (_, parse) = parsed(pf.take(&d).expect("d/default.nix parsed ahead"));
+        assert!(!parse.errors().is_empty());
         // Deep nesting parses as it does on the evaluation thread.
-        let p = pf.take(&deep).expect("deep.nix parsed ahead");
-        let text = p.text.clone();
+        let (text, parse) = parsed(pf.take(&deep).expect("deep.nix parsed ahead"));
         let here = crate::with_big_stack(move || rnix::Root::parse(&text).errors().to_vec());
-        assert_eq!(p.parse.errors(), here.unwrap().as_slice());
+        assert_eq!(parse.errors(), here.unwrap().as_slice());
         assert!(pf.take(&a).is_none(), "taken twice");
         assert!(pf.take(&dir.path().join("missing.nix")).is_none());
     }

@@ -9,8 +9,11 @@ use std::fmt;
 use std::rc::Rc;
 
 /// An identifier or attribute name. Equal names compare by pointer first.
+/// Shared with an atomic count: names are interned by the parsing thread
+/// too (see [`crate::prefetch`]), so one name is one allocation per
+/// evaluator whichever thread lowered the file.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Symbol(pub Rc<str>);
+pub struct Symbol(pub std::sync::Arc<str>);
 
 impl Symbol {
     /// The name as text.
@@ -21,7 +24,7 @@ impl Symbol {
 
 impl From<&str> for Symbol {
     fn from(s: &str) -> Self {
-        Symbol(Rc::from(s))
+        Symbol(std::sync::Arc::from(s))
     }
 }
 

@@ -135,7 +135,8 @@ fn map_attrs(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 
 fn zip_attrs_with(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let l = ev.expect_list(&a[1], pos)?;
-    let mut groups: std::collections::BTreeMap<Rc<str>, (Symbol, Vec<Value>)> = Default::default();
+    let mut groups: std::collections::BTreeMap<std::sync::Arc<str>, (Symbol, Vec<Value>)> =
+        Default::default();
     for item in l.iter() {
         let s = ev.expect_attrs(item, pos)?;
         for e in s.iter() {
