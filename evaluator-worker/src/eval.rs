@@ -316,7 +316,11 @@ impl Eval {
     /// `fileParseCache`); `scopedImport` (`outer` names) lowers afresh since
     /// its variables resolve differently.
     pub fn parse_file(&self, path: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        let p = resolve_import_path(path);
+        self.parse_resolved(resolve_import_path(path), outer)
+    }
+
+    /// [`Eval::parse_file`] of a path resolved already.
+    fn parse_resolved(&self, p: PathBuf, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
         if outer.is_none() {
             if let Some(e) = self.parse_cache.borrow().get(&p) {
                 return Ok(e.clone());
@@ -383,7 +387,7 @@ impl Eval {
         if let Some(v) = self.import_cache.borrow().get(&key) {
             return Ok(v.clone());
         }
-        let e = self.parse_file(path, None)?;
+        let e = self.parse_resolved(key.clone(), None)?;
         let v = self.eval(&Env::new(Slots::new(), None), &e)?;
         self.import_cache.borrow_mut().insert(key, v.clone());
         Ok(v)

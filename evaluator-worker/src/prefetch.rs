@@ -479,10 +479,14 @@ fn resolve(path: &Path) -> Option<PathBuf> {
 /// Read and parse (and, with `lower`, lower) the file at `path`; also
 /// returns the path literals of a lowered file.
 fn read_and_parse(path: &Path, lower: Option<&LowerContext>) -> Option<(Parsed, Vec<String>)> {
-    if std::fs::metadata(path).ok()?.len() > MAX_FILE_BYTES {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).ok()?;
+    let len = file.metadata().ok()?.len();
+    if len > MAX_FILE_BYTES {
         return None;
     }
-    let text = std::fs::read_to_string(path).ok()?;
+    let mut text = String::with_capacity(len as usize);
+    file.read_to_string(&mut text).ok()?;
     let bytes = text.len();
     let (ahead, named) = match lower {
         Some(cx) => lower_ahead(cx, path, text),
