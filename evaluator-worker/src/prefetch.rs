@@ -486,7 +486,12 @@ fn read_and_parse(path: &Path, lower: Option<&LowerContext>) -> Option<(Parsed, 
         return None;
     }
     let mut text = String::with_capacity(len as usize);
-    file.read_to_string(&mut text).ok()?;
+    // Through `take`: `File`'s own `read_to_string` would ask for the size
+    // (and position) again.
+    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).ok()?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return None;
+    }
     let bytes = text.len();
     let (ahead, named) = match lower {
         Some(cx) => lower_ahead(cx, path, text),
