@@ -480,7 +480,7 @@ fn resolve(path: &Path) -> Option<PathBuf> {
 /// returns the path literals of a lowered file.
 fn read_and_parse(path: &Path, lower: Option<&LowerContext>) -> Option<(Parsed, Vec<String>)> {
     use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
+    let file = std::fs::File::open(path).ok()?;
     let len = file.metadata().ok()?.len();
     if len > MAX_FILE_BYTES {
         return None;
