@@ -488,7 +488,9 @@ fn read_and_parse(path: &Path, lower: Option<&LowerContext>) -> Option<(Parsed, 
     let mut text = String::with_capacity(len as usize);
     // Through `take`: `File`'s own `read_to_string` would ask for the size
     // (and position) again.
-    file.take(MAX_FILE_BYTES + 1).read_to_string(&mut text).ok()?;
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .ok()?;
     if text.len() as u64 > MAX_FILE_BYTES {
         return None;
     }

@@ -3,6 +3,10 @@
 //! request per path; and upload/download throughput of a 1 GiB NAR through
 //! the store versus raw PutObject/GetObject of the same bytes, on the S3
 //! named by KILN_S3_ENDPOINT, KILN_S3_REGION, KILN_S3_BUCKET and AWS_*.
+//! Downloads are also compared with a raw GetObject whose bytes are checked
+//! against the NAR's hash and size as they are read: the least any reader
+//! that verifies what it receives must do, which shows how much of the gap
+//! to raw is the check itself.
 
 use std::hash::{BuildHasher, Hasher as _};
 use std::io::Write;
@@ -145,6 +149,18 @@ async fn main() -> Result<(), BoxError> {
         f.flush()?;
     }
     let nar_size = std::fs::metadata(&nar_path)?.len();
+    let nar_hash = {
+        let mut h = kiln_nix::hash::Hasher::new(kiln_nix::hash::HashAlgo::Sha256);
+        let mut f = std::fs::File::open(&nar_path)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)?;
+            if n == 0 {
+                break h.finish();
+            }
+            h.update(&buf[..n]);
+        }
+    };
     let path = StorePath::new(random_digest(u64::MAX), "big")?;
     let meta = PathMeta {
         path: path.clone(),
@@ -167,28 +183,27 @@ async fn main() -> Result<(), BoxError> {
     // (or warmer) server.
     let mut up_ratios = Vec::new();
     let mut down_ratios = Vec::new();
+    let mut checked_ratios = Vec::new();
     let mut stored_as = String::new();
     for round in 0..rounds {
-        let mut times = [0f64; 4];
+        let mut times = [0f64; 5];
+        // Both uploads, then every download: a download never runs while
+        // the server is still writing out an upload. The
+        // side that goes first rotates, so neither always meets a colder
+        // (or warmer) server.
+        let mut info = None;
+        let okey = s3.config().object_key(&raw_key);
         for side in [round % 2, 1 - round % 2] {
+            let t = Instant::now();
             if side == 0 {
-                let t = Instant::now();
-                let info = cache
+                let stored = cache
                     .add_path(meta.clone(), tokio::fs::File::open(&nar_path).await?)
                     .await?;
                 times[0] = t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let nar = cache.nar(&info).await?;
-                assert_eq!(drain(nar).await?, nar_size);
-                times[1] = t.elapsed().as_secs_f64();
-                stored_as = format!("{} bytes, {}", info.file_size, info.compression);
-                s3.delete(&Key::parse(&info.url)?).await?;
-                s3.delete(&Key::narinfo(&path.hash_part())?).await?;
+                stored_as = format!("{} bytes, {}", stored.file_size, stored.compression);
+                info = Some(stored);
             } else {
-                // Raw: one PutObject and one GetObject, straight from the
-                // SDK (no multipart, no ranged reads).
-                let okey = s3.config().object_key(&raw_key);
-                let t = Instant::now();
+                // Raw: one PutObject straight from the SDK (no multipart).
                 s3.client()
                     .put_object()
                     .bucket(&s3.config().bucket)
@@ -197,20 +212,50 @@ async fn main() -> Result<(), BoxError> {
                     .send()
                     .await?;
                 times[2] = t.elapsed().as_secs_f64();
-                let t = Instant::now();
-                let raw = s3
-                    .client()
-                    .get_object()
-                    .bucket(&s3.config().bucket)
-                    .key(&okey)
-                    .send()
-                    .await?;
-                assert_eq!(drain(Box::pin(raw.body.into_async_read())).await?, nar_size);
-                times[3] = t.elapsed().as_secs_f64();
-                s3.delete(&raw_key).await?;
             }
         }
-        let [store_up, store_down, raw_up, raw_down] = times;
+        let info = info.expect("stored");
+        // Untimed: write the uploads out first, so that no download
+        // competes with the server's disk writes.
+        std::process::Command::new("sync").status()?;
+        for i in 0..3 {
+            let t = Instant::now();
+            match (round + i) % 3 {
+                0 => {
+                    let nar = cache.nar(&info).await?;
+                    assert_eq!(drain(nar).await?, nar_size);
+                    times[1] = t.elapsed().as_secs_f64();
+                }
+                which => {
+                    // Raw: one GetObject (no ranged reads), drained as it
+                    // is, or checked against the NAR's hash as it is read.
+                    let raw = s3
+                        .client()
+                        .get_object()
+                        .bucket(&s3.config().bucket)
+                        .key(&okey)
+                        .send()
+                        .await?;
+                    let body = Box::pin(raw.body.into_async_read());
+                    if which == 1 {
+                        assert_eq!(drain(body).await?, nar_size);
+                        times[3] = t.elapsed().as_secs_f64();
+                    } else {
+                        let check = kiln_store::compression::NarCheck::new(
+                            nar_hash.clone(),
+                            nar_size,
+                            "raw GetObject",
+                        );
+                        drain_checked(body, check).await?;
+                        times[4] = t.elapsed().as_secs_f64();
+                    }
+                }
+            }
+        }
+        s3.delete(&Key::parse(&info.url)?).await?;
+        s3.delete(&Key::narinfo(&path.hash_part())?).await?;
+        s3.delete(&raw_key).await?;
+        let [store_up, store_down, raw_up, raw_down, checked_down] = times;
         println!(
             "round {}: NAR of {nar_size} bytes stored as {stored_as}",
             round + 1
@@ -227,13 +272,21 @@ async fn main() -> Result<(), BoxError> {
             mib_per_s(nar_size, raw_down),
             raw_down / store_down
         );
+        println!(
+            "  download raw GetObject checked as read {:.1} MiB/s, store/checked {:.2}",
+            mib_per_s(nar_size, checked_down),
+            checked_down / store_down
+        );
         up_ratios.push(raw_up / store_up);
         down_ratios.push(raw_down / store_down);
+        checked_ratios.push(checked_down / store_down);
     }
     println!(
-        "median of {rounds} rounds: upload store/raw {:.2}, download store/raw {:.2}",
+        "median of {rounds} rounds: upload store/raw {:.2}, download store/raw {:.2}, \
+         download store/checked raw {:.2}",
         median(&mut up_ratios),
-        median(&mut down_ratios)
+        median(&mut down_ratios),
+        median(&mut checked_ratios)
     );
     Ok(())
 }
@@ -293,6 +346,22 @@ async fn drain(mut stream: kiln_store::ByteStream) -> std::io::Result<u64> {
             return Ok(total);
         }
         total += n as u64;
+    }
+}
+
+/// [`drain`], checking the bytes against a NAR hash and size as they are
+/// read.
+async fn drain_checked(
+    mut stream: kiln_store::ByteStream,
+    mut check: kiln_store::compression::NarCheck,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = stream.read(&mut buf).await?;
+        if n == 0 {
+            return check.finish();
+        }
+        check.update(&buf[..n])?;
     }
 }
 
