@@ -551,14 +551,7 @@ mod tests {
         ]);
         // Wait until the queue is worked off (the thread is shared with
         // other tests).
-        for _ in 0..5_000 {
-            let st = pf.shared.lock();
-            if st.queue.is_empty() && st.busy.is_none() {
-                break;
-            }
-            drop(st);
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        pf.settle();
         let (text, parse) = parsed(pf.take(&a).expect("a.nix parsed ahead"));
         assert_eq!(text, "{ x = 1; }");
         assert!(parse.errors().is_empty());
