@@ -109,14 +109,13 @@ pub struct LowerContext {
 fn lower_ahead(cx: &LowerContext, path: &Path, text: String) -> (Ahead, Vec<String>) {
     let normal = crate::lower::normalize_newlines(&text);
     let parse = rnix::Root::parse(&normal);
-    let source_text: Rc<str> = Rc::from(&*normal);
-    drop(normal);
-    let file = crate::pos::reserve(&cx.next_file);
     let source = Source::new(
         path.display().to_string(),
         Some(path.to_path_buf()),
-        source_text.clone(),
+        Rc::from(&*normal),
     );
+    drop(normal);
+    let file = crate::pos::reserve(&cx.next_file);
     let dir = crate::eval::import_base_dir(path);
     let lowered = {
         let mut l = Lowerer::new(
@@ -127,11 +126,10 @@ fn lower_ahead(cx: &LowerContext, path: &Path, text: String) -> (Ahead, Vec<Stri
             &cx.symbols,
             None,
         );
-        l.lower_parse(&parse, &source_text)
+        l.lower_parse(&parse, &source.text)
             .ok()
             .map(|expr| (expr, std::mem::take(&mut l.paths)))
     };
-    drop(source_text);
     match lowered {
         Some((expr, paths)) => {
             drop(parse);

@@ -151,15 +151,8 @@ async fn main() -> Result<(), BoxError> {
     let nar_size = std::fs::metadata(&nar_path)?.len();
     let nar_hash = {
         let mut h = kiln_nix::hash::Hasher::new(kiln_nix::hash::HashAlgo::Sha256);
-        let mut f = std::fs::File::open(&nar_path)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = std::io::Read::read(&mut f, &mut buf)?;
-            if n == 0 {
-                break h.finish();
-            }
-            h.update(&buf[..n]);
-        }
+        std::io::copy(&mut std::fs::File::open(&nar_path)?, &mut h)?;
+        h.finish()
     };
     let path = StorePath::new(random_digest(u64::MAX), "big")?;
     let meta = PathMeta {
@@ -223,7 +216,7 @@ async fn main() -> Result<(), BoxError> {
             match (round + i) % 3 {
                 0 => {
                     let nar = cache.nar(&info).await?;
-                    assert_eq!(drain(nar).await?, nar_size);
+                    assert_eq!(drain(nar, None).await?, nar_size);
                     times[1] = t.elapsed().as_secs_f64();
                 }
                 which => {
@@ -238,7 +231,7 @@ async fn main() -> Result<(), BoxError> {
                         .await?;
                     let body = Box::pin(raw.body.into_async_read());
                     if which == 1 {
-                        assert_eq!(drain(body).await?, nar_size);
+                        assert_eq!(drain(body, None).await?, nar_size);
                         times[3] = t.elapsed().as_secs_f64();
                     } else {
                         let check = kiln_store::compression::NarCheck::new(
@@ -246,7 +239,7 @@ async fn main() -> Result<(), BoxError> {
                             nar_size,
                             "raw GetObject",
                         );
-                        drain_checked(body, check).await?;
+                        drain(body, Some(check)).await?;
                         times[4] = t.elapsed().as_secs_f64();
                     }
                 }
@@ -335,33 +328,27 @@ impl std::io::Read for TextFiller {
     }
 }
 
-/// Reads a stream to its end the same way for both sides of the
-/// comparison (1 MiB reads), returning its length.
-async fn drain(mut stream: kiln_store::ByteStream) -> std::io::Result<u64> {
+/// Reads a stream to its end the same way for every side of the
+/// comparison (1 MiB reads), returning its length; with `check`, the bytes
+/// are also checked against a NAR hash and size as they are read.
+async fn drain(
+    mut stream: kiln_store::ByteStream,
+    mut check: Option<kiln_store::compression::NarCheck>,
+) -> std::io::Result<u64> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
         let n = stream.read(&mut buf).await?;
         if n == 0 {
+            if let Some(c) = check {
+                c.finish()?;
+            }
             return Ok(total);
         }
-        total += n as u64;
-    }
-}
-
-/// [`drain`], checking the bytes against a NAR hash and size as they are
-/// read.
-async fn drain_checked(
-    mut stream: kiln_store::ByteStream,
-    mut check: kiln_store::compression::NarCheck,
-) -> std::io::Result<()> {
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = stream.read(&mut buf).await?;
-        if n == 0 {
-            return check.finish();
+        if let Some(c) = check.as_mut() {
+            c.update(&buf[..n])?;
         }
-        check.update(&buf[..n])?;
+        total += n as u64;
     }
 }
 
