@@ -64,26 +64,6 @@ async fn main() -> Result<(), BoxError> {
     );
     let s3 = Arc::new(S3Store::connect(cfg.clone()).await?);
     let work = tempfile::tempdir()?;
-
-    // --- Existence of `paths` paths, a tenth of them present.
-    let hashes: Vec<String> = (0..paths as u64)
-        .map(|i| StorePath::new(random_digest(i + 1), "p").map(|p| p.hash_part()))
-        .collect::<Result<_, _>>()?;
-    let present: Vec<Key> = hashes
-        .iter()
-        .step_by(10)
-        .map(|h| Key::narinfo(h))
-        .collect::<Result<_, _>>()?;
-    stream::iter(
-        present
-            .iter()
-            .map(|k| s3.put_bytes(k, kiln_store::Bytes::from_static(b"x"))),
-    )
-    .buffer_unordered(32)
-    .collect::<Vec<_>>()
-    .await
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()?;
     let cache = Arc::new(BinaryCache::new(
         s3.clone(),
         CacheOptions {
@@ -91,39 +71,8 @@ async fn main() -> Result<(), BoxError> {
             ..CacheOptions::default()
         },
     ));
-    let state = Arc::new(GatewayState::new(cache.clone(), Vec::new()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, state, async {
-        let _ = stopped.await;
-    }));
-    let http = HttpStore::new(&url, None)?;
-    let keys: Vec<Key> = hashes
-        .iter()
-        .map(|h| Key::narinfo(h))
-        .collect::<Result<_, _>>()?;
-    let t = Instant::now();
-    let batched = http.exists_many(&keys).await?;
-    let batched_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let mut single = Vec::with_capacity(keys.len());
-    for k in &keys {
-        single.push(http.exists(k).await?);
-    }
-    let single_s = t.elapsed().as_secs_f64();
-    assert_eq!(batched, single);
-    let _ = stop.send(());
-    server.await??;
-    println!("existence of {paths} paths ({} present):", present.len());
-    println!("  batched POST /api/v1/exists: {batched_s:.3} s");
-    println!("  one HEAD per path:           {single_s:.3} s");
-    println!(
-        "  ratio single/batched:        {:.1}x",
-        single_s / batched_s
-    );
-    for k in &present {
-        s3.delete(k).await?;
+    if std::env::var("KILN_BENCH_SKIP_EXISTS").as_deref() != Ok("1") {
+        existence(&s3, &cache, paths).await?;
     }
 
     // --- Throughput of a large NAR: one regular file, of pseudo-random
@@ -180,6 +129,8 @@ async fn main() -> Result<(), BoxError> {
     let mut stored_as = String::new();
     for round in 0..rounds {
         let mut times = [0f64; 5];
+        // This process's CPU time in each download: store, raw, checked.
+        let mut cpu = [0f64; 3];
         // Both uploads, then every download: a download never runs while
         // the server is still writing out an upload. The
         // side that goes first rotates, so neither always meets a colder
@@ -213,7 +164,9 @@ async fn main() -> Result<(), BoxError> {
         std::process::Command::new("sync").status()?;
         for i in 0..3 {
             let t = Instant::now();
-            match (round + i) % 3 {
+            let cpu_before = cpu_seconds();
+            let which = (round + i) % 3;
+            match which {
                 0 => {
                     let nar = cache.nar(&info).await?;
                     assert_eq!(drain(nar, None).await?, nar_size);
@@ -244,6 +197,7 @@ async fn main() -> Result<(), BoxError> {
                     }
                 }
             }
+            cpu[which] = cpu_seconds() - cpu_before;
         }
         s3.delete(&Key::parse(&info.url)?).await?;
         s3.delete(&Key::narinfo(&path.hash_part())?).await?;
@@ -270,6 +224,10 @@ async fn main() -> Result<(), BoxError> {
             mib_per_s(nar_size, checked_down),
             checked_down / store_down
         );
+        println!(
+            "  client CPU per download: store {:.2} s, raw {:.2} s, checked raw {:.2} s",
+            cpu[0], cpu[1], cpu[2]
+        );
         up_ratios.push(raw_up / store_up);
         down_ratios.push(raw_down / store_down);
         checked_ratios.push(checked_down / store_down);
@@ -282,6 +240,81 @@ async fn main() -> Result<(), BoxError> {
         median(&mut checked_ratios)
     );
     Ok(())
+}
+
+/// Existence of `paths` paths through the gateway, a tenth of them
+/// present: one batched request against one request per path.
+async fn existence(
+    s3: &Arc<S3Store>,
+    cache: &Arc<BinaryCache>,
+    paths: usize,
+) -> Result<(), BoxError> {
+    let hashes: Vec<String> = (0..paths as u64)
+        .map(|i| StorePath::new(random_digest(i + 1), "p").map(|p| p.hash_part()))
+        .collect::<Result<_, _>>()?;
+    let present: Vec<Key> = hashes
+        .iter()
+        .step_by(10)
+        .map(|h| Key::narinfo(h))
+        .collect::<Result<_, _>>()?;
+    stream::iter(
+        present
+            .iter()
+            .map(|k| s3.put_bytes(k, kiln_store::Bytes::from_static(b"x"))),
+    )
+    .buffer_unordered(32)
+    .collect::<Vec<_>>()
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let state = Arc::new(GatewayState::new(cache.clone(), Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let http = HttpStore::new(&url, None)?;
+    let keys: Vec<Key> = hashes
+        .iter()
+        .map(|h| Key::narinfo(h))
+        .collect::<Result<_, _>>()?;
+    let t = Instant::now();
+    let batched = http.exists_many(&keys).await?;
+    let batched_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut single = Vec::with_capacity(keys.len());
+    for k in &keys {
+        single.push(http.exists(k).await?);
+    }
+    let single_s = t.elapsed().as_secs_f64();
+    assert_eq!(batched, single);
+    let _ = stop.send(());
+    server.await??;
+    println!("existence of {paths} paths ({} present):", present.len());
+    println!("  batched POST /api/v1/exists: {batched_s:.3} s");
+    println!("  one HEAD per path:           {single_s:.3} s");
+    println!(
+        "  ratio single/batched:        {:.1}x",
+        single_s / batched_s
+    );
+    for k in &present {
+        s3.delete(k).await?;
+    }
+
+    Ok(())
+}
+
+/// CPU time (user and system) this process has used so far, in seconds.
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 fn median(v: &mut [f64]) -> f64 {
