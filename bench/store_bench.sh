@@ -50,6 +50,7 @@ if [ "$pin" = 1 ]; then
     before=$(taskset -p -c "$garage_pid" | sed 's/.*: //')
     # Restore the server's CPUs however the run ends.
     trap 'taskset -a -p -c "$before" "$garage_pid" >/dev/null' EXIT
+    trap 'exit 130' INT TERM
     taskset -a -p -c 0 "$garage_pid" >/dev/null
     bench=(taskset -c "1-$((cpus - 1))" "${bench[@]}")
     echo "pinned: Garage (pid $garage_pid) to CPU 0, the benchmark to CPUs 1-$((cpus - 1))"
