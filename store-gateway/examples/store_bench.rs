@@ -249,14 +249,14 @@ async fn existence(
     cache: &Arc<BinaryCache>,
     paths: usize,
 ) -> Result<(), BoxError> {
-    let hashes: Vec<String> = (0..paths as u64)
-        .map(|i| StorePath::new(random_digest(i + 1), "p").map(|p| p.hash_part()))
-        .collect::<Result<_, _>>()?;
-    let present: Vec<Key> = hashes
-        .iter()
-        .step_by(10)
-        .map(|h| Key::narinfo(h))
-        .collect::<Result<_, _>>()?;
+    let keys: Vec<Key> = (0..paths as u64)
+        .map(|i| {
+            Ok(Key::narinfo(
+                &StorePath::new(random_digest(i + 1), "p")?.hash_part(),
+            )?)
+        })
+        .collect::<Result<_, BoxError>>()?;
+    let present: Vec<&Key> = keys.iter().step_by(10).collect();
     stream::iter(
         present
             .iter()
@@ -275,10 +275,6 @@ async fn existence(
         let _ = stopped.await;
     }));
     let http = HttpStore::new(&url, None)?;
-    let keys: Vec<Key> = hashes
-        .iter()
-        .map(|h| Key::narinfo(h))
-        .collect::<Result<_, _>>()?;
     let t = Instant::now();
     let batched = http.exists_many(&keys).await?;
     let batched_s = t.elapsed().as_secs_f64();
@@ -298,10 +294,9 @@ async fn existence(
         "  ratio single/batched:        {:.1}x",
         single_s / batched_s
     );
-    for k in &present {
+    for k in present {
         s3.delete(k).await?;
     }
-
     Ok(())
 }
 
