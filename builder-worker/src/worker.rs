@@ -16,7 +16,8 @@ use kiln_nix::narinfo::ContentAddress;
 use kiln_nix::store_path::StorePath;
 use kiln_protocol::{
     BuildLog, BuildOutcome, BuildRequest, BuildResult, BuildStarted, BuiltOutput as WireOutput,
-    Delivery, Envelope, FailureKind, Heartbeat, Message, Route, Transport, TransportError,
+    Delivery, Envelope, FailureKind, Heartbeat, Message, NarChunk, Route, RunningBuild, Transport,
+    TransportError, UploadMode, MAX_NAR_CHUNK,
 };
 use kiln_store::cache::{BinaryCache, PathMeta};
 use thiserror::Error;
@@ -45,6 +46,14 @@ pub struct WorkerConfig {
     pub fetch_concurrency: usize,
     /// How often a heartbeat is published.
     pub heartbeat_every: Duration,
+    /// On shutdown, how long running builds may take to finish before they
+    /// are stopped and handed back (dispatched again elsewhere).
+    pub drain_timeout: Duration,
+    /// The machine's name, for heartbeats.
+    pub host: String,
+    /// Where outputs go: into the store directly, or streamed back to the
+    /// coordinator (a builder without store credentials).
+    pub upload: UploadMode,
 }
 
 impl WorkerConfig {
@@ -58,10 +67,36 @@ impl WorkerConfig {
             builder: BuilderConfig::new(cache_dir.join(".scratch")),
             cache_dir,
             fetch_concurrency: 8,
-            heartbeat_every: Duration::from_secs(10),
+            heartbeat_every: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(3600),
+            host: host_name(),
+            upload: UploadMode::Direct,
         }
     }
 }
+
+/// This machine's host name (empty when it cannot be read).
+pub fn host_name() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return String::new();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The one-minute load average, or 0 when unknown.
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse().ok()))
+        .unwrap_or(0.0)
+}
+
+/// Cancellations remembered for builds not seen yet.
+const CANCELLED_REMEMBERED: usize = 4096;
 
 /// The Nix system name of this machine.
 pub fn host_system() -> &'static str {
@@ -91,8 +126,15 @@ struct Shared {
     cache: Arc<BinaryCache>,
     builder: Builder,
     config: WorkerConfig,
-    running: Mutex<BTreeMap<uuid::Uuid, CancelToken>>,
-    cancelled: Mutex<HashSet<uuid::Uuid>>,
+    /// Running builds: their cancel token and derivation.
+    running: Mutex<BTreeMap<uuid::Uuid, (CancelToken, String)>>,
+    /// Cancellations of builds not (yet) running, oldest first, bounded.
+    cancelled: Mutex<std::collections::VecDeque<uuid::Uuid>>,
+    /// Set when shutting down after the drain timeout: stopped builds are
+    /// handed back (no result), not reported as failed.
+    handing_back: std::sync::atomic::AtomicBool,
+    /// Set once shutdown began (heartbeats say so).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Runs the worker until `shutdown` is cancelled; running builds are
@@ -109,13 +151,16 @@ pub async fn run(
         cache,
         config,
         running: Mutex::new(BTreeMap::new()),
-        cancelled: Mutex::new(HashSet::new()),
+        cancelled: Mutex::new(Default::default()),
+        handing_back: Default::default(),
+        stopping: Default::default(),
     });
+    let prefetch = u16::try_from(shared.config.builder.max_jobs.max(1)).unwrap_or(u16::MAX);
     let (tx, mut rx) = mpsc::channel::<Delivery>(1);
     let mut feeders = Vec::new();
     for system in &shared.config.systems {
         for route in Route::build_routes_for(system, &shared.config.features) {
-            let mut sub = transport.subscribe(&route).await?;
+            let mut sub = transport.subscribe_with(&route, prefetch).await?;
             let tx = tx.clone();
             feeders.push(tokio::spawn(async move {
                 loop {
@@ -141,10 +186,15 @@ pub async fn run(
     ));
     let mut control = transport.subscribe(&Route::BuildControl).await?;
     let mut heartbeat = tokio::time::interval(shared.config.heartbeat_every);
+    let mut tasks = tokio::task::JoinSet::new();
     let result = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            _ = heartbeat.tick() => shared.heartbeat().await,
+            _ = heartbeat.tick() => {
+                shared.heartbeat().await;
+                metrics::gauge!("kiln_builder_running_builds").set(shared.running.lock().unwrap().len() as f64);
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
             c = control.next() => match c {
                 Ok(Some(d)) => {
                     if let Message::CancelBuild { build_id, .. } = d.envelope.body {
@@ -166,40 +216,78 @@ pub async fn run(
                     continue;
                 };
                 let shared = shared.clone();
-                tokio::spawn(async move {
-                    shared.handle(req).await;
+                tasks.spawn(async move {
+                    shared.handle(req, d).await;
                     drop(permit);
-                    if let Err(e) = d.ack().await {
-                        warn!(error = %e, "could not acknowledge a build request");
-                    }
                 });
             }
         }
     };
+    // Shutting down: take no more work (prefetched requests go back to
+    // their queues with the consumers), let running builds finish within
+    // the drain timeout, then stop the rest and hand them back.
+    shared
+        .stopping
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     for f in feeders {
         f.abort();
     }
-    for token in shared.running.lock().unwrap().values() {
-        token.cancel();
+    drop(rx);
+    shared.heartbeat().await;
+    let drained = tokio::time::timeout(shared.config.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        warn!("drain timeout: handing running builds back");
+        shared
+            .handing_back
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        for (token, _) in shared.running.lock().unwrap().values() {
+            token.cancel();
+        }
+        while tasks.join_next().await.is_some() {}
     }
+    shared.heartbeat().await;
     result
 }
 
 impl Shared {
     fn cancel(&self, build_id: uuid::Uuid) {
-        if let Some(t) = self.running.lock().unwrap().get(&build_id) {
+        if let Some((t, _)) = self.running.lock().unwrap().get(&build_id) {
             t.cancel();
+            return;
         }
-        self.cancelled.lock().unwrap().insert(build_id);
+        let mut c = self.cancelled.lock().unwrap();
+        c.push_back(build_id);
+        while c.len() > CANCELLED_REMEMBERED {
+            c.pop_front();
+        }
     }
 
     async fn heartbeat(&self) {
+        let stopping = self.stopping.load(std::sync::atomic::Ordering::Relaxed);
+        let running_builds: Vec<RunningBuild> = self
+            .running
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, (_, drv))| RunningBuild {
+                build_id: *id,
+                drv_path: drv.clone(),
+            })
+            .collect();
         let hb = Heartbeat {
             builder_id: self.config.builder_id.clone(),
             systems: self.config.systems.clone(),
             features: self.config.features.clone(),
             max_jobs: self.config.builder.max_jobs as u32,
-            running: self.running.lock().unwrap().len() as u32,
+            running: running_builds.len() as u32,
+            host: self.config.host.clone(),
+            running_builds,
+            load: load_average(),
+            interval_ms: self.config.heartbeat_every.as_millis() as u64,
+            stopping,
         };
         let _ = self
             .transport
@@ -221,23 +309,46 @@ impl Shared {
         }
     }
 
-    async fn handle(&self, req: BuildRequest) {
+    async fn handle(&self, req: BuildRequest, delivery: Delivery) {
         let started = Instant::now();
         let token = CancelToken::new();
-        if self.cancelled.lock().unwrap().remove(&req.build_id) {
-            token.cancel();
+        {
+            let mut c = self.cancelled.lock().unwrap();
+            if let Some(i) = c.iter().position(|id| *id == req.build_id) {
+                c.remove(i);
+                token.cancel();
+            }
         }
         self.running
             .lock()
             .unwrap()
-            .insert(req.build_id, token.clone());
-        let (outcome, log) = self.build(&req, token).await;
+            .insert(req.build_id, (token.clone(), req.drv_path.clone()));
+        let mut delivery = Some(delivery);
+        let (outcome, log) = self.build(&req, token.clone(), &mut delivery).await;
         self.running.lock().unwrap().remove(&req.build_id);
+        if token.is_cancelled() && self.handing_back.load(std::sync::atomic::Ordering::Relaxed) {
+            // Handed back on shutdown: no result; the coordinator
+            // dispatches it again when this builder's lease ends.
+            if let Some(d) = delivery {
+                let _ = d.nack(true).await;
+            }
+            return;
+        }
         if let Ok(drv) = StorePath::from_absolute_path(&req.drv_path) {
-            if let Err(e) = self.cache.put_log(&drv, Bytes::from(log)).await {
-                warn!(drv = %req.drv_path, error = %e, "could not store the build log");
+            // A builder without store credentials keeps no log in the
+            // store; its lines reached the coordinator as they came.
+            if !log.is_empty() && self.config.upload == UploadMode::Direct {
+                if let Err(e) = self.cache.put_log(&drv, Bytes::from(log)).await {
+                    warn!(drv = %req.drv_path, error = %e, "could not store the build log");
+                }
             }
         }
+        let result = match &outcome {
+            BuildOutcome::Built { .. } => "built",
+            BuildOutcome::Failed { .. } => "failed",
+        };
+        metrics::counter!("kiln_builder_builds_total", "result" => result).increment(1);
+        metrics::histogram!("kiln_builder_build_seconds").record(started.elapsed().as_secs_f64());
         self.publish(Message::BuildResult(BuildResult {
             build_id: req.build_id,
             drv_path: req.drv_path.clone(),
@@ -246,10 +357,46 @@ impl Shared {
             outcome,
         }))
         .await;
+        if let Some(d) = delivery {
+            if let Err(e) = d.ack().await {
+                warn!(error = %e, "could not acknowledge a build request");
+            }
+        }
+    }
+
+    /// Outputs of `drv` that are all in the store already (another builder
+    /// built them: a request dispatched twice), as a build result would
+    /// list them; `None` when any is missing.
+    async fn already_built(&self, drv: &Derivation) -> Option<Vec<WireOutput>> {
+        let mut outs = Vec::new();
+        for (name, out) in &drv.outputs {
+            let path = out.path()?;
+            let info = self.cache.path_info(path).await.ok()??;
+            outs.push(WireOutput {
+                name: name.clone(),
+                path: path.to_absolute_path(),
+                nar_hash: info.nar_hash.to_sri(),
+                nar_size: info.nar_size,
+                references: info
+                    .references
+                    .iter()
+                    .map(|r| r.to_absolute_path())
+                    .collect(),
+            });
+        }
+        Some(outs)
     }
 
     /// Realises inputs, builds, uploads; returns the outcome and the log.
-    async fn build(&self, req: &BuildRequest, token: CancelToken) -> (BuildOutcome, Vec<u8>) {
+    /// The request is acknowledged (`delivery` taken) once the build
+    /// starts: from then on the heartbeats hold its lease, so a build may
+    /// run longer than the broker's consumer timeout.
+    async fn build(
+        &self,
+        req: &BuildRequest,
+        token: CancelToken,
+        delivery: &mut Option<Delivery>,
+    ) -> (BuildOutcome, Vec<u8>) {
         let fail = |kind, message: String| BuildOutcome::Failed {
             kind,
             message,
@@ -267,6 +414,10 @@ impl Shared {
                 )
             }
         };
+        if let Some(outputs) = self.already_built(&drv).await {
+            debug!(drv = %req.drv_path, "outputs already in the store; not building again");
+            return (BuildOutcome::Built { outputs }, Vec::new());
+        }
         let fetching = std::time::Instant::now();
         let inputs = match self.realise_inputs(req).await {
             Ok(i) => i,
@@ -284,6 +435,11 @@ impl Shared {
             builder_id: self.config.builder_id.clone(),
         }))
         .await;
+        if let Some(d) = delivery.take() {
+            if let Err(e) = d.ack().await {
+                warn!(error = %e, "could not acknowledge a started build");
+            }
+        }
 
         let out_dir = self
             .config
@@ -410,7 +566,19 @@ impl Shared {
                 let bridge = tokio_util::io::SyncIoBridge::new(writer);
                 kiln_nix::nar::write_path(&location, bridge).map(|_| ())
             });
-            let stored = self.cache.add_path(meta, reader).await;
+            let uploading = Instant::now();
+            let stored = match self.config.upload {
+                UploadMode::Direct => self.cache.add_path(meta, reader).await.map(|_| ()),
+                UploadMode::ViaCoordinator => self
+                    .stream_back(req.build_id, &name, reader)
+                    .await
+                    .map_err(|e| kiln_store::StoreError::Format {
+                        context: format!("streaming output '{name}' to the coordinator"),
+                        message: e,
+                    }),
+            };
+            metrics::histogram!("kiln_store_upload_seconds")
+                .record(uploading.elapsed().as_secs_f64());
             let dumped = dump.await.map_err(|e| e.to_string())?;
             dumped
                 .map_err(|e| format!("serialising output '{name}' of '{}': {e}", req.drv_path))?;
@@ -428,6 +596,50 @@ impl Shared {
             });
         }
         Ok(wire)
+    }
+}
+
+impl Shared {
+    /// Sends an output's NAR to the coordinator as sequenced chunks, the
+    /// last one marked; each publish is confirmed before the next.
+    async fn stream_back(
+        &self,
+        build_id: uuid::Uuid,
+        output: &str,
+        mut reader: impl tokio::io::AsyncRead + Unpin,
+    ) -> Result<(), String> {
+        use tokio::io::AsyncReadExt;
+        let mut offset = 0u64;
+        loop {
+            let mut data = Vec::with_capacity(MAX_NAR_CHUNK);
+            while data.len() < MAX_NAR_CHUNK {
+                let n = (&mut reader)
+                    .take((MAX_NAR_CHUNK - data.len()) as u64)
+                    .read_to_end(&mut data)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if n == 0 {
+                    break;
+                }
+            }
+            let last = data.len() < MAX_NAR_CHUNK;
+            let len = data.len() as u64;
+            let chunk = Message::NarChunk(NarChunk {
+                build_id,
+                output: output.to_string(),
+                offset,
+                data,
+                last,
+            });
+            self.transport
+                .publish(&Route::BuildEvents, &Envelope::new(chunk), 0)
+                .await
+                .map_err(|e| e.to_string())?;
+            offset += len;
+            if last {
+                return Ok(());
+            }
+        }
     }
 }
 

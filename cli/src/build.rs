@@ -62,7 +62,7 @@ pub(crate) fn kiln_home() -> Result<PathBuf> {
     Ok(PathBuf::from(home).join(".cache/kiln"))
 }
 
-fn spec(args: &Args) -> Result<JobSpec> {
+pub(crate) fn spec(args: &Args) -> Result<JobSpec> {
     let cwd = std::env::current_dir().context("reading the current directory")?;
     if args.expr.file.is_some() && args.file_flag.is_some() {
         bail!("give the file either as an argument or with -f, not both");
@@ -130,6 +130,8 @@ fn spec(args: &Args) -> Result<JobSpec> {
             max_jobs: args.jobs.max(1) as u32,
             ..JobOptions::default()
         },
+        sources: Vec::new(),
+        attempt: uuid::Uuid::nil(),
     })
 }
 
@@ -169,7 +171,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
-struct Outcome {
+pub(crate) struct Outcome {
     success: bool,
     roots: Vec<EvalRoot>,
     failures: Vec<(String, String, Vec<String>)>,
@@ -189,13 +191,13 @@ async fn run_job(
     let transport = MemoryTransport::new();
     let t: Arc<dyn Transport> = Arc::new(transport.clone());
     let shutdown = CancellationToken::new();
-    let coordinator = tokio::spawn(kiln_coordinator::run(
+    let mut coordinator = tokio::spawn(kiln_coordinator::run(
         t.clone(),
         cache.clone(),
         kiln_coordinator::CoordinatorConfig::default(),
         shutdown.clone(),
     ));
-    let evaluator = tokio::spawn(kiln_evaluator::worker::run(
+    let mut evaluator = tokio::spawn(kiln_evaluator::worker::run(
         t.clone(),
         cache.clone(),
         kiln_evaluator::worker::EvalWorkerConfig {
@@ -205,7 +207,7 @@ async fn run_job(
     ));
     let mut wc = kiln_builder::worker::WorkerConfig::new("local", realised);
     wc.builder.max_jobs = args.jobs.max(1);
-    let builder = tokio::spawn(kiln_builder::worker::run(
+    let mut builder = tokio::spawn(kiln_builder::worker::run(
         t.clone(),
         cache.clone(),
         wc,
@@ -217,16 +219,60 @@ async fn run_job(
     transport
         .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)
         .await?;
+    // A role that stops before the job ends would leave the job waiting
+    // for ever: its end is the job's failure.
+    let roles = async {
+        tokio::select! {
+            r = &mut coordinator => format!("the coordinator stopped: {}", role_end(r.map(|r| r.map_err(|e| e.to_string())))),
+            r = &mut evaluator => format!("the evaluator stopped: {}", role_end(r.map(|r| r.map_err(|e| e.to_string())))),
+            r = &mut builder => format!("the builder stopped: {}", role_end(r.map(|r| r.map_err(|e| e.to_string())))),
+        }
+    };
+    let outcome = follow(&mut events, &t, job_id, mode, roles).await;
+    shutdown.cancel();
+    if outcome.is_ok() {
+        let _ = coordinator.await;
+        let _ = evaluator.await;
+        let _ = builder.await;
+    }
+    outcome
+}
+
+fn role_end(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
+    match r {
+        Ok(Ok(())) => "without an error".into(),
+        Ok(Err(e)) => e,
+        Err(e) => format!("it crashed ({e})"),
+    }
+}
+
+/// Renders a job's events until it finishes; Ctrl-C cancels the job. Fails
+/// when the event stream ends, or when `gone` resolves first (the roles
+/// serving the job stopped).
+pub(crate) async fn follow(
+    events: &mut Box<dyn kiln_protocol::Subscription>,
+    transport: &Arc<dyn Transport>,
+    job_id: uuid::Uuid,
+    mode: Mode,
+    gone: impl std::future::Future<Output = String>,
+) -> Result<Outcome> {
+    tokio::pin!(gone);
     let mut progress = Progress::new(mode);
     let mut failures = Vec::new();
     let mut dependency_failures = Vec::new();
     let mut eval_error = None;
     let mut redraw = tokio::time::interval(Duration::from_millis(500));
     redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut cancelled = false;
     let outcome = loop {
         tokio::select! {
             _ = redraw.tick() => progress.tick(),
-            _ = tokio::signal::ctrl_c() => {
+            why = &mut gone => {
+                progress.finish();
+                bail!("{why}");
+            }
+            _ = tokio::signal::ctrl_c(), if !cancelled => {
+                cancelled = true;
                 transport
                     .publish(&Route::Jobs, &Envelope::new(Message::CancelJob { job_id }), 0)
                     .await?;
@@ -234,6 +280,7 @@ async fn run_job(
             d = events.next() => {
                 let Some(d) = d? else { bail!("the job's event stream closed") };
                 let Message::JobEvent(ev) = d.envelope.body else { continue };
+                if ev.job_id != job_id { continue }
                 progress.event(&ev);
                 match ev.event {
                     Event::Failed { drv_path, reason, log_tail } => {
@@ -253,14 +300,15 @@ async fn run_job(
         }
     };
     progress.finish();
-    shutdown.cancel();
-    let _ = coordinator.await;
-    let _ = evaluator.await;
-    let _ = builder.await;
     Ok(outcome)
 }
 
-async fn finish(args: &Args, cache: &BinaryCache, realised: &Path, o: Outcome) -> Result<ExitCode> {
+pub(crate) async fn finish(
+    args: &Args,
+    cache: &BinaryCache,
+    realised: &Path,
+    o: Outcome,
+) -> Result<ExitCode> {
     if let Some(e) = &o.eval_error {
         eprintln!("{e}");
     }

@@ -5,11 +5,15 @@ use std::process::ExitCode;
 
 mod build;
 mod expr_args;
+mod farm;
 mod hash;
 mod instantiate;
 mod nar;
+mod ops;
 mod progress;
+mod services;
 mod store_cmds;
+mod submit;
 
 // The evaluator allocates many small, short-lived values; mimalloc handles
 // that pattern far better than glibc's allocator. Built without its
@@ -48,6 +52,30 @@ enum Command {
     StoreGateway(store_cmds::GatewayArgs),
     /// Print a build's log from the store.
     Log(store_cmds::LogArgs),
+    /// Submit a job to the farm (RabbitMQ); with --wait, follow it like `kiln build`.
+    Submit(submit::SubmitArgs),
+    /// Run the farm's coordinator (one leads; others stand by).
+    Coordinator(services::CoordinatorArgs),
+    /// Run an evaluator worker of the farm.
+    Evaluator(services::EvaluatorArgs),
+    /// Run a builder worker of the farm.
+    Builder(services::BuilderArgs),
+    /// Show the farm's queues: ready, unacknowledged and consumers.
+    Queues(ops::QueuesArgs),
+    /// Show the farm's live builders, from their heartbeats.
+    Builders(ops::BuildersArgs),
+    /// List, show, replay or purge dead letters.
+    Dlq(ops::DlqArgs),
+}
+
+impl Command {
+    /// Services configure their own logging (level and format).
+    fn is_service(&self) -> bool {
+        matches!(
+            self,
+            Command::Coordinator(_) | Command::Evaluator(_) | Command::Builder(_)
+        )
+    }
 }
 
 /// Diagnostics of every role on standard error, as `KILN_LOG` selects
@@ -73,11 +101,13 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    init_logging();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
+    if !cli.command.is_service() {
+        init_logging();
+    }
     let result = match cli.command {
         Command::Build(a) => build::run(a),
         Command::Nar(c) => nar::run(c),
@@ -87,6 +117,13 @@ fn main() -> ExitCode {
         Command::PathInfo(a) => store_cmds::run_path_info(a),
         Command::StoreGateway(a) => store_cmds::run_gateway(a),
         Command::Log(a) => store_cmds::run_log(a),
+        Command::Submit(a) => submit::run(a),
+        Command::Coordinator(a) => services::run_coordinator(a),
+        Command::Evaluator(a) => services::run_evaluator(a),
+        Command::Builder(a) => services::run_builder(a),
+        Command::Queues(a) => ops::run_queues(a),
+        Command::Builders(a) => ops::run_builders(a),
+        Command::Dlq(a) => ops::run_dlq(a),
     };
     match result {
         Ok(code) => code,

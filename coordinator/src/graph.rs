@@ -736,7 +736,10 @@ impl Graph {
     }
 
     /// Forgets a finished job; nodes nobody wants any more are dropped once
-    /// terminal (the store remembers what was built).
+    /// terminal (the store remembers what was built). A placeholder (a
+    /// derivation named as an input but not arrived yet) belongs to no job
+    /// itself: it goes only when every node waiting for it goes too, so
+    /// another job's derivations never lose the input they wait for.
     pub fn remove_job(&mut self, job: JobId) {
         let Some(j) = self.jobs.remove(&job) else {
             return;
@@ -746,22 +749,56 @@ impl Graph {
                 n.jobs.remove(&job);
             }
         }
-        let dead: Vec<String> = self
+        let mut dead: std::collections::HashSet<String> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.jobs.is_empty() && n.ifd_waiters.is_empty() && n.state.is_terminal())
+            .map(|(k, _)| k.clone())
+            .collect();
+        let placeholders: Vec<String> = self
             .nodes
             .iter()
             .filter(|(_, n)| {
-                n.jobs.is_empty()
+                n.state == NodeState::Placeholder
                     && n.ifd_waiters.is_empty()
-                    && (n.state.is_terminal() || n.state == NodeState::Placeholder)
+                    && n.dependents.iter().all(|d| dead.contains(d))
             })
             .map(|(k, _)| k.clone())
             .collect();
-        let dead: std::collections::HashSet<String> = dead.into_iter().collect();
+        dead.extend(placeholders);
         for d in &dead {
             self.nodes.remove(d);
         }
         for n in self.nodes.values_mut() {
             n.dependents.retain(|d| !dead.contains(d));
         }
+    }
+
+    /// The build of `drv` is lost (its builder fell silent): it goes out
+    /// again under `build_id`, as if just dispatched. False when `drv` is
+    /// not waiting on a build any more.
+    pub fn redispatched(&mut self, drv: &str, build_id: uuid::Uuid) -> bool {
+        match self.nodes.get_mut(drv) {
+            Some(n) if matches!(n.state, NodeState::Dispatched | NodeState::Running) => {
+                n.state = NodeState::Dispatched;
+                n.build_id = Some(build_id);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether `build_id` is the build `drv` currently waits for.
+    pub fn is_current_build(&self, drv: &str, build_id: uuid::Uuid) -> bool {
+        self.nodes
+            .get(drv)
+            .is_some_and(|n| n.build_id == Some(build_id) && !n.state.is_terminal())
+    }
+
+    /// Whether `drv` waits on a build (dispatched or running).
+    pub fn awaiting_build(&self, drv: &str) -> bool {
+        self.nodes
+            .get(drv)
+            .is_some_and(|n| matches!(n.state, NodeState::Dispatched | NodeState::Running))
     }
 }

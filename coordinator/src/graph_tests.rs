@@ -336,3 +336,49 @@ fn a_stopped_jobs_cancelled_work_is_revived_for_another_job() {
     assert!(g.job_idle(j2));
     assert!(g.summary(j2).iter().all(|d| d.status == DrvStatus::Built));
 }
+
+/// Job A finishing must not drop the placeholder of an input that job B's
+/// derivation still waits for (it used to, and B waited for ever).
+#[test]
+fn finishing_one_job_keeps_another_jobs_placeholders() {
+    let mut g = Graph::new();
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    g.add_job(a, false, 0);
+    g.add_job(b, false, 0);
+    g.add_derivation(a, drv("solo", &[]));
+    g.store_checked(&p("solo"), true);
+    // B's top arrives before its input (evaluators stream in any order).
+    g.add_derivation(b, drv("top", &["dep"]));
+    g.store_checked(&p("top"), false);
+    assert_eq!(g.nodes[&p("dep")].state, NodeState::Placeholder);
+    assert!(g.job_idle(a));
+    g.remove_job(a);
+    assert!(
+        g.nodes.contains_key(&p("dep")),
+        "B's placeholder was dropped"
+    );
+    g.add_derivation(b, drv("dep", &[]));
+    let fx = g.store_checked(&p("dep"), false);
+    assert_eq!(dispatched(&fx), vec![p("dep")]);
+    let id = Uuid::new_v4();
+    g.dispatched(&p("dep"), id);
+    let fx = g.built(&p("dep"), 1, BTreeMap::new(), None);
+    assert_eq!(dispatched(&fx), vec![p("top")], "top must follow its input");
+}
+
+/// A lost build goes out again under a new id; the old id no longer counts.
+#[test]
+fn a_redispatched_build_answers_only_to_its_new_id() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    g.add_derivation(job, drv("x", &[]));
+    g.store_checked(&p("x"), false);
+    let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
+    g.dispatched(&p("x"), old);
+    g.started(&p("x"), "b1");
+    assert!(g.redispatched(&p("x"), new));
+    assert!(!g.is_current_build(&p("x"), old));
+    assert!(g.is_current_build(&p("x"), new));
+    assert_eq!(g.nodes[&p("x")].state, NodeState::Dispatched);
+}

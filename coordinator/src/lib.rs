@@ -9,10 +9,12 @@
 
 pub mod drv;
 pub mod graph;
+pub mod leases;
+pub mod nar_sink;
 pub mod service;
 
 pub use drv::DrvInfo;
-pub use service::{run, CoordinatorConfig, OutputStore};
+pub use service::{run, CoordinatorConfig, CoordinatorError, OutputStore};
 
 #[cfg(test)]
 mod graph_tests;

@@ -10,19 +10,31 @@ use kiln_protocol::{
     BuildOutcome, BuildRequest, Delivery, Envelope, EvalRoot, Event, IfdResponse, JobEvent, JobId,
     JobSpec, Message, Route, Transport, TransportError, UploadMode,
 };
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::drv::DrvInfo;
 use crate::graph::{Effect, Graph};
+use crate::leases::Leases;
 
 /// The coordinator's view of the store: which output paths are valid.
 #[async_trait]
 pub trait OutputStore: Send + Sync + 'static {
     /// For each absolute store path, whether it is in the store.
     async fn valid_paths(&self, paths: &[String]) -> Result<Vec<bool>, String>;
+
+    /// Stores the NAR in `file` as `output` of the derivation `drv` (an
+    /// output streamed back by a builder without store credentials); the
+    /// store refuses it unless its hash and size are `output`'s.
+    async fn add_nar(
+        &self,
+        drv: &crate::DrvInfo,
+        output: &kiln_protocol::BuiltOutput,
+        file: &std::path::Path,
+    ) -> Result<(), String>;
 }
 
 /// Kiln's binary cache answers existence checks from its narinfos, in one
@@ -37,6 +49,50 @@ impl OutputStore for kiln_store::cache::BinaryCache {
             hash_parts.push(sp.hash_part());
         }
         self.has_paths(&hash_parts).await.map_err(|e| e.to_string())
+    }
+
+    async fn add_nar(
+        &self,
+        drv: &crate::DrvInfo,
+        output: &kiln_protocol::BuiltOutput,
+        file: &std::path::Path,
+    ) -> Result<(), String> {
+        use kiln_nix::derivation::{Derivation, DerivationOutput};
+        use kiln_nix::narinfo::ContentAddress;
+        use kiln_nix::store_path::StorePath;
+        let parse = |p: &str| StorePath::from_absolute_path(p).map_err(|e| format!("'{p}': {e}"));
+        let path = parse(&output.path)?;
+        let references = output
+            .references
+            .iter()
+            .map(|r| parse(r))
+            .collect::<Result<_, _>>()?;
+        let parsed = Derivation::parse_aterm(drv.aterm.as_bytes()).map_err(|e| e.to_string())?;
+        let ca = match parsed.outputs.get(&output.name) {
+            Some(DerivationOutput::Fixed { hash, .. }) => Some(ContentAddress::Fixed {
+                method: hash.method,
+                hash: hash.hash.clone(),
+            }),
+            _ => None,
+        };
+        let nar_hash = kiln_nix::hash::Hash::parse_any_prefixed(&output.nar_hash)
+            .map_err(|e| format!("narHash of '{}': {e}", output.path))?;
+        let meta = kiln_store::cache::PathMeta {
+            path,
+            references,
+            deriver: Some(parse(&drv.drv_path)?),
+            system: Some(drv.system.clone()),
+            ca,
+            sigs: Default::default(),
+            expected: Some((nar_hash, output.nar_size)),
+        };
+        let f = tokio::fs::File::open(file)
+            .await
+            .map_err(|e| format!("opening '{}': {e}", file.display()))?;
+        self.add_path(meta, f)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -53,6 +109,12 @@ pub struct CoordinatorConfig {
     /// and go out together in the next request, so a fast evaluator makes
     /// few large requests instead of one per derivation.
     pub check_concurrency: usize,
+    /// Name of the transport record holding the active jobs, from which a
+    /// coordinator that takes over resumes them.
+    pub state_name: String,
+    /// Where outputs streamed back by builders are received; `None`
+    /// refuses them (a coordinator without store write access).
+    pub nar_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for CoordinatorConfig {
@@ -62,6 +124,8 @@ impl Default for CoordinatorConfig {
             positive_cache_ttl: Duration::from_secs(30),
             check_batch: 512,
             check_concurrency: 2,
+            state_name: "coordinator-jobs".into(),
+            nar_dir: None,
         }
     }
 }
@@ -71,7 +135,18 @@ impl Default for CoordinatorConfig {
 pub enum CoordinatorError {
     #[error(transparent)]
     Transport(#[from] TransportError),
+    #[error("another coordinator took over the leadership")]
+    LeadershipLost,
 }
+
+/// A job as recorded for the next leader: enough to evaluate it again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ActiveJob {
+    spec: JobSpec,
+}
+
+/// Finished jobs remembered, so a redelivered submission is not rerun.
+const FINISHED_REMEMBERED: usize = 10_000;
 
 struct JobEntry {
     accepted: Instant,
@@ -82,6 +157,8 @@ struct JobEntry {
     /// `CancelEval` was sent for the job.
     eval_stopped: bool,
     options: kiln_protocol::JobOptions,
+    /// The job as submitted, with the current evaluation attempt.
+    spec: JobSpec,
 }
 
 struct Coordinator {
@@ -90,7 +167,12 @@ struct Coordinator {
     config: CoordinatorConfig,
     graph: Graph,
     jobs: HashMap<JobId, JobEntry>,
-    builds: HashMap<uuid::Uuid, String>,
+    leases: Leases,
+    nars: Option<crate::nar_sink::NarSink>,
+    /// Build queues published to, recorded for operators.
+    build_queues: std::collections::BTreeSet<String>,
+    finished: std::collections::VecDeque<JobId>,
+    finished_set: HashSet<JobId>,
     to_check: Vec<String>,
     checks_in_flight: usize,
     present_cache: HashMap<String, Instant>,
@@ -98,33 +180,66 @@ struct Coordinator {
 }
 
 /// Runs the coordinator until `shutdown` is cancelled.
+///
+/// It first waits for the leadership (several coordinators may run; one
+/// leads, the others stand by), then resumes the jobs the previous leader
+/// left active, and serves until shut down or until the leadership is lost.
 pub async fn run(
     transport: Arc<dyn Transport>,
     store: Arc<dyn OutputStore>,
     config: CoordinatorConfig,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
-    let mut jobs_sub = transport.subscribe(&Route::Jobs).await?;
-    let mut drvs_sub = transport.subscribe(&Route::Derivations).await?;
-    let mut ifd_sub = transport.subscribe(&Route::Ifd).await?;
-    let mut events_sub = transport.subscribe(&Route::BuildEvents).await?;
+    // Heartbeats are followed while standing by, so a new leader knows at
+    // once which builds already run.
+    let mut heartbeats = transport.subscribe(&Route::Heartbeats).await?;
     let (checks_tx, mut checks_rx) = mpsc::unbounded_channel();
     let mut c = Coordinator {
-        transport,
+        transport: transport.clone(),
         store,
         config,
         graph: Graph::new(),
         jobs: HashMap::new(),
-        builds: HashMap::new(),
+        leases: Leases::default(),
+        nars: None,
+        build_queues: Default::default(),
+        finished: Default::default(),
+        finished_set: HashSet::new(),
         to_check: Vec::new(),
         checks_in_flight: 0,
         present_cache: HashMap::new(),
         checks_tx,
     };
+    let mut leadership = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            l = transport.lead("coordinator") => break l?,
+            h = heartbeats.next() => {
+                if let Ok(Some(d)) = h {
+                    if let Message::Heartbeat(hb) = d.envelope.body { c.leases.heartbeat(hb) }
+                }
+            }
+        }
+    };
+    info!("coordinator leading");
+    if let Some(dir) = &c.config.nar_dir {
+        match crate::nar_sink::NarSink::new(dir) {
+            Ok(sink) => c.nars = Some(sink),
+            Err(e) => warn!(dir = %dir.display(), error = %e, "cannot receive streamed outputs"),
+        }
+    }
+    let mut jobs_sub = transport.subscribe(&Route::Jobs).await?;
+    let mut drvs_sub = transport.subscribe(&Route::Derivations).await?;
+    let mut ifd_sub = transport.subscribe(&Route::Ifd).await?;
+    let mut events_sub = transport.subscribe(&Route::BuildEvents).await?;
+    c.resume().await?;
+    let mut lease_check = tokio::time::interval(Duration::from_millis(500));
+    lease_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
+            _ = leadership.lost() => return Err(CoordinatorError::LeadershipLost),
             d = ifd_sub.next() => c.delivered(d).await?,
             Some(results) = checks_rx.recv() => {
                 c.checks_in_flight -= 1;
@@ -139,9 +254,19 @@ pub async fn run(
                     c.apply(fx).await?;
                 }
             }
+            h = heartbeats.next() => {
+                if let Ok(Some(d)) = h {
+                    if let Message::Heartbeat(hb) = d.envelope.body { c.leases.heartbeat(hb) }
+                }
+            }
             d = events_sub.next() => c.delivered(d).await?,
             d = drvs_sub.next() => c.delivered(d).await?,
             d = jobs_sub.next() => c.delivered(d).await?,
+            _ = lease_check.tick() => {
+                c.expire_leases().await?;
+                metrics::gauge!("kiln_builders_connected").set(c.leases.live_builders() as f64);
+                metrics::gauge!("kiln_jobs_active").set(c.jobs.len() as f64);
+            }
         }
         c.flush_checks();
         c.stop_evaluations().await?;
@@ -170,11 +295,23 @@ impl Coordinator {
         };
         let body = delivery.envelope.body.clone();
         self.handle(body).await?;
-        delivery.ack().await?;
+        // A failed acknowledgement (the connection dropped meanwhile) means
+        // the message comes again; handlers are idempotent.
+        if let Err(e) = delivery.ack().await {
+            warn!(error = %e, "could not acknowledge a message");
+        }
         Ok(())
     }
 
     async fn handle(&mut self, msg: Message) -> Result<(), CoordinatorError> {
+        if let Message::EvalFinished(f) = &msg {
+            if self.current_attempt(f.job_id, f.attempt) {
+                if let Some(j) = self.jobs.get(&f.job_id).filter(|j| j.eval_done.is_none()) {
+                    metrics::histogram!("kiln_evaluation_seconds")
+                        .record(j.accepted.elapsed().as_secs_f64());
+                }
+            }
+        }
         match msg {
             Message::SubmitJob(spec) => self.submit(spec).await?,
             Message::CancelJob { job_id } => {
@@ -201,7 +338,13 @@ impl Coordinator {
                 }
             }
             Message::EvalRoot(root) => {
+                if !self.current_attempt(root.job_id, root.attempt) {
+                    return Ok(());
+                }
                 if let Some(j) = self.jobs.get_mut(&root.job_id) {
+                    if j.roots.iter().any(|r| r.attr_path == root.attr_path) {
+                        return Ok(());
+                    }
                     j.roots.push(root.clone());
                     let ev = Event::Root {
                         attr_path: root.attr_path,
@@ -212,6 +355,9 @@ impl Coordinator {
             }
             // The end of an evaluation this coordinator stopped: expected,
             // not an evaluation error of the job.
+            Message::EvalFinished(f) if !self.current_attempt(f.job_id, f.attempt) => {
+                debug!(job = %f.job_id, "end of an older evaluation attempt");
+            }
             Message::EvalFinished(f)
                 if self.jobs.get(&f.job_id).is_some_and(|j| j.eval_stopped) =>
             {
@@ -221,8 +367,9 @@ impl Coordinator {
             }
             Message::EvalFinished(f) => match f.error {
                 None => {
-                    if let Some(j) = self.jobs.get_mut(&f.job_id) {
-                        j.eval_done = Some(None);
+                    match self.jobs.get_mut(&f.job_id) {
+                        Some(j) if j.eval_done.is_none() => j.eval_done = Some(None),
+                        _ => return Ok(()),
                     }
                     self.emit(f.job_id, Event::EvalFinished { error: None })
                         .await?;
@@ -243,25 +390,59 @@ impl Coordinator {
                         request_id: r.request_id,
                         result: Err(e.to_string()),
                     };
-                    self.publish(&Route::IfdReply(r.job_id), Message::IfdResponse(resp), 9)
-                        .await?;
+                    let route = self.reply_route(r.job_id);
+                    self.publish(&route, Message::IfdResponse(resp), 9).await?;
                 }
             },
             Message::BuildStarted(s) => {
-                let fx = self.graph.started(&s.drv_path, &s.builder_id);
-                self.apply(fx).await?;
-            }
-            Message::BuildLog(l) => {
-                for line in l.lines {
-                    let fx = self.graph.log(&l.drv_path, line);
+                // Only the build a derivation waits for counts; a stale
+                // attempt (redispatched meanwhile) is ignored.
+                if let Some(wait) = self.leases.queue_wait(s.build_id) {
+                    metrics::histogram!("kiln_build_queue_wait_seconds").record(wait.as_secs_f64());
+                }
+                if self.leases.started(s.build_id, &s.builder_id)
+                    && self.graph.is_current_build(&s.drv_path, s.build_id)
+                {
+                    let fx = self.graph.started(&s.drv_path, &s.builder_id);
                     self.apply(fx).await?;
                 }
             }
-            Message::BuildResult(r) => {
-                self.builds.remove(&r.build_id);
+            Message::BuildLog(l) => {
+                if self.graph.is_current_build(&l.drv_path, l.build_id) {
+                    for line in l.lines {
+                        let fx = self.graph.log(&l.drv_path, line);
+                        self.apply(fx).await?;
+                    }
+                }
+            }
+            Message::BuildResult(mut r) => {
+                self.leases.finished(r.build_id);
+                metrics::histogram!("kiln_build_duration_seconds")
+                    .record(r.duration_ms as f64 / 1000.0);
+                let current = self.graph.is_current_build(&r.drv_path, r.build_id);
+                if let BuildOutcome::Built { outputs } = &r.outcome {
+                    if let Err(message) =
+                        self.store_streamed(r.build_id, &r.drv_path, outputs).await
+                    {
+                        warn!(drv = %r.drv_path, error = %message, "a streamed output was refused");
+                        r.outcome = BuildOutcome::Failed {
+                            kind: kiln_protocol::FailureKind::Store,
+                            message,
+                            log_tail: Vec::new(),
+                        };
+                    }
+                }
+                if let Some(sink) = self.nars.as_mut() {
+                    sink.discard(r.build_id);
+                }
                 let log_key = Some(log_key(&r.drv_path));
                 let fx = match r.outcome {
-                    BuildOutcome::Built { outputs } => {
+                    // Outputs in the store are good whichever attempt
+                    // built them.
+                    BuildOutcome::Built { outputs }
+                        if current || self.graph.awaiting_build(&r.drv_path) =>
+                    {
+                        metrics::counter!("kiln_builds_total", "result" => "built").increment(1);
                         let outs: BTreeMap<String, String> =
                             outputs.into_iter().map(|o| (o.name, o.path)).collect();
                         for p in outs.values() {
@@ -271,22 +452,50 @@ impl Coordinator {
                     }
                     BuildOutcome::Failed {
                         message, log_tail, ..
-                    } => self
-                        .graph
-                        .failed(&r.drv_path, r.duration_ms, message, log_tail, log_key),
+                    } if current => {
+                        metrics::counter!("kiln_builds_total", "result" => "failed").increment(1);
+                        self.graph
+                            .failed(&r.drv_path, r.duration_ms, message, log_tail, log_key)
+                    }
+                    _ => {
+                        debug!(build = %r.build_id, drv = %r.drv_path, "result of a build no longer waited for");
+                        Vec::new()
+                    }
                 };
                 self.apply(fx).await?;
             }
-            Message::NarChunk(c) => {
-                warn!(build = %c.build_id, "NAR chunks need a coordinator with store write access; dropped");
-            }
-            Message::Heartbeat(_) => {}
+            Message::NarChunk(c) => match self.nars.as_mut() {
+                Some(sink) => {
+                    let build = c.build_id;
+                    if let Err(e) = sink.chunk(c) {
+                        warn!(%build, error = %e, "refused a streamed output chunk");
+                    }
+                }
+                None => {
+                    warn!(build = %c.build_id, "streamed outputs need a coordinator with store write access (--nar-dir); dropped");
+                }
+            },
+            Message::Heartbeat(hb) => self.leases.heartbeat(hb),
             other => debug!(?other, "message not meant for the coordinator"),
         }
         Ok(())
     }
 
     async fn submit(&mut self, spec: JobSpec) -> Result<(), CoordinatorError> {
+        let job = spec.job_id;
+        if self.jobs.contains_key(&job) || self.finished_set.contains(&job) {
+            debug!(%job, "submission delivered again; already known");
+            return Ok(());
+        }
+        self.accept(spec.clone());
+        // Durable before the submission is acknowledged: a coordinator
+        // that takes over finds the job.
+        self.save_jobs().await?;
+        self.publish(&Route::Eval, Message::EvalRequest(spec), 0)
+            .await
+    }
+
+    fn accept(&mut self, spec: JobSpec) {
         let job = spec.job_id;
         self.jobs.insert(
             job,
@@ -298,12 +507,146 @@ impl Coordinator {
                 cancelled: false,
                 eval_stopped: false,
                 options: spec.options.clone(),
+                spec: spec.clone(),
             },
         );
         self.graph
             .add_job(job, spec.options.keep_going, spec.options.priority);
-        self.publish(&Route::Eval, Message::EvalRequest(spec), 0)
-            .await
+    }
+
+    /// Records the active jobs for whichever coordinator leads next.
+    async fn save_jobs(&self) -> Result<(), CoordinatorError> {
+        let active: Vec<ActiveJob> = self
+            .jobs
+            .values()
+            .map(|j| ActiveJob {
+                spec: j.spec.clone(),
+            })
+            .collect();
+        let bytes = serde_json::to_vec(&active).expect("jobs serialise");
+        self.transport
+            .save_state(&self.config.state_name, bytes)
+            .await?;
+        Ok(())
+    }
+
+    /// Takes over the jobs the previous leader left active: each is
+    /// evaluated again under a new attempt (the derivations it had
+    /// received are gone with it); what was built is found in the store,
+    /// and builds still running are adopted from the builders' heartbeats.
+    async fn resume(&mut self) -> Result<(), CoordinatorError> {
+        let Some(bytes) = self.transport.load_state(&self.config.state_name).await? else {
+            return Ok(());
+        };
+        let active: Vec<ActiveJob> = match serde_json::from_slice(&bytes) {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "the record of active jobs is unreadable; starting afresh");
+                return Ok(());
+            }
+        };
+        for ActiveJob { mut spec } in active {
+            let job_id = spec.job_id;
+            let attempt = uuid::Uuid::new_v4();
+            spec.attempt = attempt;
+            info!(job = %job_id, "resuming a job left by the previous coordinator");
+            self.accept(spec.clone());
+            self.publish(
+                &Route::EvalControl,
+                Message::CancelEval {
+                    job_id,
+                    keep: Some(attempt),
+                },
+                0,
+            )
+            .await?;
+            self.publish(&Route::Eval, Message::EvalRequest(spec), 0)
+                .await?;
+        }
+        self.save_jobs().await
+    }
+
+    /// Where the current evaluation of `job` waits for IFD answers.
+    fn reply_route(&self, job: JobId) -> Route {
+        let attempt = self
+            .jobs
+            .get(&job)
+            .map_or(uuid::Uuid::nil(), |j| j.spec.attempt);
+        Route::ifd_reply(job, attempt)
+    }
+
+    /// Whether a message of evaluation `attempt` counts for `job`.
+    fn current_attempt(&self, job: JobId, attempt: uuid::Uuid) -> bool {
+        self.jobs
+            .get(&job)
+            .is_some_and(|j| j.spec.attempt == attempt)
+    }
+
+    /// Stores the outputs of `build` that its builder streamed back,
+    /// after checking each against the result's size and hash. Outputs
+    /// not streamed were stored by the builder itself.
+    async fn store_streamed(
+        &mut self,
+        build: uuid::Uuid,
+        drv_path: &str,
+        outputs: &[kiln_protocol::BuiltOutput],
+    ) -> Result<(), String> {
+        let Some(sink) = self.nars.as_mut() else {
+            return Ok(());
+        };
+        if !sink.has_build(build) {
+            return Ok(());
+        }
+        let Some(info) = self.graph.nodes.get(drv_path).and_then(|n| n.info.clone()) else {
+            return Err(format!("'{drv_path}' is not known"));
+        };
+        for out in outputs {
+            let received = sink.take(build, &out.name).ok_or_else(|| {
+                format!(
+                    "output '{}' of '{drv_path}' was not streamed whole",
+                    out.name
+                )
+            })?;
+            let result = if received.size != out.nar_size {
+                Err(format!(
+                    "output '{}' of '{drv_path}': received {} bytes, the builder reported {}",
+                    out.name, received.size, out.nar_size
+                ))
+            } else if received.nar_hash.to_sri() != out.nar_hash {
+                Err(format!(
+                    "output '{}' of '{drv_path}': received NAR hash {}, the builder reported {}",
+                    out.name,
+                    received.nar_hash.to_sri(),
+                    out.nar_hash
+                ))
+            } else {
+                self.store.add_nar(&info, out, &received.file).await
+            };
+            let _ = std::fs::remove_file(&received.file);
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Builds whose builder fell silent go out again.
+    async fn expire_leases(&mut self) -> Result<(), CoordinatorError> {
+        for (build_id, build) in self.leases.expired() {
+            if let Some(sink) = self.nars.as_mut() {
+                sink.discard(build_id);
+            }
+            if !self.graph.is_current_build(&build.drv_path, build_id) {
+                continue;
+            }
+            warn!(drv = %build.drv_path, builder = ?build.builder, "builder fell silent; dispatching its build again");
+            metrics::counter!("kiln_builds_redispatched_total").increment(1);
+            let priority = self
+                .graph
+                .nodes
+                .get(&build.drv_path)
+                .map_or(0, |n| n.priority);
+            self.dispatch(&build.drv_path, priority).await?;
+        }
+        Ok(())
     }
 
     async fn eval_failed(&mut self, job: JobId, error: String) -> Result<(), CoordinatorError> {
@@ -345,8 +688,8 @@ impl Coordinator {
                         request_id,
                         result,
                     };
-                    self.publish(&Route::IfdReply(job_id), Message::IfdResponse(resp), 9)
-                        .await?
+                    let route = self.reply_route(job_id);
+                    self.publish(&route, Message::IfdResponse(resp), 9).await?
                 }
             }
         }
@@ -363,10 +706,23 @@ impl Coordinator {
                 inputs.extend(outs.iter().filter_map(|o| i.outputs.get(o).cloned()));
             }
         }
+        // A build a previous coordinator started still runs: adopt it.
+        if let Some((build_id, builder)) = self.leases.running_elsewhere(drv) {
+            if !self.leases.builds.contains_key(&build_id) {
+                info!(drv, %builder, "adopting a running build");
+                self.graph.dispatched(drv, build_id);
+                self.leases.adopt(build_id, drv, builder.clone());
+                let fx = self.graph.started(drv, &builder);
+                return Box::pin(self.apply(fx)).await;
+            }
+        }
         let (timeout_secs, max_silent_secs) = self.limits_for(drv);
         let build_id = uuid::Uuid::new_v4();
-        self.graph.dispatched(drv, build_id);
-        self.builds.insert(build_id, drv.to_string());
+        if !self.graph.redispatched(drv, build_id) {
+            return Ok(());
+        }
+        self.leases.dispatched(build_id, drv);
+        metrics::counter!("kiln_builds_dispatched_total").increment(1);
         let req = BuildRequest {
             build_id,
             drv_path: drv.to_string(),
@@ -380,6 +736,13 @@ impl Coordinator {
             upload: self.config.upload,
         };
         let route = Route::build(&info.system, &info.required_features);
+        if self.build_queues.insert(route.name()) {
+            let names: Vec<&String> = self.build_queues.iter().collect();
+            let bytes = serde_json::to_vec(&names).expect("names serialise");
+            self.transport
+                .save_state(kiln_protocol::amqp::topology::BUILD_QUEUES_RECORD, bytes)
+                .await?;
+        }
         self.publish(
             &route,
             Message::BuildRequest(req),
@@ -440,10 +803,13 @@ impl Coordinator {
             let tx = self.checks_tx.clone();
             self.checks_in_flight += 1;
             tokio::spawn(async move {
+                let asked = Instant::now();
                 let answer = if query.is_empty() {
                     Ok(HashSet::new())
                 } else {
                     store.valid_paths(&query).await.map(|v| {
+                        metrics::histogram!("kiln_store_check_seconds")
+                            .record(asked.elapsed().as_secs_f64());
                         query
                             .iter()
                             .zip(v)
@@ -501,8 +867,12 @@ impl Coordinator {
             if let Some(j) = self.jobs.get_mut(&job_id) {
                 j.eval_stopped = true;
             }
-            self.publish(&Route::EvalControl, Message::CancelEval { job_id }, 0)
-                .await?;
+            self.publish(
+                &Route::EvalControl,
+                Message::CancelEval { job_id, keep: None },
+                0,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -531,6 +901,14 @@ impl Coordinator {
             .await?;
             self.graph.remove_job(job);
             self.jobs.remove(&job);
+            self.finished.push_back(job);
+            self.finished_set.insert(job);
+            if self.finished.len() > FINISHED_REMEMBERED {
+                if let Some(old) = self.finished.pop_front() {
+                    self.finished_set.remove(&old);
+                }
+            }
+            self.save_jobs().await?;
         }
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod pos;
 pub mod prefetch;
 pub mod print;
 pub mod run;
+pub mod shipped;
 pub mod show;
 pub mod store;
 pub mod strlit;

@@ -59,26 +59,40 @@ pub async fn run(
             }
         };
         if let Message::EvalRequest(spec) = delivery.envelope.body.clone() {
-            evaluate_job(&transport, &cache, &config, spec).await?;
+            if !evaluate_job(&transport, &cache, &config, spec, &shutdown).await? {
+                // Shut down mid-evaluation: the request goes back to the
+                // queue for another evaluator.
+                if let Err(e) = delivery.nack(true).await {
+                    warn!(error = %e, "could not hand an evaluation back; the broker will");
+                }
+                return Ok(());
+            }
         }
-        delivery.ack().await?;
+        if let Err(e) = delivery.ack().await {
+            warn!(error = %e, "could not acknowledge an evaluation request");
+        }
     }
 }
 
-/// Evaluates one job, streaming its messages to the coordinator.
+/// Evaluates one job, streaming its messages to the coordinator. False
+/// when `shutdown` stopped it before it ended (nothing more is published).
 async fn evaluate_job(
     transport: &Arc<dyn Transport>,
     cache: &Arc<BinaryCache>,
     config: &EvalWorkerConfig,
     spec: JobSpec,
-) -> Result<(), TransportError> {
+    shutdown: &CancellationToken,
+) -> Result<bool, TransportError> {
     let job_id = spec.job_id;
+    let attempt = spec.attempt;
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let handle = tokio::runtime::Handle::current();
     let cache = cache.clone();
     let work_dir = config.work_dir.clone();
     // Subscribed before evaluation starts, so no answer can be missed.
-    let replies = transport.subscribe(&Route::IfdReply(job_id)).await?;
+    let replies = transport
+        .subscribe(&Route::ifd_reply(job_id, attempt))
+        .await?;
     let mut control = transport.subscribe(&Route::EvalControl).await?;
     let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let cancel_eval = cancel.clone();
@@ -95,10 +109,14 @@ async fn evaluate_job(
     loop {
         let msg = tokio::select! {
             m = rx.recv() => m,
+            _ = shutdown.cancelled() => {
+                cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(false);
+            }
             c = control.next(), if control_open => {
                 match c {
                     Ok(Some(d)) => {
-                        if matches!(d.envelope.body, Message::CancelEval { job_id: j } if j == job_id) {
+                        if matches!(d.envelope.body, Message::CancelEval { job_id: j, keep } if j == job_id && keep != Some(attempt)) {
                             cancel.store(true, std::sync::atomic::Ordering::Relaxed);
                         }
                         let _ = d.ack().await;
@@ -127,22 +145,27 @@ async fn evaluate_job(
     }
     let outcome = eval.await;
     if finished {
-        return Ok(());
+        return Ok(true);
     }
     let error = match outcome {
         Ok(Ok(())) => Some("the evaluation ended without a result".to_string()),
         Ok(Err(e)) => Some(e),
         Err(e) => Some(format!("the evaluator crashed: {e}")),
     };
-    let done = Message::EvalFinished(EvalFinished { job_id, error });
+    let done = Message::EvalFinished(EvalFinished {
+        job_id,
+        attempt,
+        error,
+    });
     transport
         .publish(&Route::Derivations, &Envelope::new(done), 0)
-        .await
+        .await?;
+    Ok(true)
 }
 
 /// Runs on the evaluation thread.
 fn evaluate(
-    spec: JobSpec,
+    mut spec: JobSpec,
     tx: mpsc::UnboundedSender<Message>,
     cache: Arc<BinaryCache>,
     handle: tokio::runtime::Handle,
@@ -152,8 +175,10 @@ fn evaluate(
 ) -> Result<(), String> {
     let dir = work_dir.join(spec.job_id.to_string());
     let store = DirStore::new(&dir).map_err(|e| e.to_string())?;
+    crate::shipped::materialise(&mut spec, &cache, &handle, &dir)?;
     let sink = Rc::new(ChannelSink {
         job_id: spec.job_id,
+        attempt: spec.attempt,
         tx: tx.clone(),
         aterms: RefCell::default(),
     });
@@ -190,6 +215,7 @@ fn evaluate(
     let error = result.as_ref().err().cloned();
     let _ = tx.send(Message::EvalFinished(EvalFinished {
         job_id: spec.job_id,
+        attempt: spec.attempt,
         error,
     }));
     drop(evr);
@@ -237,6 +263,7 @@ fn evaluate_roots(
         for r in roots(evr, &v, &args).map_err(fmt)? {
             let msg = Message::EvalRoot(EvalRoot {
                 job_id: spec.job_id,
+                attempt: spec.attempt,
                 attr_path: p.clone(),
                 drv_path: r.drv_path,
                 outputs: [(r.output, r.out_path)].into_iter().collect(),
@@ -251,6 +278,7 @@ fn evaluate_roots(
 /// their ATerms for import-from-derivation requests.
 struct ChannelSink {
     job_id: uuid::Uuid,
+    attempt: uuid::Uuid,
     tx: mpsc::UnboundedSender<Message>,
     aterms: RefCell<std::collections::HashMap<String, String>>,
 }
@@ -262,6 +290,7 @@ impl DerivationSink for ChannelSink {
             .insert(drv_path.to_string(), aterm.to_string());
         let _ = self.tx.send(Message::Derivation(DerivationMsg {
             job_id: self.job_id,
+            attempt: self.attempt,
             drv_path: drv_path.to_string(),
             aterm: aterm.to_string(),
         }));
@@ -372,28 +401,36 @@ impl CacheStore {
             expected: None,
         };
         self.handle
-            .block_on(async move {
-                if cache.has_paths(&[meta.path.hash_part()]).await?[0] {
-                    return Ok(());
-                }
-                let (reader, writer) = tokio::io::duplex(1 << 20);
-                let dump = tokio::task::spawn_blocking(move || {
-                    let bridge = tokio_util::io::SyncIoBridge::new(writer);
-                    kiln_nix::nar::write_path(&local, bridge).map(|_| ())
-                });
-                let stored = cache.add_path(meta, reader).await;
-                if let Ok(Err(e)) = dump.await {
-                    return Err(kiln_store::StoreError::Format {
-                        context: "serialising a source".into(),
-                        message: e.to_string(),
-                    });
-                }
-                stored.map(|_| ())
-            })
+            .block_on(upload_path(&cache, meta, local))
             .map_err(|e| upload_error(path, e.to_string()))?;
         self.uploaded.borrow_mut().insert(path.clone());
         Ok(())
     }
+}
+
+/// Uploads the local copy `local` of a source store path unless the store
+/// has it already (also used by `kiln submit` to ship sources).
+pub async fn upload_path(
+    cache: &BinaryCache,
+    meta: PathMeta,
+    local: PathBuf,
+) -> Result<(), kiln_store::StoreError> {
+    if cache.has_paths(&[meta.path.hash_part()]).await?[0] {
+        return Ok(());
+    }
+    let (reader, writer) = tokio::io::duplex(1 << 20);
+    let dump = tokio::task::spawn_blocking(move || {
+        let bridge = tokio_util::io::SyncIoBridge::new(writer);
+        kiln_nix::nar::write_path(&local, bridge).map(|_| ())
+    });
+    let stored = cache.add_path(meta, reader).await;
+    if let Ok(Err(e)) = dump.await {
+        return Err(kiln_store::StoreError::Format {
+            context: "serialising a source".into(),
+            message: e.to_string(),
+        });
+    }
+    stored.map(|_| ())
 }
 
 fn upload_error(path: &StorePath, message: String) -> StoreError {

@@ -167,6 +167,8 @@ async fn memory_stays_flat_over_200_jobs() {
             args: vec![],
             search_path: vec![],
             options: JobOptions::default(),
+            sources: Vec::new(),
+            attempt: uuid::Uuid::nil(),
         };
         t.publish(&Route::Eval, &Envelope::new(Message::EvalRequest(spec)), 0)
             .await

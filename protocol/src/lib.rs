@@ -7,6 +7,7 @@
 //! [`memory::MemoryTransport`], so the embedded default exercises exactly the
 //! bytes a queue transport would carry.
 
+pub mod amqp;
 pub mod codec;
 pub mod memory;
 pub mod message;
@@ -16,4 +17,4 @@ pub mod transport;
 pub use codec::{decode, encode, CodecError, Envelope, PROTOCOL_VERSION};
 pub use message::*;
 pub use route::{Fanout, Route};
-pub use transport::{Delivery, Subscription, Transport, TransportError};
+pub use transport::{Delivery, Leadership, Subscription, Transport, TransportError};

@@ -9,7 +9,8 @@ use tokio::sync::{mpsc, Notify};
 
 use crate::codec::{decode, encode, Envelope};
 use crate::route::{Fanout, Route};
-use crate::transport::{Acker, Delivery, Subscription, Transport, TransportError};
+use crate::transport::{Acker, Delivery, Leadership, Subscription, Transport, TransportError};
+use tracing::warn;
 
 /// An in-memory transport; clones share the same queues.
 #[derive(Clone, Default)]
@@ -21,7 +22,12 @@ pub struct MemoryTransport {
 struct State {
     queues: HashMap<String, Arc<Queue>>,
     topics: HashMap<String, Vec<mpsc::UnboundedSender<Vec<u8>>>>,
-    dead_letters: Vec<(String, Vec<u8>)>,
+    /// Refused messages: route, bytes and why.
+    dead_letters: Vec<(String, Vec<u8>, String)>,
+    /// Records of [`Transport::save_state`].
+    records: HashMap<String, Vec<u8>>,
+    /// One lock per leadership role.
+    leaders: HashMap<String, Arc<tokio::sync::Mutex<()>>>,
     /// Messages ever published, per route name.
     published: HashMap<String, u64>,
 }
@@ -96,8 +102,22 @@ impl MemoryTransport {
         let st = self.inner.lock().unwrap();
         st.dead_letters
             .iter()
-            .filter_map(|(r, b)| decode(b).ok().map(|e| (r.clone(), e)))
+            .filter_map(|(r, b, _)| decode(b).ok().map(|e| (r.clone(), e)))
             .collect()
+    }
+
+    /// Why each dead letter was refused, with its route.
+    pub fn dead_letter_reasons(&self) -> Vec<(String, String)> {
+        let st = self.inner.lock().unwrap();
+        st.dead_letters
+            .iter()
+            .map(|(r, _, why)| (r.clone(), why.clone()))
+            .collect()
+    }
+
+    fn dead_letter(&self, route: &str, bytes: Vec<u8>, reason: String) {
+        let mut st = self.inner.lock().unwrap();
+        st.dead_letters.push((route.to_string(), bytes, reason));
     }
 
     /// Puts raw bytes on a queue, bypassing encoding (to test how consumers
@@ -144,7 +164,11 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
-    async fn subscribe(&self, route: &Route) -> Result<Box<dyn Subscription>, TransportError> {
+    async fn subscribe_with(
+        &self,
+        route: &Route,
+        _prefetch: u16,
+    ) -> Result<Box<dyn Subscription>, TransportError> {
         let name = route.name();
         match route.fanout() {
             Fanout::Queue => Ok(Box::new(QueueSub {
@@ -165,6 +189,26 @@ impl Transport for MemoryTransport {
                 Ok(Box::new(TopicSub { name, rx }))
             }
         }
+    }
+
+    async fn lead(&self, role: &str) -> Result<Leadership, TransportError> {
+        let lock = {
+            let mut st = self.inner.lock().unwrap();
+            st.leaders.entry(role.to_string()).or_default().clone()
+        };
+        let guard = lock.lock_owned().await;
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        Ok(Leadership::new(rx, Box::new((guard, tx))))
+    }
+
+    async fn save_state(&self, name: &str, bytes: Vec<u8>) -> Result<(), TransportError> {
+        let mut st = self.inner.lock().unwrap();
+        st.records.insert(name.to_string(), bytes);
+        Ok(())
+    }
+
+    async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, TransportError> {
+        Ok(self.inner.lock().unwrap().records.get(name).cloned())
     }
 }
 
@@ -202,29 +246,25 @@ impl Subscription for QueueSub {
             if let Some(item) = self.queue.pop() {
                 // Let another waiting consumer look at what is left.
                 self.queue.notify.notify_one();
-                return match decode(&item.bytes) {
-                    Ok(envelope) => Ok(Some(Delivery::new(
-                        envelope,
-                        Some(Box::new(MemAcker {
-                            route: self.name.clone(),
-                            item: Some(item),
-                            queue: self.queue.clone(),
-                            transport: self.transport.clone(),
-                        })),
-                    ))),
-                    Err(source) => {
-                        self.transport
-                            .inner
-                            .lock()
-                            .unwrap()
-                            .dead_letters
-                            .push((self.name.clone(), item.bytes));
-                        Err(TransportError::Codec {
-                            route: self.name.clone(),
-                            source,
-                        })
+                match decode(&item.bytes) {
+                    Ok(envelope) => {
+                        return Ok(Some(Delivery::new(
+                            envelope,
+                            Some(Box::new(MemAcker {
+                                route: self.name.clone(),
+                                item: Some(item),
+                                queue: self.queue.clone(),
+                                transport: self.transport.clone(),
+                            })),
+                        )))
                     }
-                };
+                    Err(source) => {
+                        warn!(route = %self.name, error = %source, "dead-lettered a malformed message");
+                        self.transport
+                            .dead_letter(&self.name, item.bytes, source.to_string());
+                        continue;
+                    }
+                }
             }
             notified.await;
         }
@@ -249,8 +289,11 @@ impl Acker for MemAcker {
             if requeue {
                 self.queue.push(item.bytes, item.priority);
             } else {
-                let mut st = self.transport.inner.lock().unwrap();
-                st.dead_letters.push((self.route.clone(), item.bytes));
+                self.transport.dead_letter(
+                    &self.route,
+                    item.bytes,
+                    "refused by its consumer".into(),
+                );
             }
         }
         Ok(())
@@ -265,14 +308,16 @@ struct TopicSub {
 #[async_trait]
 impl Subscription for TopicSub {
     async fn next(&mut self) -> Result<Option<Delivery>, TransportError> {
-        match self.rx.recv().await {
-            None => Ok(None),
-            Some(bytes) => decode(&bytes)
-                .map(|e| Some(Delivery::new(e, None)))
-                .map_err(|source| TransportError::Codec {
-                    route: self.name.clone(),
-                    source,
-                }),
+        loop {
+            let Some(bytes) = self.rx.recv().await else {
+                return Ok(None);
+            };
+            match decode(&bytes) {
+                Ok(e) => return Ok(Some(Delivery::new(e, None))),
+                Err(source) => {
+                    warn!(route = %self.name, error = %source, "dropped a malformed broadcast");
+                }
+            }
         }
     }
 }
@@ -343,13 +388,10 @@ mod tests {
         let good = cancel();
         t.publish(&Route::Derivations, &good, 0).await.unwrap();
         let mut sub = t.subscribe(&Route::Derivations).await.unwrap();
-        let err = sub.next().await.unwrap_err();
-        assert!(err.to_string().contains("kiln.drvs"), "{err}");
         assert_eq!(sub.next().await.unwrap().unwrap().envelope, good);
-        assert_eq!(
-            t.dead_letters().len(),
-            0,
-            "garbage cannot be decoded for listing"
-        );
+        let reasons = t.dead_letter_reasons();
+        assert_eq!(reasons.len(), 1);
+        assert_eq!(reasons[0].0, "kiln.drvs");
+        assert!(reasons[0].1.contains("malformed"), "{reasons:?}");
     }
 }

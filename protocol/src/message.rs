@@ -25,7 +25,13 @@ pub enum Message {
     EvalRequest(JobSpec),
     /// Coordinator → evaluators: stop evaluating a job (it stopped: fail-fast
     /// or cancelled); the evaluator ends it with an `EvalFinished` error.
-    CancelEval { job_id: JobId },
+    /// With `keep`, the evaluation attempt `keep` goes on and only older
+    /// attempts stop (a coordinator that took over restarts evaluations).
+    CancelEval {
+        job_id: JobId,
+        #[serde(default)]
+        keep: Option<Uuid>,
+    },
     /// Evaluator → coordinator: one derivation, as soon as it is instantiated.
     Derivation(DerivationMsg),
     /// Evaluator → coordinator: a root attribute evaluated to this derivation.
@@ -126,12 +132,34 @@ pub struct JobSpec {
     pub args: Vec<AutoArg>,
     pub search_path: Vec<SearchPathEntry>,
     pub options: JobOptions,
+    /// Local paths of the submitter's machine (the expression tree, paths
+    /// named on the command line) shipped into the store as sources: an
+    /// evaluator unpacks each and reads it where the submitter named it.
+    #[serde(default)]
+    pub sources: Vec<ShippedSource>,
+    /// Which evaluation of the job this is: nil for the first; a
+    /// coordinator that takes a job over evaluates it again under a new
+    /// attempt, and ignores the roots and ends of older attempts.
+    #[serde(default)]
+    pub attempt: Uuid,
+}
+
+/// A local path shipped with a job; see [`JobSpec::sources`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShippedSource {
+    /// The absolute path on the submitter's machine.
+    pub local: String,
+    /// The store path holding its contents.
+    pub store_path: String,
 }
 
 /// A derivation as instantiated by an evaluator.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DerivationMsg {
     pub job_id: JobId,
+    /// The evaluation attempt ([`JobSpec::attempt`]) that produced it.
+    #[serde(default)]
+    pub attempt: Uuid,
     pub drv_path: String,
     /// The exact `.drv` bytes (ATerm).
     pub aterm: String,
@@ -141,6 +169,9 @@ pub struct DerivationMsg {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalRoot {
     pub job_id: JobId,
+    /// The evaluation attempt ([`JobSpec::attempt`]) that produced it.
+    #[serde(default)]
+    pub attempt: Uuid,
     pub attr_path: String,
     pub drv_path: String,
     /// The outputs `kiln build` should realise and link (name → path).
@@ -151,6 +182,9 @@ pub struct EvalRoot {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalFinished {
     pub job_id: JobId,
+    /// The evaluation attempt ([`JobSpec::attempt`]) that ended.
+    #[serde(default)]
+    pub attempt: Uuid,
     /// `None` on success, else the evaluation error as Nix would print it.
     pub error: Option<String>,
 }
@@ -367,7 +401,9 @@ pub struct JobEvent {
     pub event: Event,
 }
 
-/// A builder's periodic announcement.
+/// A builder's periodic announcement. It renews the builder's lease on
+/// the builds it runs: a builder that falls silent for three intervals
+/// has its builds dispatched again.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Heartbeat {
     pub builder_id: String,
@@ -375,6 +411,28 @@ pub struct Heartbeat {
     pub features: Vec<String>,
     pub max_jobs: u32,
     pub running: u32,
+    /// The machine it runs on.
+    #[serde(default)]
+    pub host: String,
+    /// The builds it runs now.
+    #[serde(default)]
+    pub running_builds: Vec<RunningBuild>,
+    /// One-minute load average of its machine.
+    #[serde(default)]
+    pub load: f64,
+    /// Milliseconds between its heartbeats.
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// Set in its last heartbeat, sent as it shuts down.
+    #[serde(default)]
+    pub stopping: bool,
+}
+
+/// A build a builder is running, as its heartbeat lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunningBuild {
+    pub build_id: BuildId,
+    pub drv_path: String,
 }
 
 /// MessagePack `bin` encoding for byte buffers (instead of an array of ints).

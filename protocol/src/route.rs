@@ -58,6 +58,13 @@ impl Route {
         }
     }
 
+    /// The route of IFD answers for one evaluation attempt of a job (see
+    /// [`crate::JobSpec::attempt`]): per attempt, so a restarted evaluation
+    /// never competes for answers with the one it replaces.
+    pub fn ifd_reply(job_id: JobId, attempt: uuid::Uuid) -> Route {
+        Route::IfdReply(if attempt.is_nil() { job_id } else { attempt })
+    }
+
     /// The queue or routing-key name.
     pub fn name(&self) -> String {
         match self {

@@ -24,6 +24,14 @@ pub enum TransportError {
 }
 
 /// Sends and receives messages.
+///
+/// Both transports give the same guarantees, which the roles rely on:
+/// a `publish` that returns `Ok` is durable (a broker confirmed it); a
+/// work-queue delivery that is not acknowledged (its consumer died, or
+/// the connection dropped) is delivered again, so every handler must be
+/// idempotent under redelivery; a message that cannot be decoded is
+/// dead-lettered with its reason by the subscription and never reaches a
+/// role.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
     /// Publishes `env` on `route`. Higher `priority` is delivered first on
@@ -35,9 +43,63 @@ pub trait Transport: Send + Sync + 'static {
         priority: u8,
     ) -> Result<(), TransportError>;
 
-    /// Starts consuming `route`. For a broadcast route only messages
-    /// published after this call are seen.
-    async fn subscribe(&self, route: &Route) -> Result<Box<dyn Subscription>, TransportError>;
+    /// Starts consuming `route` with at most `prefetch` unacknowledged
+    /// deliveries held by this consumer (0: the transport's default). For a
+    /// broadcast route only messages published after this call are seen.
+    async fn subscribe_with(
+        &self,
+        route: &Route,
+        prefetch: u16,
+    ) -> Result<Box<dyn Subscription>, TransportError>;
+
+    /// [`Transport::subscribe_with`] with the default prefetch.
+    async fn subscribe(&self, route: &Route) -> Result<Box<dyn Subscription>, TransportError> {
+        self.subscribe_with(route, 0).await
+    }
+
+    /// Waits until this process holds the leadership named `role` (one
+    /// holder at a time across every process sharing the transport). The
+    /// returned [`Leadership`] reports when it is lost (the broker
+    /// connection dropped and another process took over meanwhile).
+    async fn lead(&self, role: &str) -> Result<Leadership, TransportError>;
+
+    /// Stores a small durable record under `name`, replacing the previous
+    /// one (the coordinator's list of active jobs, read back by whichever
+    /// coordinator leads next).
+    async fn save_state(&self, name: &str, bytes: Vec<u8>) -> Result<(), TransportError>;
+
+    /// The record last stored under `name`, if any.
+    async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, TransportError>;
+}
+
+/// Held leadership; see [`Transport::lead`]. Dropping it gives it up.
+pub struct Leadership {
+    lost: tokio::sync::watch::Receiver<bool>,
+    _hold: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Leadership {
+    /// Leadership that `lost` reports the loss of; `hold` is kept alive as
+    /// long as the leadership is (a lock guard, a channel).
+    pub fn new(
+        lost: tokio::sync::watch::Receiver<bool>,
+        hold: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Self {
+        Leadership { lost, _hold: hold }
+    }
+
+    /// Resolves when the leadership is lost; never, while it is held.
+    pub async fn lost(&mut self) {
+        loop {
+            if *self.lost.borrow_and_update() {
+                return;
+            }
+            if self.lost.changed().await.is_err() {
+                // The sender is gone with the transport: never lost here.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// A stream of deliveries from one route.

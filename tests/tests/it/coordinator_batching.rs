@@ -32,6 +32,15 @@ impl OutputStore for SlowStore {
         tokio::time::sleep(Duration::from_millis(20)).await;
         Ok(vec![true; paths.len()])
     }
+
+    async fn add_nar(
+        &self,
+        _drv: &kiln_coordinator::DrvInfo,
+        output: &kiln_protocol::BuiltOutput,
+        _file: &std::path::Path,
+    ) -> Result<(), String> {
+        Err(format!("{} was not expected to be streamed", output.path))
+    }
 }
 
 fn derivation(i: usize) -> (String, String) {
@@ -86,6 +95,8 @@ async fn a_burst_of_derivations_is_checked_in_few_requests() {
         args: vec![],
         search_path: vec![],
         options: JobOptions::default(),
+        sources: Vec::new(),
+        attempt: uuid::Uuid::nil(),
     };
     let mut events = kiln_tests::submit_job(&transport, spec).await;
     for i in 0..N {
@@ -94,6 +105,7 @@ async fn a_burst_of_derivations_is_checked_in_few_requests() {
             job_id,
             drv_path,
             aterm,
+            attempt: uuid::Uuid::nil(),
         });
         transport
             .publish(&Route::Derivations, &Envelope::new(msg), 0)
@@ -103,6 +115,7 @@ async fn a_burst_of_derivations_is_checked_in_few_requests() {
     let fin = Message::EvalFinished(EvalFinished {
         job_id,
         error: None,
+        attempt: uuid::Uuid::nil(),
     });
     transport
         .publish(&Route::Derivations, &Envelope::new(fin), 0)

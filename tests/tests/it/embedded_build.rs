@@ -167,6 +167,8 @@ impl Roles {
                 max_jobs: 2,
                 ..JobOptions::default()
             },
+            sources: Vec::new(),
+            attempt: uuid::Uuid::nil(),
         };
         self.transport
             .publish(&Route::Jobs, &Envelope::new(Message::SubmitJob(spec)), 0)

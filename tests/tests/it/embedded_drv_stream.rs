@@ -91,6 +91,8 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             max_jobs: 2,
             ..JobOptions::default()
         },
+        sources: Vec::new(),
+        attempt: uuid::Uuid::nil(),
     };
     let send = |m: Message| async move {
         transport
@@ -104,6 +106,7 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             job_id,
             drv_path: c.drv_path.clone(),
             aterm: c.aterm.clone(),
+            attempt: uuid::Uuid::nil(),
         }))
         .await;
     }
@@ -118,11 +121,13 @@ async fn run_job(transport: &MemoryTransport, cases: &[Case]) -> Vec<Event> {
             .iter()
             .map(|(n, o)| (n.clone(), o.path().unwrap().to_absolute_path()))
             .collect(),
+        attempt: uuid::Uuid::nil(),
     }))
     .await;
     send(Message::EvalFinished(EvalFinished {
         job_id,
         error: None,
+        attempt: uuid::Uuid::nil(),
     }))
     .await;
     kiln_tests::job_events(&mut events, Duration::from_secs(120)).await

@@ -1,0 +1,67 @@
+//! A broker stop and start in the middle of a job: every role reconnects,
+//! declares its topology again and the job completes. Alone in its test
+//! binary, since stopping the broker disturbs every test using it.
+
+mod farm;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use farm::Farm;
+
+#[test]
+fn a_broker_restart_mid_job_is_survived() {
+    let Some(mut farm) = Farm::new("restart") else {
+        return;
+    };
+    farm.start(1, 2);
+    let corpus = kiln_tests::shared_dir().join("conformance/build");
+    let file = farm.tmp.path().join("sleepers.nix");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{ busybox }}:
+let
+  inherit (import {}/lib.nix {{ inherit busybox; }}) mk;
+  one = i: mk {{ name = "restart-${{toString i}}"; script = "sleep 2; echo ${{toString i}} > $out"; }};
+in builtins.listToAttrs (builtins.genList (i: {{ name = "s${{toString i}}"; value = one i; }}) 6)
+"#,
+            corpus.display()
+        ),
+    )
+    .unwrap();
+    let child = farm
+        .submit_cmd(&file, &[])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while farm.metric_sum("builder", "kiln_builder_running_builds") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "builds never started\n{}",
+            farm.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let stop = Command::new("rabbitmqctl")
+        .arg("stop_app")
+        .output()
+        .unwrap();
+    assert!(stop.status.success(), "{stop:?}");
+    std::thread::sleep(Duration::from_secs(3));
+    let start = Command::new("rabbitmqctl")
+        .arg("start_app")
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{start:?}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", farm.logs());
+    assert!(
+        farm.logs().contains("reconnected to the broker"),
+        "{}",
+        farm.logs()
+    );
+}

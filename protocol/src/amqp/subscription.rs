@@ -1,0 +1,251 @@
+//! A consumer of one route that survives reconnects: when its channel or
+//! connection fails it waits for a new session, declares its queue again,
+//! re-applies its prefetch and consumes again. Messages that cannot be
+//! decoded (garbage, another protocol version) are dead-lettered with the
+//! reason and acknowledged; they never reach a role.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use tracing::{debug, warn};
+
+use super::topology;
+use super::AmqpTransport;
+use crate::codec::decode;
+use crate::route::{Fanout, Route};
+use crate::transport::{Acker, Delivery, Subscription, TransportError};
+
+/// Prefetch of a consumer that did not ask for one.
+const DEFAULT_PREFETCH: u16 = 256;
+
+pub(crate) struct AmqpSubscription {
+    transport: AmqpTransport,
+    route: Route,
+    /// The queue consumed: the route's own, or this subscriber's queue
+    /// bound to a broadcast route.
+    queue: String,
+    prefetch: u16,
+    live: Option<(std::sync::Arc<super::Session>, Channel, Consumer)>,
+}
+
+impl AmqpSubscription {
+    pub(crate) fn new(transport: AmqpTransport, route: Route, prefetch: u16) -> Self {
+        let queue = match route.fanout() {
+            Fanout::Queue => route.name(),
+            Fanout::Broadcast => format!("{}.sub.{}", route.name(), uuid::Uuid::new_v4()),
+        };
+        AmqpSubscription {
+            transport,
+            route,
+            queue,
+            prefetch: if prefetch == 0 {
+                DEFAULT_PREFETCH
+            } else {
+                prefetch
+            },
+            live: None,
+        }
+    }
+
+    fn broadcast(&self) -> bool {
+        self.route.fanout() == Fanout::Broadcast
+    }
+
+    /// Opens a channel and starts consuming, waiting for the broker as
+    /// long as it takes.
+    pub(crate) async fn start(&mut self) -> Result<(), TransportError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let session = self.transport.session(None).await?;
+            match self.open(&session).await {
+                Ok((ch, consumer)) => {
+                    self.live = Some((session, ch, consumer));
+                    return Ok(());
+                }
+                Err(e) => {
+                    warn!(queue = %self.queue, error = %e, "cannot consume; retrying");
+                    self.transport.invalidate(&session).await;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn open(&self, session: &super::Session) -> lapin::Result<(Channel, Consumer)> {
+        let ch = session.connection.create_channel().await?;
+        ch.basic_qos(self.prefetch, BasicQosOptions { global: false })
+            .await?;
+        if self.broadcast() {
+            topology::declare_subscriber(&ch, &self.queue, &self.route).await?;
+        } else {
+            topology::declare_queue(&ch, &self.queue, topology::queue_kind(&self.route)).await?;
+        }
+        let consumer = ch
+            .basic_consume(
+                self.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: self.broadcast(),
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((ch, consumer))
+    }
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn next(&mut self) -> Result<Option<Delivery>, TransportError> {
+        loop {
+            if self.transport.stopped() {
+                return Ok(None);
+            }
+            if self.live.is_none() {
+                match self.start().await {
+                    Ok(()) => {}
+                    Err(TransportError::Closed { .. }) => return Ok(None),
+                    Err(e) => return Err(e),
+                }
+            }
+            let (session, _ch, consumer) = self.live.as_mut().expect("consuming");
+            let next = tokio::select! {
+                n = consumer.next() => n,
+                _ = self.transport.closed_token().cancelled() => return Ok(None),
+            };
+            let delivery = match next {
+                Some(Ok(d)) => d,
+                Some(Err(e)) => {
+                    warn!(queue = %self.queue, error = %e, "consumer failed; reconnecting");
+                    let session = session.clone();
+                    self.live = None;
+                    self.transport.invalidate(&session).await;
+                    continue;
+                }
+                None => {
+                    debug!(queue = %self.queue, "consumer ended; reconnecting");
+                    let session = session.clone();
+                    self.live = None;
+                    self.transport.invalidate(&session).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            if delivery.redelivered {
+                metrics::counter!("kiln_redeliveries_total", "queue" => self.queue.clone())
+                    .increment(1);
+            }
+            match decode(&delivery.data) {
+                Ok(envelope) => {
+                    let acker: Option<Box<dyn Acker>> = if self.broadcast() {
+                        None
+                    } else {
+                        Some(Box::new(AmqpAcker {
+                            acker: delivery.acker,
+                            queue: self.queue.clone(),
+                        }))
+                    };
+                    return Ok(Some(Delivery::new(envelope, acker)));
+                }
+                Err(e) => {
+                    let reason = format!("{e} (on {})", self.route.name());
+                    warn!(queue = %self.queue, error = %e, "dead-lettering a message that cannot be decoded");
+                    match self
+                        .transport
+                        .dead_letter(&self.route.name(), &delivery.data, &reason)
+                        .await
+                    {
+                        Ok(()) => {
+                            if !self.broadcast() {
+                                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                            }
+                        }
+                        Err(err) => {
+                            // Could not keep it: let the broker dead-letter
+                            // it (reason "rejected").
+                            warn!(error = %err, "cannot publish the dead letter; rejecting");
+                            if !self.broadcast() {
+                                let _ = delivery
+                                    .acker
+                                    .nack(BasicNackOptions {
+                                        requeue: false,
+                                        multiple: false,
+                                    })
+                                    .await;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AmqpSubscription {
+    /// A broadcast subscriber's queue goes with it (it would expire anyway);
+    /// a work queue's consumer is cancelled so its prefetched messages go
+    /// back to the queue at once.
+    fn drop(&mut self) {
+        let Some((_session, ch, consumer)) = self.live.take() else {
+            return;
+        };
+        let delete = self.broadcast() || matches!(self.route, Route::IfdReply(_));
+        let queue = self.queue.clone();
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        handle.spawn(async move {
+            let _ = ch
+                .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+                .await;
+            if delete {
+                let _ = ch
+                    .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = ch.close(200, "unsubscribed".into()).await;
+        });
+    }
+}
+
+struct AmqpAcker {
+    acker: lapin::Acker,
+    queue: String,
+}
+
+#[async_trait]
+impl Acker for AmqpAcker {
+    async fn ack(self: Box<Self>) -> Result<(), TransportError> {
+        self.acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| TransportError::Broker {
+                route: self.queue.clone(),
+                message: format!("ack: {e} (the message will be delivered again)"),
+            })
+    }
+
+    async fn nack(self: Box<Self>, requeue: bool) -> Result<(), TransportError> {
+        self.acker
+            .nack(BasicNackOptions {
+                requeue,
+                multiple: false,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| TransportError::Broker {
+                route: self.queue.clone(),
+                message: format!("nack: {e}"),
+            })
+    }
+}
