@@ -163,7 +163,7 @@ so it never appears in the pod spec, a ConfigMap or the values.
 {{- define "kiln.podAnnotations" -}}
 {{- $root := index . 0 }}
 {{- $port := index . 1 }}
-{{- $extra := index . 2 }}
+{{- $extra := index . 2 -}}
 checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
 {{- if $root.Values.metrics.podAnnotations }}
 prometheus.io/scrape: "true"
@@ -229,7 +229,7 @@ priorityClassName: {{ . }}
 {{- define "kiln.configArgs" -}}
 {{- $root := index . 0 }}
 {{- $role := index . 1 }}
-{{- if (index $root.Values $role).config }}
+{{- if (index $root.Values $role).config -}}
 - --config
 - /etc/kiln/{{ $role }}.toml
 {{- end }}
