@@ -235,8 +235,9 @@ def test_defaults_satisfy_the_schema():
 
 
 def leaf_paths(values: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the values; a `resources` block counts as one value."""
     out = []
-    if isinstance(values, dict) and values:
+    if isinstance(values, dict) and values and not prefix.endswith("resources"):
         for k, v in values.items():
             out += leaf_paths(v, f"{prefix}.{k}" if prefix else k)
     else:
