@@ -115,3 +115,11 @@ def find_tool(name: str) -> str | None:
     if venv_bin.exists():
         return str(venv_bin)
     return shutil.which(name)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "kiln_cli: runs the kiln binary ($KILN_BIN) to check the command lines "
+        "of the chart, its NOTES and compose.yaml",
+    )
