@@ -354,6 +354,7 @@ def test_other_roles_are_unprivileged(value_set):
         assert sc["runAsNonRoot"] is True and sc["allowPrivilegeEscalation"] is False
         assert sc["readOnlyRootFilesystem"] is True
         assert sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
 def test_builder_drains_on_sigterm():
