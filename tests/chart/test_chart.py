@@ -588,3 +588,14 @@ def test_notes_tell_how_to_submit_a_build(value_set):
     notes = rendered_set(value_set)["kiln/templates/NOTES.txt"]
     assert "kiln submit" in notes and "--wait" in notes
     assert "create secret generic" in notes
+
+
+def test_packaged_chart_renders_the_same(tmp_path):
+    """`helm package` keeps everything the chart needs (schema included)."""
+    h = helm_module()
+    archive = h.package(str(CHART), destination=str(tmp_path))
+    with h.Chart.load(archive) as packaged:
+        assert packaged.schema is not None
+        assert packaged.render({}, name=RELEASE, namespace=NAMESPACE) == rendered_set("default")
+        with pytest.raises(h.HelmValuesError):
+            packaged.validate_schema({"builder": {"maxJob": 1}})
