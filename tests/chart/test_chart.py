@@ -599,3 +599,18 @@ def test_packaged_chart_renders_the_same(tmp_path):
         assert packaged.render({}, name=RELEASE, namespace=NAMESPACE) == rendered_set("default")
         with pytest.raises(h.HelmValuesError):
             packaged.validate_schema({"builder": {"maxJob": 1}})
+
+
+def test_long_names_fit():
+    """Object names stay valid DNS labels (63 characters) with the longest prefix."""
+    values = {
+        "fullnameOverride": "k" * 63,
+        "metrics": {"serviceMonitor": {"enabled": True}},
+        "networkPolicy": {"enabled": True},
+        "builder": {"autoscaling": {"mode": "keda"}},
+        "storeGateway": {"ingress": {"enabled": True}},
+    }
+    docs = manifests(render(values))
+    names = [d["metadata"]["name"] for d in docs]
+    assert all(len(n) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n) for n in names), names
+    assert len(names) == len(set((d["kind"], d["metadata"]["name"]) for d in docs))

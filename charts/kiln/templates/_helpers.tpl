@@ -24,7 +24,9 @@ named `kiln.*` so that it cannot collide with a parent chart's helpers.
 {{/* The name of one component's objects: `kiln.componentName (list $ "builder")`. */}}
 {{- define "kiln.componentName" -}}
 {{- $root := index . 0 }}
-{{- printf "%s-%s" (include "kiln.fullname" $root | trunc 48 | trimSuffix "-") (index . 1) }}
+{{- $suffix := index . 1 }}
+{{- $room := int (sub 62 (len $suffix)) }}
+{{- printf "%s-%s" (include "kiln.fullname" $root | trunc $room | trimSuffix "-") $suffix }}
 {{- end }}
 
 {{- define "kiln.chart" -}}
