@@ -136,6 +136,16 @@ start_rabbitmq() {
     log "RabbitMQ is up"
 }
 
+# The management API (kiln queues --management, queue rates).
+enable_rabbitmq_management() {
+    if as_root rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+        return
+    fi
+    log "enabling RabbitMQ's management plugin"
+    as_root rabbitmq-plugins enable --quiet rabbitmq_management >&2 ||
+        log "warning: could not enable rabbitmq_management"
+}
+
 # --- 3. Garage --------------------------------------------------------------
 
 find_garage() {
@@ -297,6 +307,7 @@ main() {
     install_packages
     nix_build_users
     start_rabbitmq
+    enable_rabbitmq_management
     find_garage
     as_root mkdir -p "$STATE_DIR"
     as_root chown "$(id -u):$(id -g)" "$STATE_DIR"

@@ -74,6 +74,14 @@ cargo test --workspace "${EXCLUDE[@]}" --no-fail-fast "$@" 2>&1 | tee "$TEST_LOG
 STATUS=${PIPESTATUS[0]}
 set -e
 
+# The deployment files (Helm chart, Dockerfile, compose.yaml), checked with
+# real Helm and the Kubernetes schemas, against the kiln binary just built.
+log "checking the deployment files (scripts/chart-test.sh)"
+set +e
+KILN_BIN=${KILN_BIN:-$ROOT/target/debug/kiln} bash "$ROOT/scripts/chart-test.sh" -q 2>&1 | tee "$LOG_DIR/chart-test.log"
+CHART_STATUS=${PIPESTATUS[0]}
+set -e
+
 # Summary: totals over every test binary, then each failing test by name.
 awk '
     /^test result:/ {
@@ -101,5 +109,9 @@ fi
 if [ "$STATUS" -ne 0 ]; then
     log "FAILED (cargo test exit status $STATUS)"
     exit "$STATUS"
+fi
+if [ "$CHART_STATUS" -ne 0 ]; then
+    log "FAILED: the deployment files' tests (log: $LOG_DIR/chart-test.log)"
+    exit "$CHART_STATUS"
 fi
 log "ALL TESTS PASSED"

@@ -16,7 +16,9 @@ fn a_broker_restart_mid_job_is_survived() {
     };
     farm.start(1, 2);
     let corpus = kiln_tests::shared_dir().join("conformance/build");
-    let file = farm.tmp.path().join("sleepers.nix");
+    let dir = farm.tmp.path().join("expr");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sleepers.nix");
     std::fs::write(
         &file,
         format!(

@@ -76,7 +76,10 @@ in mk {{ name = "sleepers-{tag}"; script = "cat ${{builtins.concatStringsSep " "
 "#,
         corpus = corpus.display()
     );
-    let file = dir.join(format!("sleepers-{tag}.nix"));
+    // A directory of its own: `kiln submit` ships the file's directory.
+    let dir = dir.join(format!("expr-{tag}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sleepers.nix");
     std::fs::write(&file, text).unwrap();
     file
 }

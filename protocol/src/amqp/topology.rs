@@ -91,7 +91,7 @@ pub fn queue_args(kind: QueueKind) -> FieldTable {
         QueueKind::Priority => {
             args.insert(
                 "x-max-priority".into(),
-                AMQPValue::ShortShortUInt(MAX_PRIORITY),
+                AMQPValue::LongLongInt(i64::from(MAX_PRIORITY)),
             );
             dead_lettering(&mut args);
         }
