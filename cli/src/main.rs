@@ -9,6 +9,7 @@ mod hash;
 mod instantiate;
 mod nar;
 mod progress;
+mod state;
 mod store_cmds;
 
 // The evaluator allocates many small, short-lived values; mimalloc handles
