@@ -1,7 +1,9 @@
 //! Canonicalising a build output as Nix does before it enters the store:
 //! permissions become 0444 or 0555 (so setuid, setgid and sticky bits go),
 //! modification times become 1, extended attributes are removed, and file
-//! types a NAR cannot hold (FIFOs, sockets, devices) are refused.
+//! types a NAR cannot hold (FIFOs, sockets, devices) are refused. Every
+//! entry is given to the builder process's own user and group (root when it
+//! runs as root), so nothing a build leaves stays owned by its build user.
 
 use std::ffi::CString;
 use std::fs;
@@ -111,6 +113,24 @@ fn remove_xattrs(p: &Path) -> Result<(), CanonicaliseError> {
     Ok(())
 }
 
+/// Gives `p` to the process's effective user and group, as Nix gives
+/// outputs to root. Without the right to (an unprivileged builder), the
+/// entry is the process's already.
+fn set_owner(p: &Path, md: &fs::Metadata) -> Result<(), CanonicaliseError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: plain system calls without arguments.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if md.uid() == uid && md.gid() == gid {
+        return Ok(());
+    }
+    let c = cpath(p)?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    if unsafe { libc::lchown(c.as_ptr(), uid, gid) } == -1 {
+        return Err(io_err(p, "changing owner")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
 /// Canonicalises the tree at `path` in place.
 pub fn canonicalise(path: &Path) -> Result<(), CanonicaliseError> {
     let mut stack = vec![path.to_path_buf()];
@@ -120,6 +140,7 @@ pub fn canonicalise(path: &Path) -> Result<(), CanonicaliseError> {
         if ft.is_fifo() || ft.is_socket() || ft.is_block_device() || ft.is_char_device() {
             return Err(CanonicaliseError::UnsupportedType(p));
         }
+        set_owner(&p, &md)?;
         if !ft.is_symlink() {
             remove_xattrs(&p)?;
             let mode = md.permissions().mode() & 0o7777;

@@ -21,6 +21,7 @@ pub mod rootfs;
 pub mod run;
 pub mod sandbox;
 pub mod seccomp;
+mod spawner;
 pub mod userpool;
 pub mod worker;
 

@@ -7,6 +7,14 @@
 //! `/proc`, `/dev/shm` and `/dev/pts`, `pivot_root`s into it and `execve`s the
 //! builder. No helper binary is involved.
 //!
+//! The namespace init is the builder itself, and it dies with the process
+//! that started it (`PR_SET_PDEATHSIG`, set after the last change of
+//! credentials, which would clear it): when Kiln is killed, even by SIGKILL
+//! or the OOM killer, the kernel kills the init and with it every process
+//! of the build. The signal follows the *thread* that cloned the child, so
+//! every sandbox is cloned by one thread that lives as long as the process
+//! ([`crate::spawner`]).
+//!
 //! The child of a multi-threaded program may not allocate, so every path,
 //! argument and step is prepared beforehand as a [`Plan`]; the child only
 //! walks that plan with raw system calls and reports the first failing step
@@ -161,6 +169,13 @@ enum Step {
     DetachOldRoot,
     RmdirOldRoot,
     SetIds,
+    /// Dies with the parent (`PR_SET_PDEATHSIG`); closes the child's copy
+    /// of the write end of the parent's liveness pipe and refuses to go on
+    /// when no write end is left, i.e. the parent died before this step.
+    DieWithParent {
+        alive_r: RawFd,
+        alive_w: RawFd,
+    },
     /// Resets what a builder inherits from Kiln's process: umask 022, no
     /// blocked signals, default dispositions (Rust ignores SIGPIPE).
     ProcessState,
@@ -225,7 +240,12 @@ fn locked_flags(path: &Path) -> Result<libc::c_ulong, SandboxError> {
 }
 
 impl Plan {
-    fn new(spec: &SandboxSpec, log_fd: RawFd, go_fd: Option<RawFd>) -> Result<Plan, SandboxError> {
+    fn new(
+        spec: &SandboxSpec,
+        log_fd: RawFd,
+        go_fd: Option<RawFd>,
+        alive: (RawFd, RawFd),
+    ) -> Result<Plan, SandboxError> {
         let root = &spec.root;
         let inside = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         let mut steps: Vec<(Step, String)> = Vec::new();
@@ -355,6 +375,13 @@ impl Plan {
         push(Step::DetachOldRoot, "unmount the old root".into());
         push(Step::RmdirOldRoot, "remove real-root".into());
         push(Step::SetIds, "switch to uid 1000 / gid 100".into());
+        push(
+            Step::DieWithParent {
+                alive_r: alive.0,
+                alive_w: alive.1,
+            },
+            "tie the build to its parent (PR_SET_PDEATHSIG)".into(),
+        );
         push(Step::ProcessState, "reset umask and signals".into());
         push(
             Step::Chdir(cpath(&spec.cwd)?),
@@ -505,6 +532,26 @@ unsafe fn run_step(plan: &Plan, step: &Step) -> libc::c_int {
             }
             libc::syscall(libc::SYS_setuid, SANDBOX_UID) as libc::c_int
         }
+        Step::DieWithParent { alive_r, alive_w } => {
+            let (sig, zero) = (libc::SIGKILL as libc::c_ulong, 0 as libc::c_ulong);
+            if libc::prctl(libc::PR_SET_PDEATHSIG, sig, zero, zero, zero) == -1 {
+                return -1;
+            }
+            libc::close(*alive_w);
+            // Other children being cloned may hold a write end for a moment;
+            // only a hang-up with no data means every holder is gone, and
+            // the parent holds its end until this child has exec'd.
+            let mut pfd = libc::pollfd {
+                fd: *alive_r,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            if libc::poll(&mut pfd, 1, 0) == 1 && pfd.revents & libc::POLLHUP != 0 {
+                *libc::__errno_location() = libc::ESRCH;
+                return -1;
+            }
+            0
+        }
         Step::Stdio => {
             let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDONLY);
             if null == -1 || libc::dup2(null, 0) == -1 {
@@ -585,9 +632,18 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), SandboxError> {
 
 /// Starts `spec` in new namespaces and waits until the builder has been
 /// executed (or set-up failed, in which case the child has been reaped).
+/// The child is cloned by the process's spawner thread, so that it lives
+/// exactly as long as this process.
 pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
+    crate::spawner::spawn(spec)
+}
+
+/// [`spawn`] from the calling thread: the child dies when this thread
+/// ends. Only [`crate::spawner`]'s thread, which never ends, calls it.
+pub(crate) fn spawn_here(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
     let (log_r, log_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
+    let (alive_r, alive_w) = pipe()?;
     let go = spec
         .host_user
         .map(|ids| pipe().map(|p| (p, ids)))
@@ -596,6 +652,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
         spec,
         log_w.as_raw_fd(),
         go.as_ref().map(|((r, _), _)| r.as_raw_fd()),
+        (alive_r.as_raw_fd(), alive_w.as_raw_fd()),
     )?;
     let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
@@ -629,6 +686,7 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
     let pid = pid as libc::pid_t;
     drop(rep_w);
     drop(log_w);
+    drop(alive_r);
     if let Some(((go_r, go_w), (uid, gid))) = go {
         drop(go_r);
         if let Err(e) = map_ids(pid, uid, gid).and_then(|()| {
@@ -679,6 +737,9 @@ pub fn spawn(spec: &SandboxSpec) -> Result<SandboxChild, SandboxError> {
         });
     }
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    // Held until the child exec'd (the report pipe closed), so that its
+    // liveness check could not see this process as dead.
+    drop(alive_w);
     drop(plan);
     Ok(SandboxChild {
         pid,

@@ -8,6 +8,11 @@
 //! by a lock file for as long as the build runs. Lock files (rather than an
 //! in-process set) keep two Kiln processes on one host apart too.
 //!
+//! A lock only says no Kiln process is using a user; a process of a build
+//! whose owner died could in principle still run under its uid. So, like
+//! Nix, a user is handed out only once no process holds its uid: any found
+//! is killed first, and a user whose processes will not die is skipped.
+//!
 //! An unprivileged builder needs none of this: its own uid is the only one it
 //! can map, and it owns nothing the build could misuse.
 
@@ -112,6 +117,13 @@ impl UserPool {
                 .map_err(lock_err(&path))?;
             let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
             if r == 0 {
+                if !reclaim(uid) {
+                    tracing::warn!(
+                        uid,
+                        "build user still has processes that do not die; skipped"
+                    );
+                    continue;
+                }
                 return Ok(BuildUser {
                     uid,
                     gid: uid,
@@ -128,6 +140,66 @@ impl UserPool {
             size: self.size,
             dir: self.lock_dir.clone(),
         })
+    }
+}
+
+/// How long [`reclaim`] waits for a user's processes to die.
+const RECLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Pids of the processes (in this pid namespace) with `uid` as real,
+/// effective, saved or file-system uid.
+pub fn processes_of(uid: u32) -> Vec<libc::pid_t> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<libc::pid_t>().ok())
+        .filter(|pid| holds_uid(*pid, uid))
+        .collect()
+}
+
+fn holds_uid(pid: libc::pid_t, uid: u32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .is_some_and(|ids| ids.split_whitespace().any(|id| id == uid.to_string()))
+    })
+}
+
+/// Kills every process holding `uid` and waits until none is left; false
+/// when some survive [`RECLAIM_WAIT`].
+pub fn reclaim(uid: u32) -> bool {
+    let until = std::time::Instant::now() + RECLAIM_WAIT;
+    loop {
+        let pids = processes_of(uid);
+        if pids.is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() > until {
+            return false;
+        }
+        for pid in pids {
+            // Through a pidfd, checked again once opened, so a recycled pid
+            // of another user is never signalled.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            if fd < 0 {
+                continue;
+            }
+            if holds_uid(pid, uid) {
+                tracing::warn!(uid, pid, "killing a leftover process of a build user");
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        fd as libc::c_int,
+                        libc::SIGKILL,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            unsafe { libc::close(fd as libc::c_int) };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
@@ -157,6 +229,17 @@ mod tests {
         assert!(!map_covers(rootless, DEFAULT_BASE, DEFAULT_SIZE));
         assert!(map_covers(rootless, 100, 1000));
         assert!(!map_covers("", 0, 1));
+    }
+
+    #[test]
+    fn a_user_without_processes_is_reclaimed_at_once() {
+        // No process runs under an id this far up the pool.
+        assert!(processes_of(DEFAULT_BASE + DEFAULT_SIZE - 1).is_empty());
+        assert!(reclaim(DEFAULT_BASE + DEFAULT_SIZE - 1));
+        // This process holds its own uid.
+        let me = unsafe { libc::getuid() };
+        let pid = std::process::id() as libc::pid_t;
+        assert!(processes_of(me).contains(&pid));
     }
 
     #[test]

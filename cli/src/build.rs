@@ -49,12 +49,26 @@ pub struct Args {
     /// Print the job's events as JSON lines.
     #[arg(long)]
     pub json: bool,
+    /// Kill a build running longer than this many seconds (as nix-build).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// Keep all state (default store, realised paths, work and temporary
+    /// directories) under this directory instead of `~/.cache/kiln`; also
+    /// `KILN_STATE_DIR`.
+    #[arg(long = "state-dir", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Kill a build silent (no log output) for this many seconds.
+    #[arg(long = "max-silent-time", value_name = "SECS")]
+    pub max_silent_time: Option<u64>,
     #[command(flatten)]
     pub store_opts: StoreOpts,
 }
 
-/// `~/.cache/kiln` (or `$XDG_CACHE_HOME/kiln`).
+/// `$KILN_STATE_DIR`, else `~/.cache/kiln` (or `$XDG_CACHE_HOME/kiln`).
 pub(crate) fn kiln_home() -> Result<PathBuf> {
+    if let Some(d) = std::env::var_os("KILN_STATE_DIR").filter(|d| !d.is_empty()) {
+        return Ok(PathBuf::from(d));
+    }
     if let Some(x) = std::env::var_os("XDG_CACHE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("kiln"));
     }
@@ -128,6 +142,8 @@ pub(crate) fn spec(args: &Args) -> Result<JobSpec> {
         options: JobOptions {
             keep_going: args.keep_going,
             max_jobs: args.jobs.max(1) as u32,
+            timeout_secs: args.timeout.filter(|t| *t > 0),
+            max_silent_secs: args.max_silent_time.filter(|t| *t > 0),
             ..JobOptions::default()
         },
         sources: Vec::new(),
@@ -144,10 +160,25 @@ pub(crate) fn default_store(given: Option<&str>) -> Result<String> {
     }
 }
 
+/// The state directory: `--state-dir`, else [`kiln_home`].
+fn state_dir(args: &Args) -> Result<PathBuf> {
+    match &args.state_dir {
+        Some(d) => {
+            Ok(std::path::absolute(d)
+                .with_context(|| format!("state directory '{}'", d.display()))?)
+        }
+        None => kiln_home(),
+    }
+}
+
 pub fn run(args: Args) -> Result<ExitCode> {
     let spec = spec(&args)?;
-    let home = kiln_home()?;
-    let store_url = default_store(args.store.as_deref())?;
+    let home = state_dir(&args)?;
+    let store_url = match &args.store {
+        Some(s) => s.clone(),
+        None => home.join("store").display().to_string(),
+    };
+    let _state = crate::state::lock(&home)?;
     let mode = if args.json {
         Mode::Json
     } else if std::io::stderr().is_terminal() {

@@ -12,6 +12,7 @@ mod nar;
 mod ops;
 mod progress;
 mod services;
+mod state;
 mod store_cmds;
 mod submit;
 

@@ -40,6 +40,17 @@ pub fn sanitize(line: &str) -> String {
         .collect()
 }
 
+/// [`sanitize`] for a message of several lines (an evaluation error with
+/// its trace, a failure reason): line breaks stay, and the lines after the
+/// first are indented so they read as part of one message.
+pub fn sanitize_text(text: &str) -> String {
+    text.trim_end_matches('\n')
+        .split('\n')
+        .map(sanitize)
+        .collect::<Vec<_>>()
+        .join("\n  ")
+}
+
 /// Keeps the state the live view needs and prints events.
 pub struct Progress {
     mode: Mode,
@@ -253,7 +264,7 @@ fn plain_line(event: &Event) -> Option<String> {
         }
         Event::Failed {
             drv_path, reason, ..
-        } => format!("failed {drv_path}: {}", sanitize(reason)),
+        } => format!("failed {drv_path}: {}", sanitize_text(reason)),
         Event::DependencyFailed {
             drv_path,
             dependency,
@@ -265,7 +276,9 @@ fn plain_line(event: &Event) -> Option<String> {
             )
         }
         Event::EvalFinished { error: None } => "evaluation finished".to_string(),
-        Event::EvalFinished { error: Some(e) } => format!("evaluation failed: {}", sanitize(e)),
+        Event::EvalFinished { error: Some(e) } => {
+            format!("evaluation failed: {}", sanitize_text(e))
+        }
         Event::JobFinished {
             success, summary, ..
         } => {
@@ -293,6 +306,14 @@ mod tests {
             "hello-2.12"
         );
         assert_eq!(sanitize("a\x1b[2Jb\rc\td"), "a\u{fffd}[2Jb\u{fffd}c\td");
+        let eval = plain_line(&Event::EvalFinished {
+            error: Some("error: undefined variable 'x'\n\n       at /a.nix:1:1:\n\x1b[2J\n".into()),
+        })
+        .unwrap();
+        assert_eq!(
+            eval,
+            "evaluation failed: error: undefined variable 'x'\n  \n         at /a.nix:1:1:\n  \u{fffd}[2J"
+        );
         let line = plain_line(&Event::Log {
             drv_path: "/nix/store/s5nvav9b8g8kczqzrn1n1npbvs31hgs4-x.drv".into(),
             line: "\x1b[31mred".into(),

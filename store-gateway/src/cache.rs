@@ -3,17 +3,18 @@
 //! positive cache; verified NAR streams; uploads that write a narinfo only
 //! once its NAR is stored; closure queries.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{self, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
+use kiln_nix::hash::{Hash, HashAlgo, Hasher};
 use kiln_nix::narinfo::{ContentAddress, NarInfo, NixCacheInfo};
 use kiln_nix::signing::{SecretKey, TrustedKeys};
 use kiln_nix::store_path::{StorePath, STORE_DIR};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::backend::{get_small, read_ahead, read_ahead_checked, ByteStream, Store};
 use crate::compression::{Compression, NarCheck, VerifyingReader};
@@ -295,6 +296,18 @@ impl BinaryCache {
     /// The uncompressed NAR of a path, verified against its narinfo as it
     /// streams: reading to the end fails if hash or size differ.
     pub async fn nar(&self, info: &NarInfo) -> Result<ByteStream> {
+        self.nar_inspected(info, |_| {}).await
+    }
+
+    /// [`BinaryCache::nar`] that also shows `inspect` each chunk of the
+    /// file as stored (compressed), as it arrives: the gateway measures an
+    /// uploaded NAR's file this way while it verifies its content.
+    pub async fn nar_inspected(
+        &self,
+        info: &NarInfo,
+        inspect: impl FnMut(&[u8]) + Send + 'static,
+    ) -> Result<ByteStream> {
+        let mut inspect = inspect;
         let key = self.nar_key(info)?;
         let compression =
             Compression::from_name(&info.compression).ok_or_else(|| StoreError::Malformed {
@@ -310,6 +323,7 @@ impl BinaryCache {
                 store: self.store.url(),
                 path: format!("{} (its NAR {key})", info.store_path),
             })?;
+        let raw: crate::backend::ChunkStream = Box::pin(raw.inspect_ok(move |c| inspect(c)));
         let what = format!("NAR of '{}' from '{}'", info.store_path, self.store.url());
         if compression == Compression::None {
             // The file is the NAR: check it as it is received.
@@ -328,15 +342,35 @@ impl BinaryCache {
     /// Stores a path from its NAR stream: compress, hash and upload the NAR
     /// in one pipelined pass (uncompressed when it proves incompressible,
     /// see [`CacheOptions::skip_incompressible`]), make it visible once its
-    /// hashes are checked,
-    /// then sign and write the narinfo. Nothing is
+    /// hashes are checked, then sign and write the narinfo. Nothing is
     /// written when the stream fails or does not match `meta.expected`.
+    ///
+    /// A path is written once: when its narinfo exists already (before the
+    /// upload, even in a read-only store, or because a concurrent writer got
+    /// there first), that narinfo is returned and nothing more is written.
+    /// So the caller must use the returned `nar_hash`, which may differ from
+    /// its own when the build is not reproducible. The stream is always
+    /// read to its end, so that a writer on its other side finishes and the
+    /// error returned here is the one that matters.
     pub async fn add_path<R: AsyncRead + Unpin + Send>(
         &self,
         meta: PathMeta,
-        nar: R,
+        mut nar: R,
     ) -> Result<NarInfo> {
+        let existing = match self.path_info(&meta.path).await {
+            Ok(e) => e,
+            Err(e) => {
+                drain(&mut nar).await;
+                return Err(e);
+            }
+        };
+        if let Some(existing) = existing {
+            let ours = drain(&mut nar).await;
+            note_if_different(&existing, ours.as_ref());
+            return Ok(existing);
+        }
         if !self.store.writable() {
+            drain(&mut nar).await;
             return Err(StoreError::ReadOnly {
                 store: self.store.url(),
             });
@@ -375,6 +409,13 @@ impl BinaryCache {
                 });
             }
         }
+        // Staging took a while: another writer may have finished meanwhile,
+        // and then this NAR is not needed.
+        if let Some(existing) = self.path_info(&meta.path).await? {
+            pending.abort().await;
+            note_if_different(&existing, Some(&(staged.nar_hash, staged.nar_size)));
+            return Ok(existing);
+        }
         let staged_ms = started.elapsed().as_secs_f64() * 1e3;
         let key = pending.commit().await?;
         let committed_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -392,7 +433,7 @@ impl BinaryCache {
             sigs: meta.sigs,
             ca: meta.ca,
         };
-        self.put_narinfo(&mut info).await?;
+        let info = self.put_narinfo_once(&mut info).await?;
         tracing::debug!(
             path = %info.store_path,
             nar_size = info.nar_size,
@@ -405,8 +446,36 @@ impl BinaryCache {
         Ok(info)
     }
 
-    /// Signs `info` with the configured keys and writes it. The caller
-    /// guarantees its NAR is already stored.
+    /// Signs `info` with the configured keys and writes it unless the path
+    /// has a narinfo already; the caller guarantees its NAR is stored.
+    /// Returns the narinfo that is in the store afterwards: `info` itself,
+    /// or the one a concurrent writer stored first.
+    pub async fn put_narinfo_once(&self, info: &mut NarInfo) -> Result<NarInfo> {
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..WRITE_ONCE_ATTEMPTS {
+            match self.put_narinfo(info).await {
+                Ok(()) => return Ok(info.clone()),
+                Err(StoreError::Exists { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(winner) = self.path_info(&info.store_path).await? {
+                note_if_different(&winner, Some(&(info.nar_hash.clone(), info.nar_size)));
+                return Ok(winner);
+            }
+            // Taken but not readable yet: an S3 conditional write still
+            // in progress (409). Ask again shortly.
+            tokio::time::sleep(wait).await;
+            wait *= 2;
+        }
+        Err(StoreError::Exists {
+            store: self.store.url(),
+            path: info.store_path.to_string(),
+        })
+    }
+
+    /// Signs `info` with the configured keys and writes it, unless the path
+    /// has a narinfo already ([`StoreError::Exists`]): a path is written
+    /// once. The caller guarantees its NAR is already stored.
     pub async fn put_narinfo(&self, info: &mut NarInfo) -> Result<()> {
         let path = info.store_path.to_string();
         let fmt_err = |e: kiln_nix::narinfo::NarInfoError| StoreError::Format {
@@ -418,38 +487,18 @@ impl BinaryCache {
         }
         let text = info.to_narinfo_string().map_err(fmt_err)?;
         let hash_part = info.store_path.hash_part();
-        self.store
-            .put_bytes(&Key::narinfo(&hash_part)?, Bytes::from(text))
+        let written = self
+            .store
+            .put_bytes_if_absent(&Key::narinfo(&hash_part)?, Bytes::from(text))
             .await?;
+        if !written {
+            return Err(StoreError::Exists {
+                store: self.store.url(),
+                path,
+            });
+        }
         self.remember(&hash_part);
         Ok(())
-    }
-
-    /// The narinfos of the closure of `roots`, dependencies before the
-    /// paths that refer to them.
-    pub async fn closure(&self, roots: &[StorePath]) -> Result<Vec<NarInfo>> {
-        let mut infos: HashMap<StorePath, NarInfo> = HashMap::new();
-        let mut frontier: Vec<StorePath> = roots.to_vec();
-        let mut seen: HashSet<StorePath> = roots.iter().cloned().collect();
-        while !frontier.is_empty() {
-            let fetched: Vec<NarInfo> = stream::iter(
-                frontier
-                    .drain(..)
-                    .map(|p| async move { self.require_info(&p).await }),
-            )
-            .buffer_unordered(self.opts.concurrency.max(1))
-            .try_collect()
-            .await?;
-            for info in fetched {
-                for r in &info.references {
-                    if seen.insert(r.clone()) {
-                        frontier.push(r.clone());
-                    }
-                }
-                infos.insert(info.store_path.clone(), info);
-            }
-        }
-        Ok(topo_sort(infos))
     }
 
     /// Stores a build log for a derivation.
@@ -470,33 +519,38 @@ impl BinaryCache {
     }
 }
 
-/// Orders narinfos so that every path comes after its references.
-fn topo_sort(mut infos: HashMap<StorePath, NarInfo>) -> Vec<NarInfo> {
-    let mut names: Vec<StorePath> = infos.keys().cloned().collect();
-    names.sort();
-    let mut done: HashSet<StorePath> = HashSet::new();
-    let mut order = Vec::with_capacity(names.len());
-    for root in names {
-        // Iterative depth-first post-order; a self-reference is skipped and
-        // a (malformed) cycle cannot loop because visited paths are marked.
-        let mut stack = vec![(root, false)];
-        while let Some((p, expanded)) = stack.pop() {
-            if expanded {
-                order.push(p);
-                continue;
+/// Attempts to write or read back a narinfo in [`BinaryCache::put_narinfo_once`].
+const WRITE_ONCE_ATTEMPTS: u32 = 6;
+
+/// Reads `nar` to its end (what its writer sends is not needed) and returns
+/// the NAR's hash and size, or `None` when the stream failed.
+async fn drain<R: AsyncRead + Unpin>(nar: &mut R) -> Option<(Hash, u64)> {
+    let mut hasher = Hasher::new(HashAlgo::Sha256);
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match nar.read(&mut buf).await {
+            Ok(0) => return Some((hasher.finish(), size)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
             }
-            if !done.insert(p.clone()) {
-                continue;
-            }
-            stack.push((p.clone(), true));
-            if let Some(info) = infos.get(&p) {
-                for r in info.references.iter().rev() {
-                    if r != &p && !done.contains(r) {
-                        stack.push((r.clone(), false));
-                    }
-                }
-            }
+            Err(_) => return None,
         }
     }
-    order.into_iter().filter_map(|p| infos.remove(&p)).collect()
+}
+
+/// Logs when a path stored by another writer differs from this writer's
+/// copy (a build that is not reproducible): the store's copy wins.
+fn note_if_different(stored: &NarInfo, ours: Option<&(Hash, u64)>) {
+    if let Some((hash, size)) = ours {
+        if *hash != stored.nar_hash || *size != stored.nar_size {
+            tracing::warn!(
+                path = %stored.store_path,
+                stored = %stored.nar_hash.to_sri(),
+                ours = %hash.to_sri(),
+                "path already in the store with other content (not reproducible?); the store's copy is kept"
+            );
+        }
+    }
 }

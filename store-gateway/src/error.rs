@@ -21,22 +21,24 @@ pub enum StoreError {
         reason: String,
     },
     /// Local file system I/O failed.
-    #[error("{op} '{path}': {source}")]
+    // The OS error is part of the message (most callers print only that)
+    // and so not also a `source`, which would print it twice in a chain.
+    #[error("{op} '{path}': {cause}")]
     Io {
         /// What was being done.
         op: &'static str,
         /// The file involved.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// Reading or writing a stream failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Stream {
         /// What was being streamed.
         context: String,
         /// The underlying error.
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     /// The S3 server refused or failed a request.
     #[error("S3 {op} of '{key}' in bucket '{bucket}': {message}")]
@@ -65,6 +67,14 @@ pub enum StoreError {
     ReadOnly {
         /// The store's URL.
         store: String,
+    },
+    /// A path's narinfo exists already: a path is written once.
+    #[error("path '{path}' is already in store '{store}' (a path is written once)")]
+    Exists {
+        /// The store's URL.
+        store: String,
+        /// The store path.
+        path: String,
     },
     /// A narinfo or nix-cache-info was malformed.
     #[error("malformed {key} in '{store}': {message}")]
@@ -118,7 +128,7 @@ impl StoreError {
         StoreError::Io {
             op,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -126,7 +136,7 @@ impl StoreError {
     pub fn stream(context: impl Into<String>, source: std::io::Error) -> Self {
         StoreError::Stream {
             context: context.into(),
-            source,
+            cause: source,
         }
     }
 }

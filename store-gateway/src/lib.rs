@@ -9,6 +9,7 @@
 
 pub mod backend;
 pub mod cache;
+mod closure;
 pub mod compression;
 pub mod copy;
 pub mod error;

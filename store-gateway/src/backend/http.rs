@@ -101,6 +101,36 @@ impl HttpStore {
         unreachable!("the last attempt returns")
     }
 
+    /// One `POST /api/v1/exists` for `keys` (narinfos); `None` when the
+    /// server is not a Kiln gateway.
+    async fn exists_batch(&self, keys: &[Key]) -> Result<Option<Vec<bool>>> {
+        let url = format!("{}/api/v1/exists", self.base);
+        let body = ExistsRequest {
+            paths: keys
+                .iter()
+                .map(|k| k.as_str().trim_end_matches(".narinfo").to_string())
+                .collect(),
+        };
+        // A read-only query: safe to repeat.
+        let resp = self
+            .send_idempotent("POST", &url, || {
+                self.request(Method::POST, &url).json(&body)
+            })
+            .await?;
+        if !resp.status().is_success() {
+            return Ok(None);
+        }
+        let body: ExistsResponse = resp.json().await.map_err(|e| Self::err("POST", &url, e))?;
+        if body.present.len() != keys.len() {
+            return Err(Self::err(
+                "POST",
+                &url,
+                "answer has the wrong number of entries",
+            ));
+        }
+        Ok(Some(body.present))
+    }
+
     fn err(method: &'static str, url: &str, message: impl ToString) -> StoreError {
         StoreError::Http {
             method,
@@ -110,24 +140,45 @@ impl HttpStore {
     }
 
     async fn put(&self, key: &Key, body: reqwest::Body, len: u64) -> Result<()> {
+        // Unconditional: never answered "taken".
+        self.put_with(key, body, len, false).await.map(|_| ())
+    }
+
+    /// `PUT`s `body` under `key`; with `if_absent`, as `If-None-Match: *`,
+    /// which a Kiln gateway answers with 412 when the key is taken (then
+    /// `false` is returned).
+    async fn put_with(
+        &self,
+        key: &Key,
+        body: reqwest::Body,
+        len: u64,
+        if_absent: bool,
+    ) -> Result<bool> {
         if self.token.is_none() {
             return Err(StoreError::ReadOnly { store: self.url() });
         }
         let url = self.url_of(key);
-        let resp = self
+        let mut req = self
             .request(Method::PUT, &url)
             .header(reqwest::header::CONTENT_TYPE, key.content_type())
-            .header(reqwest::header::CONTENT_LENGTH, len)
+            .header(reqwest::header::CONTENT_LENGTH, len);
+        if if_absent {
+            req = req.header(reqwest::header::IF_NONE_MATCH, "*");
+        }
+        let resp = req
             .body(body)
             .send()
             .await
             .map_err(|e| Self::err("PUT", &url, e))?;
-        if !resp.status().is_success() {
-            let status = resp.status();
+        let status = resp.status();
+        if if_absent && status == StatusCode::PRECONDITION_FAILED {
+            return Ok(false);
+        }
+        if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             return Err(Self::err("PUT", &url, format!("{status}: {}", text.trim())));
         }
-        Ok(())
+        Ok(true)
     }
 }
 
@@ -174,30 +225,20 @@ impl Store for HttpStore {
 
     async fn exists_many(&self, keys: &[Key]) -> Result<Vec<bool>> {
         if keys.len() > 1 && keys.iter().all(|k| k.kind() == KeyKind::NarInfo) {
-            let url = format!("{}/api/v1/exists", self.base);
-            let body = ExistsRequest {
-                paths: keys
-                    .iter()
-                    .map(|k| k.as_str().trim_end_matches(".narinfo").to_string())
-                    .collect(),
+            // A Kiln gateway takes this many paths per request.
+            let batch = match self.token {
+                Some(_) => crate::gateway::MAX_EXISTS_BATCH,
+                None => crate::gateway::MAX_ANONYMOUS_EXISTS_BATCH,
             };
-            // A read-only query: safe to repeat.
-            let resp = self
-                .send_idempotent("POST", &url, || {
-                    self.request(Method::POST, &url).json(&body)
-                })
-                .await?;
-            if resp.status().is_success() {
-                let body: ExistsResponse =
-                    resp.json().await.map_err(|e| Self::err("POST", &url, e))?;
-                if body.present.len() == keys.len() {
-                    return Ok(body.present);
+            let mut present = Vec::with_capacity(keys.len());
+            for chunk in keys.chunks(batch) {
+                match self.exists_batch(chunk).await? {
+                    Some(p) => present.extend(p),
+                    None => break,
                 }
-                return Err(Self::err(
-                    "POST",
-                    &url,
-                    "answer has the wrong number of entries",
-                ));
+            }
+            if present.len() == keys.len() {
+                return Ok(present);
             }
             // Not a Kiln gateway: fall back to one HEAD per key.
         }
@@ -224,6 +265,12 @@ impl Store for HttpStore {
     async fn put_bytes(&self, key: &Key, data: Bytes) -> Result<()> {
         let len = data.len() as u64;
         self.put(key, reqwest::Body::from(data), len).await
+    }
+
+    async fn put_bytes_if_absent(&self, key: &Key, data: Bytes) -> Result<bool> {
+        let len = data.len() as u64;
+        self.put_with(key, reqwest::Body::from(data), len, true)
+            .await
     }
 
     async fn delete(&self, _key: &Key) -> Result<()> {

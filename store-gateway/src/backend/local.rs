@@ -133,6 +133,34 @@ impl Store for LocalStore {
         self.publish(tmp, key).await
     }
 
+    async fn put_bytes_if_absent(&self, key: &Key, data: Bytes) -> Result<bool> {
+        let tmp = self.staged(key).await?;
+        let mut f = fs::File::create(&tmp)
+            .await
+            .map_err(|e| StoreError::io("writing", tmp.to_path_buf(), e))?;
+        f.write_all(&data)
+            .await
+            .map_err(|e| StoreError::io("writing", tmp.to_path_buf(), e))?;
+        f.sync_all()
+            .await
+            .map_err(|e| StoreError::io("syncing", tmp.to_path_buf(), e))?;
+        drop(f);
+        let dest = self.object_path(key);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)
+                .await
+                .map_err(|e| StoreError::io("creating directory", parent, e))?;
+        }
+        // A hard link, unlike a rename, never replaces what is there: of
+        // concurrent writers exactly one succeeds, and a reader sees the
+        // whole file or nothing. The staged name goes when `tmp` drops.
+        match fs::hard_link(&tmp, &dest).await {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(StoreError::io("linking into place", dest, e)),
+        }
+    }
+
     async fn delete(&self, key: &Key) -> Result<()> {
         let path = self.object_path(key);
         match fs::remove_file(&path).await {

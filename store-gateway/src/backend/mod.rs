@@ -79,6 +79,13 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Stores a small object held in memory, atomically.
     async fn put_bytes(&self, key: &Key, data: Bytes) -> Result<()>;
 
+    /// Stores a small object unless one is already under `key`: returns
+    /// `true` when `data` was written, `false` when an object was there
+    /// (which is left as it is). Of concurrent callers on one key, exactly
+    /// one writes; this is what makes a narinfo written once (see
+    /// [`crate::cache::BinaryCache::add_path`]).
+    async fn put_bytes_if_absent(&self, key: &Key, data: Bytes) -> Result<bool>;
+
     /// Starts an object of `kind` whose content is streamed before its key
     /// is known (a NAR is named after the hash of its compressed bytes).
     /// Memory held is bounded whatever the object's size. Nothing is

@@ -477,6 +477,32 @@ impl Store for S3Store {
         Ok(())
     }
 
+    async fn put_bytes_if_absent(&self, key: &Key, data: Bytes) -> Result<bool> {
+        let okey = self.config.object_key(key);
+        let res = self
+            .client
+            .put_object()
+            .bucket(&self.config.bucket)
+            .key(&okey)
+            .content_type(key.content_type())
+            .if_none_match("*")
+            .body(S3Body::from(data))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            // 412: the key is taken. 409: a concurrent conditional write
+            // to it is in progress; it wins.
+            Err(e)
+                if e.raw_response()
+                    .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(self.err("PutObject", &okey, e)),
+        }
+    }
+
     async fn begin_upload<'a>(
         &'a self,
         kind: KeyKind,

@@ -14,23 +14,25 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
-use kiln_nix::store_path::StorePath;
+use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::io::ReaderStream;
 
-use crate::backend::http::{ExistsRequest, ExistsResponse};
 use crate::cache::BinaryCache;
 use crate::error::StoreError;
-use crate::key::{Key, STORE_HASH_LEN};
+use crate::key::Key;
 
+mod exists;
 pub mod metrics;
+mod nar_check;
 mod upload;
 
+pub use exists::{EXISTS_IN_FLIGHT, MAX_ANONYMOUS_EXISTS_BATCH, MAX_EXISTS_BATCH, MAX_EXISTS_BODY};
 pub use metrics::Metrics;
 
-/// Most paths in one `POST /api/v1/exists`.
-pub const MAX_EXISTS_BATCH: usize = 100_000;
+/// Largest body of any request but an upload, which streams under limits
+/// of its own (see [`upload`]).
+pub const MAX_REQUEST_BODY: usize = exists::MAX_EXISTS_BODY;
 
 /// What the gateway serves and who may write.
 #[derive(Debug)]
@@ -43,6 +45,8 @@ pub struct GatewayState {
     pub max_nar_size: u64,
     /// Request counters.
     pub metrics: Metrics,
+    /// Exists requests allowed to run at once.
+    pub exists_slots: tokio::sync::Semaphore,
 }
 
 impl GatewayState {
@@ -56,6 +60,7 @@ impl GatewayState {
                 .collect(),
             max_nar_size: 64 << 30,
             metrics: Metrics::default(),
+            exists_slots: tokio::sync::Semaphore::new(EXISTS_IN_FLIGHT),
         }
     }
 }
@@ -65,12 +70,12 @@ pub fn router(state: Arc<GatewayState>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics_handler))
-        .route("/api/v1/exists", post(exists_handler))
+        .route("/api/v1/exists", post(exists::exists_handler))
         .route(
             "/{*key}",
             get(get_handler).head(head_handler).put(upload::put_handler),
         )
-        .layer(DefaultBodyLimit::disable())
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BODY))
         .with_state(state)
 }
 
@@ -103,6 +108,7 @@ pub(crate) fn status_of(e: &StoreError) -> StatusCode {
         StoreError::Key(_) | StoreError::Malformed { .. } | StoreError::Format { .. } => {
             StatusCode::BAD_REQUEST
         }
+        StoreError::Exists { .. } => StatusCode::CONFLICT,
         StoreError::Mismatch { .. } => StatusCode::UNPROCESSABLE_ENTITY,
         StoreError::Untrusted { .. } => StatusCode::FORBIDDEN,
         StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -173,76 +179,4 @@ async fn metrics_handler(State(state): State<Arc<GatewayState>>) -> Response {
         state.metrics.render(),
     )
         .into_response()
-}
-
-/// Reduces a store path, base name or hash part to its hash part.
-fn hash_part_of(s: &str) -> Option<String> {
-    let base = s
-        .strip_prefix(kiln_nix::store_path::STORE_DIR)
-        .map(|r| r.trim_start_matches('/'))
-        .unwrap_or(s);
-    if base.len() == STORE_HASH_LEN {
-        return kiln_nix::nixbase32::is_valid_str(base.as_bytes()).then(|| base.to_string());
-    }
-    StorePath::from_base_name(base).ok().map(|p| p.hash_part())
-}
-
-async fn exists_handler(
-    State(state): State<Arc<GatewayState>>,
-    body: axum::body::Bytes,
-) -> Response {
-    Metrics::inc(&state.metrics.exists_requests);
-    let req: ExistsRequest = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => {
-            Metrics::inc(&state.metrics.refused);
-            return answer(StatusCode::BAD_REQUEST, format!("bad exists request: {e}"));
-        }
-    };
-    if req.paths.len() > MAX_EXISTS_BATCH {
-        Metrics::inc(&state.metrics.refused);
-        return answer(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("at most {MAX_EXISTS_BATCH} paths per request"),
-        );
-    }
-    let mut hashes = Vec::with_capacity(req.paths.len());
-    for p in &req.paths {
-        match hash_part_of(p) {
-            Some(h) => hashes.push(h),
-            None => {
-                Metrics::inc(&state.metrics.refused);
-                return answer(
-                    StatusCode::BAD_REQUEST,
-                    format!("'{p}' is not a store path or hash part"),
-                );
-            }
-        }
-    }
-    state
-        .metrics
-        .exists_paths
-        .fetch_add(hashes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-    match state.cache.has_paths(&hashes).await {
-        Ok(present) => Json(ExistsResponse { present }).into_response(),
-        Err(e) => failure(&state, &e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn hash_parts_from_every_form() {
-        let h = "1sy2203698px76lmf1hr7rfiijmdd40i";
-        assert_eq!(hash_part_of(h).as_deref(), Some(h));
-        assert_eq!(hash_part_of(&format!("{h}-x")).as_deref(), Some(h));
-        assert_eq!(
-            hash_part_of(&format!("/nix/store/{h}-x")).as_deref(),
-            Some(h)
-        );
-        assert_eq!(hash_part_of("../../etc"), None);
-        assert_eq!(hash_part_of(&"e".repeat(32)), None);
-    }
 }

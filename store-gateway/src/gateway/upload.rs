@@ -2,7 +2,12 @@
 //! `PUT nar/<filehash>.nar…` first, then `PUT <hash>.narinfo`. A NAR is
 //! accepted only if its content hashes to its name; a narinfo only if its
 //! NAR is stored and decompresses to the stated hash and size, and its
-//! references are already in the cache.
+//! references are already in the cache. A NAR must also parse as a NAR
+//! ([`super::nar_check`]), and a path whose narinfo exists is not written
+//! again: `409 Conflict`, or `412 Precondition Failed` for a request with
+//! `If-None-Match: *` (how [`crate::backend::http::HttpStore`] asks). A
+//! narinfo without `FileHash`/`FileSize` gets them from the stored file;
+//! ones it states must match it.
 
 use std::sync::Arc;
 
@@ -16,19 +21,21 @@ use futures::TryStreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::StreamReader;
 
+use super::nar_check::{check_structure, compression_of, NarRefused};
 use super::{answer, failure, parse_key, GatewayState, Metrics};
 use crate::cache::MAX_NARINFO_SIZE;
 use crate::compression::Compression;
 use crate::error::StoreError;
 use crate::ingest::stage_nar;
 use crate::key::{Key, KeyKind};
+use kiln_nix::hash::{HashAlgo, Hasher};
 
 /// Largest build log or listing accepted.
 const MAX_SMALL_UPLOAD: u64 = 64 << 20;
 
 /// Whether the request carries an upload token: `Bearer TOKEN`, or Basic
 /// auth whose password is the token (what Nix sends from a netrc file).
-fn authorised(state: &GatewayState, headers: &HeaderMap) -> bool {
+pub(super) fn authorised(state: &GatewayState, headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -108,9 +115,12 @@ pub(super) async fn put_handler(
         )
             .into_response();
     }
+    let if_absent = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == b"*");
     let result = match key.kind() {
         KeyKind::Nar => put_nar(&state, &key, body).await,
-        KeyKind::NarInfo => put_narinfo(&state, &key, body).await,
+        KeyKind::NarInfo => put_narinfo(&state, &key, body, if_absent).await,
         KeyKind::Listing => put_listing(&state, &key, body).await,
         KeyKind::Log => match read_small(body, MAX_SMALL_UPLOAD, &key).await {
             Ok(b) => store_small(&state, &key, b).await,
@@ -194,6 +204,22 @@ async fn put_nar(state: &GatewayState, key: &Key, body: Body) -> Result<u64, Res
         };
         return Err(answer(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()));
     }
+    let Some(compression) = compression_of(key) else {
+        return Err(answer(
+            StatusCode::BAD_REQUEST,
+            format!("'{key}': the gateway reads only .nar, .nar.xz and .nar.zst"),
+        ));
+    };
+    check_structure(key, &staged.file, compression, limit)
+        .await
+        .map_err(|e| {
+            let status = match e {
+                NarRefused::Malformed { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                NarRefused::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                NarRefused::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            answer(status, e.to_string())
+        })?;
     state
         .cache
         .store()
@@ -203,7 +229,34 @@ async fn put_nar(state: &GatewayState, key: &Key, body: Body) -> Result<u64, Res
     Ok(staged.file_size)
 }
 
-async fn put_narinfo(state: &GatewayState, key: &Key, body: Body) -> Result<u64, Response> {
+/// The answer to a narinfo upload for a path already in the cache.
+fn taken(key: &Key, if_absent: bool) -> Response {
+    let status = if if_absent {
+        StatusCode::PRECONDITION_FAILED
+    } else {
+        StatusCode::CONFLICT
+    };
+    answer(
+        status,
+        format!("'{key}' is already in this cache; a path is written once"),
+    )
+}
+
+async fn put_narinfo(
+    state: &GatewayState,
+    key: &Key,
+    body: Body,
+    if_absent: bool,
+) -> Result<u64, Response> {
+    if state
+        .cache
+        .store()
+        .exists(key)
+        .await
+        .map_err(|e| failure(state, &e))?
+    {
+        return Err(taken(key, if_absent));
+    }
     let data = read_small(body, MAX_NARINFO_SIZE, key).await?;
     let size = data.len() as u64;
     let text = String::from_utf8(data.to_vec())
@@ -246,8 +299,18 @@ async fn put_narinfo(state: &GatewayState, key: &Key, body: Body) -> Result<u64,
         ));
     }
     // Decompress and hash what is stored: the NAR must be exactly what the
-    // narinfo says before the narinfo becomes visible.
-    let mut nar = cache.nar(&info).await.map_err(reject)?;
+    // narinfo says before the narinfo becomes visible. The file itself is
+    // measured on the way, for FileHash and FileSize.
+    let file = Arc::new(std::sync::Mutex::new((Hasher::new(HashAlgo::Sha256), 0u64)));
+    let measure = file.clone();
+    let mut nar = cache
+        .nar_inspected(&info, move |chunk| {
+            let mut m = measure.lock().unwrap_or_else(|p| p.into_inner());
+            m.0.update(chunk);
+            m.1 += chunk.len() as u64;
+        })
+        .await
+        .map_err(reject)?;
     tokio::io::copy(&mut nar, &mut tokio::io::sink())
         .await
         .map_err(|e| {
@@ -256,9 +319,28 @@ async fn put_narinfo(state: &GatewayState, key: &Key, body: Body) -> Result<u64,
                 format!("'{key}' refused: {e}"),
             )
         })?;
-    cache
-        .put_narinfo(&mut info)
-        .await
-        .map_err(|e| failure(state, &e))?;
-    Ok(size)
+    drop(nar);
+    let (file_hash, file_size) = {
+        let m = std::mem::replace(
+            &mut *file.lock().unwrap_or_else(|p| p.into_inner()),
+            (Hasher::new(HashAlgo::Sha256), 0),
+        );
+        (m.0.finish(), m.1)
+    };
+    if info.file_size != 0 && info.file_size != file_size {
+        return Err(answer(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "'{key}': FileSize is {} but '{}' has {file_size} bytes",
+                info.file_size, info.url
+            ),
+        ));
+    }
+    info.file_size = file_size;
+    info.file_hash = Some(file_hash);
+    match cache.put_narinfo(&mut info).await {
+        Ok(()) => Ok(size),
+        Err(StoreError::Exists { .. }) => Err(taken(key, if_absent)),
+        Err(e) => Err(failure(state, &e)),
+    }
 }
