@@ -568,10 +568,13 @@ impl Shared {
             });
             let uploading = Instant::now();
             let stored = match self.config.upload {
-                UploadMode::Direct => self.cache.add_path(meta, reader).await.map(|_| ()),
+                // The store keeps the first complete copy of a path: when
+                // another writer won, its narinfo is the truth to report.
+                UploadMode::Direct => self.cache.add_path(meta, reader).await.map(Some),
                 UploadMode::ViaCoordinator => self
                     .stream_back(req.build_id, &name, reader)
                     .await
+                    .map(|()| None)
                     .map_err(|e| kiln_store::StoreError::Format {
                         context: format!("streaming output '{name}' to the coordinator"),
                         message: e,
@@ -580,9 +583,15 @@ impl Shared {
             metrics::histogram!("kiln_store_upload_seconds")
                 .record(uploading.elapsed().as_secs_f64());
             let dumped = dump.await.map_err(|e| e.to_string())?;
+            // The store's error first: it is the cause when both fail.
+            let stored = stored
+                .map_err(|e| format!("storing output '{name}' of '{}': {e}", req.drv_path))?;
             dumped
                 .map_err(|e| format!("serialising output '{name}' of '{}': {e}", req.drv_path))?;
-            stored.map_err(|e| format!("storing output '{name}' of '{}': {e}", req.drv_path))?;
+            let (nar_hash, nar_size) = match &stored {
+                Some(info) => (info.nar_hash.to_sri(), info.nar_size),
+                None => (out.nar_hash.to_sri(), out.nar_size),
+            };
             let keep = self.config.cache_dir.join(path.base_name());
             if tokio::fs::symlink_metadata(&keep).await.is_err() {
                 let _ = tokio::fs::rename(&out.location, &keep).await;
@@ -590,8 +599,8 @@ impl Shared {
             wire.push(WireOutput {
                 name,
                 path: out.path.clone(),
-                nar_hash: out.nar_hash.to_sri(),
-                nar_size: out.nar_size,
+                nar_hash,
+                nar_size,
                 references: out.references.iter().cloned().collect(),
             });
         }
