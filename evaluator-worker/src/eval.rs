@@ -83,6 +83,13 @@ pub struct Eval {
     depth: Cell<usize>,
     /// Maximum evaluation depth before a clean "stack overflow" error.
     pub max_depth: usize,
+    /// Bytes of stack the evaluation may use before a clean "stack
+    /// overflow" error (Nix 2.8 has no depth limit, only its stack); the
+    /// evaluating thread's stack must be larger.
+    pub stack_budget: usize,
+    /// The highest stack address seen when entering at depth 0 (the stack
+    /// grows down): where the evaluation's stack use is measured from.
+    stack_base: Cell<usize>,
     /// Set from outside to stop the evaluation at its next step.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Where store paths and `.drv` files go.
@@ -220,6 +227,8 @@ impl Eval {
             prefetch: None,
             depth: Cell::new(0),
             max_depth: 10_000,
+            stack_budget: crate::EVAL_STACK_SIZE / 8 * 7,
+            stack_base: Cell::new(0),
             cancel: None,
             store,
             realiser: None,
@@ -412,6 +421,15 @@ impl Eval {
         if d > self.max_depth {
             return Err(Error::new(ErrorKind::TooDeep(self.max_depth)));
         }
+        let marker = 0u8;
+        let sp = std::ptr::addr_of!(marker) as usize;
+        if d == 1 {
+            if sp > self.stack_base.get() {
+                self.stack_base.set(sp);
+            }
+        } else if self.stack_base.get().saturating_sub(sp) > self.stack_budget {
+            return Err(Error::new(ErrorKind::TooDeep(d)));
+        }
         self.depth.set(d);
         Ok(())
     }
@@ -465,8 +483,9 @@ impl Eval {
     }
 
     /// The value `subject.path` selects, when `subject` is a variable
-    /// already evaluated to a set, every name is static, every set on the
-    /// way is already evaluated, and the last attribute exists.
+    /// already evaluated to a set, every name is static, every value on the
+    /// way (the selected one too) is already evaluated, and the selected
+    /// value is not a function (whose identity `==` can observe).
     fn ready_select(&self, env: &Rc<Env>, subject: &Rc<Expr>, path: &[AttrKey]) -> Option<Value> {
         let Expr::Var { level, slot, .. } = &**subject else {
             return None;
@@ -479,12 +498,12 @@ impl Eval {
             let Value::Attrs(set) = &v else {
                 return None;
             };
-            let found = set.get(name.as_str())?.clone();
-            v = if i + 1 == path.len() {
-                found
-            } else {
-                evaluated(&found)?
-            };
+            v = evaluated(set.get(name.as_str())?)?;
+            if i + 1 == path.len() && v.is_function() {
+                // Nix makes a new cell for a selection: a function selected
+                // twice is two values that `[ s.f ] == [ s.f ]` tells apart.
+                return None;
+            }
         }
         Some(v)
     }

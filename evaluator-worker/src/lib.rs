@@ -51,8 +51,12 @@ pub struct Options {
     pub search_path: Vec<SearchPathEntry>,
     /// The store; defaults to an in-memory [`store::MemStore`].
     pub store: Option<Rc<dyn store::Store>>,
-    /// Maximum evaluation depth (default 100,000 nested evaluations).
+    /// Maximum evaluation depth (default 10,000,000 nested evaluations:
+    /// in practice the stack budget decides).
     pub max_depth: Option<usize>,
+    /// Bytes of stack the evaluation may use (default seven eighths of
+    /// [`EVAL_STACK_SIZE`]); the evaluating thread's stack must be larger.
+    pub stack_budget: Option<usize>,
     /// Skip freeing the evaluation's values when the evaluator is dropped:
     /// their reference cycles are then neither recorded nor broken, which
     /// saves a few percent of evaluation time and the time freeing takes,
@@ -107,7 +111,10 @@ impl Evaluator {
             .store
             .unwrap_or_else(|| Rc::new(store::MemStore::new()));
         let mut ev = Eval::new(opts.search_path, store);
-        ev.max_depth = opts.max_depth.unwrap_or(100_000);
+        ev.max_depth = opts.max_depth.unwrap_or(10_000_000);
+        if let Some(b) = opts.stack_budget {
+            ev.stack_budget = b;
+        }
         ev.cancel = opts.cancel;
         // Nothing the evaluator made so far (the builtins) is in a cycle
         // that needs recording.

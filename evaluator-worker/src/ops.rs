@@ -162,27 +162,38 @@ pub fn compare(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Ordering> {
     }
 }
 
-fn same_rc(a: &Value, b: &Value) -> bool {
+/// Whether `a` and `b` are the same value object: Nix's `&v1 == &v2` in
+/// `eqValues`, for values reached through a set or list (or an argument of
+/// `elem`). A Kiln thunk, closure, set or list allocation plays the part of
+/// a Nix value cell: a thunk forced to a function is a cell of its own.
+fn same_cell(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Thunk(x), Value::Thunk(y)) => Rc::ptr_eq(&x.0, &y.0),
         (Value::Lambda(x), Value::Lambda(y)) => Rc::ptr_eq(x, y),
         (Value::Attrs(x), Value::Attrs(y)) => Rc::ptr_eq(x, y),
         (Value::List(x), Value::List(y)) => Rc::ptr_eq(x, y),
         (Value::PrimOp(x), Value::PrimOp(y)) => Rc::ptr_eq(x, y),
+        (Value::PrimOpApp(x), Value::PrimOpApp(y)) => Rc::ptr_eq(x, y),
         _ => false,
     }
 }
 
-/// Nix's `==`. `nested` enables the identity shortcut Nix applies to values
-/// inside lists and sets (so `[f] == [f]` holds for the same function).
-pub fn equal(ev: &Eval, a: &Value, b: &Value, pos: Pos, nested: bool) -> Result<bool> {
-    if nested && same_rc(a, b) {
+/// Nix's `==`. `by_ref` says whether `a` and `b` are referenced values (the
+/// elements of lists and sets, `elem`'s arguments), for which Nix first
+/// compares identity: the same function is equal to itself there, while a
+/// function is never equal to anything at the top level.
+pub fn equal(ev: &Eval, a: &Value, b: &Value, pos: Pos, by_ref: bool) -> Result<bool> {
+    if by_ref && same_cell(a, b) {
         return Ok(true);
     }
     let a = ev.force(a).map_err(|e| e.at(pos))?;
     let b = ev.force(b).map_err(|e| e.at(pos))?;
-    if nested && same_rc(&a, &b) {
-        return Ok(true);
+    // The same set or list on both sides: every member is the same cell, so
+    // Nix's element-wise comparison is true (a shortcut, not a difference).
+    match (&a, &b) {
+        (Value::Attrs(x), Value::Attrs(y)) if Rc::ptr_eq(x, y) => return Ok(true),
+        (Value::List(x), Value::List(y)) if Rc::ptr_eq(x, y) => return Ok(true),
+        _ => {}
     }
     Ok(match (&a, &b) {
         (Value::Int(x), Value::Int(y)) => x == y,
