@@ -802,19 +802,18 @@ impl Eval {
 
     /// A new recursive frame for `def` (a `let` or `rec` set) under `env`.
     fn rec_env(&self, env: &Rc<Env>, def: &AttrsDef) -> Rc<Env> {
-        let new_env = Env::new(Slots::new(), Some(env.clone()));
-        let vals: Slots = def
-            .attrs
-            .iter()
-            .map(|a| {
-                if a.in_rec_env {
-                    self.thunk(&new_env, &a.value)
-                } else {
-                    self.thunk(env, &a.value)
-                }
-            })
-            .collect();
-        *new_env.vals.borrow_mut() = vals;
+        let new_env = Env::new(Slots::with_capacity(def.attrs.len()), Some(env.clone()));
+        // Filled in order, as Nix fills the frame: a binding that is just
+        // an earlier binding's name (`f' = f;`) is that same value, not a
+        // new thunk (which `[ f ] == [ f' ]` could tell apart).
+        for a in &def.attrs {
+            let v = if a.in_rec_env {
+                self.thunk(&new_env, &a.value)
+            } else {
+                self.thunk(env, &a.value)
+            };
+            new_env.vals.borrow_mut().push(v);
+        }
         self.note_cycles(&new_env);
         new_env
     }
@@ -1028,17 +1027,21 @@ impl Eval {
                 .at(pos))
             }
         };
-        let env = Env::new(Slots::new(), Some(c.env.clone()));
-        let mut vals = Slots::with_capacity(def.slots);
+        // Filled in order, so that a default naming an earlier formal
+        // shares its value (see `rec_env`).
+        let env = Env::new(Slots::with_capacity(def.slots), Some(c.env.clone()));
         let mut used = 0usize;
         for (name, default) in &formals.entries {
             match attrs.get(name.as_str()) {
                 Some(v) => {
                     used += 1;
-                    vals.push(v.clone());
+                    env.vals.borrow_mut().push(v.clone());
                 }
                 None => match default {
-                    Some(d) => vals.push(self.thunk(&env, d)),
+                    Some(d) => {
+                        let v = self.thunk(&env, d);
+                        env.vals.borrow_mut().push(v);
+                    }
                     None => {
                         return Err(Error::eval(format!(
                             "{} called without required argument '{}'",
@@ -1063,9 +1066,8 @@ impl Eval {
             }
         }
         if formals.at.is_some() {
-            vals.push(argv);
+            env.vals.borrow_mut().push(argv);
         }
-        *env.vals.borrow_mut() = vals;
         if used < formals.entries.len() {
             // Defaults were used: their thunks capture this frame.
             self.note_cycles(&env);
@@ -1127,11 +1129,29 @@ pub(crate) fn import_base_dir(path: &Path) -> String {
         .unwrap_or_else(|| "/".into())
 }
 
+/// Nix's `resolveExprPath`: a symlink is followed (so that the file's
+/// relative paths, and the import cache, go by the file it points to), and
+/// a directory means its `default.nix`.
 fn resolve_import_path(path: &Path) -> PathBuf {
+    let mut path = path.to_path_buf();
+    // Nix gives up after 1024 links; a loop then fails when the file is read.
+    for _ in 0..1024 {
+        let Ok(meta) = path.symlink_metadata() else {
+            break;
+        };
+        if !meta.file_type().is_symlink() {
+            break;
+        }
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        path = PathBuf::from(canon_path(&dir.join(target).to_string_lossy()));
+    }
     if path.is_dir() {
         path.join("default.nix")
     } else {
-        path.to_path_buf()
+        path
     }
 }
 

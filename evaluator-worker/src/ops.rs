@@ -179,21 +179,16 @@ fn same_cell(a: &Value, b: &Value) -> bool {
 }
 
 /// Nix's `==`. `by_ref` says whether `a` and `b` are referenced values (the
-/// elements of lists and sets, `elem`'s arguments), for which Nix first
-/// compares identity: the same function is equal to itself there, while a
-/// function is never equal to anything at the top level.
-pub fn equal(ev: &Eval, a: &Value, b: &Value, pos: Pos, by_ref: bool) -> Result<bool> {
-    if by_ref && same_cell(a, b) {
+/// elements of lists and sets, `elem`'s arguments), for which Nix compares
+/// identity once both are forced: the same function is equal to itself
+/// there, while a function is never equal to anything at the top level.
+/// Nix 2.8 forces first, so a member that fails fails the comparison even
+/// when both sides are the same value (`let x = { a = throw ""; }; in x == x`).
+pub fn equal(ev: &Eval, a_ref: &Value, b_ref: &Value, pos: Pos, by_ref: bool) -> Result<bool> {
+    let a = ev.force(a_ref).map_err(|e| e.at(pos))?;
+    let b = ev.force(b_ref).map_err(|e| e.at(pos))?;
+    if by_ref && same_cell(a_ref, b_ref) {
         return Ok(true);
-    }
-    let a = ev.force(a).map_err(|e| e.at(pos))?;
-    let b = ev.force(b).map_err(|e| e.at(pos))?;
-    // The same set or list on both sides: every member is the same cell, so
-    // Nix's element-wise comparison is true (a shortcut, not a difference).
-    match (&a, &b) {
-        (Value::Attrs(x), Value::Attrs(y)) if Rc::ptr_eq(x, y) => return Ok(true),
-        (Value::List(x), Value::List(y)) if Rc::ptr_eq(x, y) => return Ok(true),
-        _ => {}
     }
     Ok(match (&a, &b) {
         (Value::Int(x), Value::Int(y)) => x == y,

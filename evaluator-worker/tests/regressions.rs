@@ -95,7 +95,34 @@ fn equality_compares_functions_by_identity_only_inside_values() {
         ),
         ("[ map ] == [ map ]", "true"),
         ("let s = { f = x: x; }; in s == s", "true"),
+        // A binding that names an earlier one is that same value.
+        ("let f = x: x; g = f; in [ f ] == [ g ]", "true"),
+        (
+            "let f = x: x; in ({ a ? f, b ? a }: [ a ] == [ b ]) { }",
+            "true",
+        ),
+        ("let f = x: x; g = y: f y; in [ f ] == [ g ]", "false"),
+        // Members are forced before identity counts, as in Nix 2.8.
+        ("let t = [ (throw \"x\") ]; in [ t ] == [ t ]", "true"),
     ]);
+    check_err(&[("let x = { foo = throw \"foo\"; }; in x == x", "foo")]);
+}
+
+#[test]
+fn imports_follow_symlinks() {
+    let dir = temp_dir();
+    std::fs::create_dir_all(dir.join("real")).unwrap();
+    std::fs::write(dir.join("real/a.nix"), "{ f = x: x; b = import ./b.nix; }").unwrap();
+    std::fs::write(dir.join("real/b.nix"), "2").unwrap();
+    std::os::unix::fs::symlink("real/a.nix", dir.join("link.nix")).unwrap();
+    // Relative paths in the linked file resolve beside its target, and the
+    // link and its target are one file to the import cache.
+    assert_eq!(eval_in(&dir, "(import ./link.nix).b").as_deref(), Ok("2\n"));
+    assert_eq!(
+        eval_in(&dir, "import ./link.nix == import ./real/a.nix").as_deref(),
+        Ok("true\n")
+    );
+    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]

@@ -15,7 +15,73 @@ use std::path::{Path, PathBuf};
 const CASES: usize = 435;
 
 /// Cases where Kiln's result differs from Nix 2.8's, and why.
-const KNOWN_DIFFERENCES: &[(&str, &str)] = &[];
+const KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
+    "nix_tests/notyetpassing/eval-okay-replacestrings.nix",
+    "Nix 2.8 forces every replacement string of `replaceStrings` and stops \
+     with `error: unreachable` here; Kiln does the same (issue 15 asks for \
+     Nix 2.8's strictness), while the results file records the case's .exp \
+     (a later Nix's lazier result) for this one case",
+)];
+
+/// Files of the suite that are symbolic links upstream (`tvlfyi/tvix`,
+/// `eval/src/tests/`) and were turned into files holding the link's
+/// target when `../shared` was copied; Nix 2.8 ran the suite with the links
+/// (`readDir` says `symlink`, and importing the link is importing its
+/// target). The run restores them, in a copy of the suite, when the file
+/// holds exactly that target.
+const LOST_SYMLINKS: &[(&str, &str)] = &[
+    (
+        "tvix_tests/observable-eval-cache2.nix",
+        "observable-eval-cache1.nix",
+    ),
+    ("nix_tests/readDir/ldir", "foo"),
+    ("nix_tests/readDir/linked", "foo/git-hates-directories"),
+];
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("creating the copy");
+    for entry in std::fs::read_dir(from).expect("reading the suite") {
+        let entry = entry.expect("directory entry");
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let ty = entry.file_type().expect("file type");
+        if ty.is_dir() {
+            copy_tree(&src, &dst);
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).expect("link");
+            std::os::unix::fs::symlink(target, &dst).expect("copying a link");
+        } else {
+            std::fs::copy(&src, &dst).expect("copying a file");
+        }
+    }
+}
+
+/// A copy of the suite with [`LOST_SYMLINKS`] restored.
+fn suite_copy(dir: &Path) -> PathBuf {
+    let copy = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("tvix-eval-{}", std::process::id()));
+    if copy.exists() {
+        std::fs::remove_dir_all(&copy).expect("removing an old copy");
+    }
+    for sub in ["nix_tests", "tvix_tests"] {
+        copy_tree(&dir.join(sub), &copy.join(sub));
+    }
+    for (file, target) in LOST_SYMLINKS {
+        let path = copy.join(file);
+        let meta = std::fs::symlink_metadata(&path).expect("a lost link's file");
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("a lost link's file");
+        assert_eq!(
+            text.trim_end(),
+            *target,
+            "{file} is not the lost link it was"
+        );
+        std::fs::remove_file(&path).expect("removing the stand-in");
+        std::os::unix::fs::symlink(target, &path).expect("restoring the link");
+    }
+    copy
+}
 
 fn suite_dir() -> Option<PathBuf> {
     let dir = kiln_tests::shared_dir().join("peer-tests/tvix-eval");
@@ -62,6 +128,11 @@ fn apply_flags(req: &mut Request, flags: &str, dir: &Path) -> Result<(), String>
                 req.include.push(value(1)?);
                 i += 2;
             }
+            // Nix 2.8 does not know the feature named (it warns and goes on).
+            "--extra-experimental-features" => {
+                value(1)?;
+                i += 2;
+            }
             other => return Err(format!("flag {other:?} is not supported")),
         }
     }
@@ -95,9 +166,10 @@ fn run_case(dir: &Path, case: &serde_json::Value) -> Result<String, String> {
 
 #[test]
 fn tvix_suite_agrees_with_nix_2_8() {
-    let Some(dir) = suite_dir() else { return };
+    let Some(shared) = suite_dir() else { return };
     std::env::set_var("TEST_VAR", "foo");
-    let text = std::fs::read_to_string(dir.join("nix-2.8-results.json")).expect("results");
+    let text = std::fs::read_to_string(shared.join("nix-2.8-results.json")).expect("results");
+    let dir = suite_copy(&shared);
     let cases: Vec<serde_json::Value> = serde_json::from_str(&text).expect("results JSON");
     assert_eq!(cases.len(), CASES, "checks in nix-2.8-results.json");
     let mut differ = Vec::new();
@@ -127,6 +199,7 @@ fn tvix_suite_agrees_with_nix_2_8() {
             (Some(_), true) => {}
         }
     }
+    std::fs::remove_dir_all(&dir).ok();
     println!(
         "tvix suite: {agree}/{CASES} agree with Nix 2.8 ({} known differences)",
         KNOWN_DIFFERENCES.len()
