@@ -325,7 +325,7 @@ impl Eval {
     /// `fileParseCache`); `scopedImport` (`outer` names) lowers afresh since
     /// its variables resolve differently.
     pub fn parse_file(&self, path: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        self.parse_resolved(resolve_import_path(path), outer)
+        self.parse_resolved(resolve_import_path(path)?, outer)
     }
 
     /// [`Eval::parse_file`] of a path resolved already.
@@ -392,7 +392,7 @@ impl Eval {
     /// Evaluate a file (cached by its resolved path, like `import`: Nix's
     /// `fileEvalCache`).
     pub fn eval_file(&self, path: &Path) -> Result<Value> {
-        let key = resolve_import_path(path);
+        let key = resolve_import_path(path)?;
         if let Some(v) = self.import_cache.borrow().get(&key) {
             return Ok(v.clone());
         }
@@ -1132,13 +1132,21 @@ pub(crate) fn import_base_dir(path: &Path) -> String {
 /// Nix's `resolveExprPath`: a symlink is followed (so that the file's
 /// relative paths, and the import cache, go by the file it points to), and
 /// a directory means its `default.nix`.
-fn resolve_import_path(path: &Path) -> PathBuf {
+fn resolve_import_path(path: &Path) -> Result<PathBuf> {
     let mut path = path.to_path_buf();
     // Nix gives up after 1024 links; a loop then fails when the file is read.
     for _ in 0..1024 {
-        let Ok(meta) = path.symlink_metadata() else {
-            break;
-        };
+        // A bundled `<nix/...>` file is not on disk.
+        if crate::corepkgs::source(&path).is_some() {
+            return Ok(path);
+        }
+        let meta = path.symlink_metadata().map_err(|e| {
+            Error::eval(format!(
+                "getting status of '{}': {}",
+                path.display(),
+                os_error_text(&e)
+            ))
+        })?;
         if !meta.file_type().is_symlink() {
             break;
         }
@@ -1148,10 +1156,20 @@ fn resolve_import_path(path: &Path) -> PathBuf {
         let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         path = PathBuf::from(canon_path(&dir.join(target).to_string_lossy()));
     }
-    if path.is_dir() {
+    Ok(if path.is_dir() {
         path.join("default.nix")
     } else {
         path
+    })
+}
+
+/// An I/O error's text as Nix prints it (`strerror`, without Rust's
+/// " (os error N)").
+fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 

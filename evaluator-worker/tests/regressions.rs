@@ -314,3 +314,27 @@ fn file_argument_on_the_search_path_and_stdin() {
     assert_eq!(out.as_deref(), Ok("3\n"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn error_messages_as_nix_words_them() {
+    check_err(&[
+        (
+            "let stdenv = { a = 1; b = 1; }; in assert stdenv.a != stdenv.b; 1",
+            "assertion '((stdenv).a != (stdenv).b)' failed",
+        ),
+        ("assert 1 == 2; 1", "assertion '(1 == 2)' failed"),
+        ("let x = false; in assert x; 1", "assertion 'x' failed"),
+        (
+            "assert !(1 < 2) || [1] == [2]; 1",
+            "assertion '((! (__lessThan 1 2)) || ([ (1) ] == [ (2) ]))' failed",
+        ),
+        (
+            "let f = {a}: a; in assert (f {a = false;}); 1",
+            "assertion '(f { a = false; })' failed",
+        ),
+        (
+            "import /nonexistent-kiln-dir/x.nix",
+            "getting status of '/nonexistent-kiln-dir/x.nix': No such file or directory",
+        ),
+    ]);
+}
