@@ -11,7 +11,8 @@
 # the ratios kiln/nix (< 1 means kiln is faster or smaller), and whether both
 # printed the same .drv path (and whether it is the expected one).
 #
-# Usage: bench/nixpkgs_bench.sh   (env: RUNS=3 KEEP=1 CASES="hello firefox nixos")
+# Usage: bench/nixpkgs_bench.sh   (env: RUNS=3 KEEP=1 CASES="hello firefox nixos",
+#        KILN=path/to/kiln to use a binary already built instead of a release build)
 # Needs nix-instantiate, python3, cargo, tar, GNU time (/usr/bin/time).
 # Kiln writes its .drv files under $WORK/store; nix-instantiate to its store.
 set -euo pipefail
@@ -31,9 +32,13 @@ done
 [ -x /usr/bin/time ] || { echo "error: /usr/bin/time is required (apt-get install -y time)" >&2; exit 1; }
 [ -f "$EXPECTED" ] || { echo "error: $EXPECTED not found (set KILN_SHARED)" >&2; exit 1; }
 
-echo "== building kiln (release)"
-(cd "$ROOT" && cargo build --release -p kiln-cli --bin kiln)
-KILN="$(cd "${CARGO_TARGET_DIR:-$ROOT/target}" && pwd)/release/kiln"
+if [ -n "${KILN:-}" ]; then
+  echo "== using $KILN"
+else
+  echo "== building kiln (release)"
+  (cd "$ROOT" && cargo build --release -p kiln-cli --bin kiln)
+  KILN="$(cd "${CARGO_TARGET_DIR:-$ROOT/target}" && pwd)/release/kiln"
+fi
 
 echo "== unpacking the nixpkgs tree into $WORK"
 tar -xJf "$CORPUS"/nixpkgs-*.tar.xz -C "$WORK"

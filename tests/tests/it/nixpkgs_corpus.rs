@@ -182,6 +182,15 @@ fn nixpkgs_matches_nix_2_8() {
     );
 }
 
+/// Attributes where Kiln's result knowingly differs from Nix 2.8's, and why.
+const GOLDEN_KNOWN_DIFFERENCES: &[(&str, &str)] = &[(
+    "fetchDockerConfig",
+    "a function called without two required arguments: Nix names the first \
+     in the order its symbol table created the names (`tag` was interned \
+     earlier in the evaluation than `imageName`), Kiln the first in source \
+     order; both refuse the attribute",
+)];
+
 /// Attributes of `nixpkgs_golden.json` (made by `gen_nixpkgs_golden.py`
 /// with Nix 2.8) as committed: a file that lost some must not pass.
 const GOLDEN: usize = 334;
@@ -244,13 +253,19 @@ fn nixpkgs_golden_attributes_match_nix_2_8() {
                 }
             }
         };
-        if let Err(why) = outcome {
-            failures.push(format!("-A {attr}: {why}"));
+        let known = GOLDEN_KNOWN_DIFFERENCES.iter().any(|(k, _)| *k == attr);
+        match (outcome, known) {
+            (Err(why), false) => failures.push(format!("-A {attr}: {why}")),
+            (Ok(()), true) => failures.push(format!(
+                "-A {attr} now agrees with Nix: remove it from GOLDEN_KNOWN_DIFFERENCES"
+            )),
+            _ => {}
         }
     }
     println!(
-        "nixpkgs golden: {}/{GOLDEN} attributes agree with Nix 2.8",
-        GOLDEN - failures.len()
+        "nixpkgs golden: {}/{GOLDEN} attributes agree with Nix 2.8 ({} known differences)",
+        GOLDEN - failures.len() - GOLDEN_KNOWN_DIFFERENCES.len(),
+        GOLDEN_KNOWN_DIFFERENCES.len()
     );
     assert!(
         failures.is_empty(),
