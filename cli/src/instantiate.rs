@@ -39,7 +39,18 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // `-` reads the expression from standard input, as `nix-instantiate -`.
+    let from_stdin = args.expr.file.as_deref() == Some(std::path::Path::new("-"));
+    let stdin = if from_stdin && args.expr.expr.is_none() {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .context("reading the expression from standard input")?;
+        Some(text)
+    } else {
+        None
+    };
     let mut req = Request {
+        stdin,
         file: args.expr.file.clone(),
         expr: args.expr.expr.clone(),
         attr_paths: args.expr.attr.clone(),

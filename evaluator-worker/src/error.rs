@@ -24,7 +24,7 @@ pub enum ErrorKind {
     #[error("infinite recursion encountered")]
     InfiniteRecursion,
     /// Recursion deeper than the evaluator's limit.
-    #[error("stack overflow (possible infinite recursion; call depth above {0})")]
+    #[error("stack overflow (possible infinite recursion; evaluation depth {0})")]
     TooDeep(usize),
     /// A builtin this evaluator does not provide.
     #[error("builtin '{0}' is not supported by Kiln's evaluator")]

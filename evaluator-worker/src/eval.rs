@@ -83,6 +83,13 @@ pub struct Eval {
     depth: Cell<usize>,
     /// Maximum evaluation depth before a clean "stack overflow" error.
     pub max_depth: usize,
+    /// Bytes of stack the evaluation may use before a clean "stack
+    /// overflow" error (Nix 2.8 has no depth limit, only its stack); the
+    /// evaluating thread's stack must be larger.
+    pub stack_budget: usize,
+    /// The highest stack address seen when entering at depth 0 (the stack
+    /// grows down): where the evaluation's stack use is measured from.
+    stack_base: Cell<usize>,
     /// Set from outside to stop the evaluation at its next step.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Where store paths and `.drv` files go.
@@ -220,6 +227,8 @@ impl Eval {
             prefetch: None,
             depth: Cell::new(0),
             max_depth: 10_000,
+            stack_budget: crate::EVAL_STACK_SIZE / 8 * 7,
+            stack_base: Cell::new(0),
             cancel: None,
             store,
             realiser: None,
@@ -316,7 +325,7 @@ impl Eval {
     /// `fileParseCache`); `scopedImport` (`outer` names) lowers afresh since
     /// its variables resolve differently.
     pub fn parse_file(&self, path: &Path, outer: Option<Vec<Symbol>>) -> Result<Rc<Expr>> {
-        self.parse_resolved(resolve_import_path(path), outer)
+        self.parse_resolved(resolve_import_path(path)?, outer)
     }
 
     /// [`Eval::parse_file`] of a path resolved already.
@@ -383,7 +392,7 @@ impl Eval {
     /// Evaluate a file (cached by its resolved path, like `import`: Nix's
     /// `fileEvalCache`).
     pub fn eval_file(&self, path: &Path) -> Result<Value> {
-        let key = resolve_import_path(path);
+        let key = resolve_import_path(path)?;
         if let Some(v) = self.import_cache.borrow().get(&key) {
             return Ok(v.clone());
         }
@@ -411,6 +420,15 @@ impl Eval {
         let d = self.depth.get() + 1;
         if d > self.max_depth {
             return Err(Error::new(ErrorKind::TooDeep(self.max_depth)));
+        }
+        let marker = 0u8;
+        let sp = std::ptr::addr_of!(marker) as usize;
+        if d == 1 {
+            if sp > self.stack_base.get() {
+                self.stack_base.set(sp);
+            }
+        } else if self.stack_base.get().saturating_sub(sp) > self.stack_budget {
+            return Err(Error::new(ErrorKind::TooDeep(d)));
         }
         self.depth.set(d);
         Ok(())
@@ -465,8 +483,9 @@ impl Eval {
     }
 
     /// The value `subject.path` selects, when `subject` is a variable
-    /// already evaluated to a set, every name is static, every set on the
-    /// way is already evaluated, and the last attribute exists.
+    /// already evaluated to a set, every name is static, every value on the
+    /// way (the selected one too) is already evaluated, and the selected
+    /// value is not a function (whose identity `==` can observe).
     fn ready_select(&self, env: &Rc<Env>, subject: &Rc<Expr>, path: &[AttrKey]) -> Option<Value> {
         let Expr::Var { level, slot, .. } = &**subject else {
             return None;
@@ -479,12 +498,12 @@ impl Eval {
             let Value::Attrs(set) = &v else {
                 return None;
             };
-            let found = set.get(name.as_str())?.clone();
-            v = if i + 1 == path.len() {
-                found
-            } else {
-                evaluated(&found)?
-            };
+            v = evaluated(set.get(name.as_str())?)?;
+            if i + 1 == path.len() && v.is_function() {
+                // Nix makes a new cell for a selection: a function selected
+                // twice is two values that `[ s.f ] == [ s.f ]` tells apart.
+                return None;
+            }
         }
         Some(v)
     }
@@ -783,19 +802,18 @@ impl Eval {
 
     /// A new recursive frame for `def` (a `let` or `rec` set) under `env`.
     fn rec_env(&self, env: &Rc<Env>, def: &AttrsDef) -> Rc<Env> {
-        let new_env = Env::new(Slots::new(), Some(env.clone()));
-        let vals: Slots = def
-            .attrs
-            .iter()
-            .map(|a| {
-                if a.in_rec_env {
-                    self.thunk(&new_env, &a.value)
-                } else {
-                    self.thunk(env, &a.value)
-                }
-            })
-            .collect();
-        *new_env.vals.borrow_mut() = vals;
+        let new_env = Env::new(Slots::with_capacity(def.attrs.len()), Some(env.clone()));
+        // Filled in order, as Nix fills the frame: a binding that is just
+        // an earlier binding's name (`f' = f;`) is that same value, not a
+        // new thunk (which `[ f ] == [ f' ]` could tell apart).
+        for a in &def.attrs {
+            let v = if a.in_rec_env {
+                self.thunk(&new_env, &a.value)
+            } else {
+                self.thunk(env, &a.value)
+            };
+            new_env.vals.borrow_mut().push(v);
+        }
         self.note_cycles(&new_env);
         new_env
     }
@@ -1009,17 +1027,21 @@ impl Eval {
                 .at(pos))
             }
         };
-        let env = Env::new(Slots::new(), Some(c.env.clone()));
-        let mut vals = Slots::with_capacity(def.slots);
+        // Filled in order, so that a default naming an earlier formal
+        // shares its value (see `rec_env`).
+        let env = Env::new(Slots::with_capacity(def.slots), Some(c.env.clone()));
         let mut used = 0usize;
         for (name, default) in &formals.entries {
             match attrs.get(name.as_str()) {
                 Some(v) => {
                     used += 1;
-                    vals.push(v.clone());
+                    env.vals.borrow_mut().push(v.clone());
                 }
                 None => match default {
-                    Some(d) => vals.push(self.thunk(&env, d)),
+                    Some(d) => {
+                        let v = self.thunk(&env, d);
+                        env.vals.borrow_mut().push(v);
+                    }
                     None => {
                         return Err(Error::eval(format!(
                             "{} called without required argument '{}'",
@@ -1044,9 +1066,8 @@ impl Eval {
             }
         }
         if formals.at.is_some() {
-            vals.push(argv);
+            env.vals.borrow_mut().push(argv);
         }
-        *env.vals.borrow_mut() = vals;
         if used < formals.entries.len() {
             // Defaults were used: their thunks capture this frame.
             self.note_cycles(&env);
@@ -1108,11 +1129,47 @@ pub(crate) fn import_base_dir(path: &Path) -> String {
         .unwrap_or_else(|| "/".into())
 }
 
-fn resolve_import_path(path: &Path) -> PathBuf {
-    if path.is_dir() {
+/// Nix's `resolveExprPath`: a symlink is followed (so that the file's
+/// relative paths, and the import cache, go by the file it points to), and
+/// a directory means its `default.nix`.
+fn resolve_import_path(path: &Path) -> Result<PathBuf> {
+    let mut path = path.to_path_buf();
+    // Nix gives up after 1024 links; a loop then fails when the file is read.
+    for _ in 0..1024 {
+        // A bundled `<nix/...>` file is not on disk.
+        if crate::corepkgs::source(&path).is_some() {
+            return Ok(path);
+        }
+        let meta = path.symlink_metadata().map_err(|e| {
+            Error::eval(format!(
+                "getting status of '{}': {}",
+                path.display(),
+                os_error_text(&e)
+            ))
+        })?;
+        if !meta.file_type().is_symlink() {
+            break;
+        }
+        let Ok(target) = std::fs::read_link(&path) else {
+            break;
+        };
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        path = PathBuf::from(canon_path(&dir.join(target).to_string_lossy()));
+    }
+    Ok(if path.is_dir() {
         path.join("default.nix")
     } else {
-        path.to_path_buf()
+        path
+    })
+}
+
+/// An I/O error's text as Nix prints it (`strerror`, without Rust's
+/// " (os error N)").
+fn os_error_text(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 

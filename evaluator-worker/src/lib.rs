@@ -52,8 +52,12 @@ pub struct Options {
     pub search_path: Vec<SearchPathEntry>,
     /// The store; defaults to an in-memory [`store::MemStore`].
     pub store: Option<Rc<dyn store::Store>>,
-    /// Maximum evaluation depth (default 100,000 nested evaluations).
+    /// Maximum evaluation depth (default 10,000,000 nested evaluations:
+    /// in practice the stack budget decides).
     pub max_depth: Option<usize>,
+    /// Bytes of stack the evaluation may use (default seven eighths of
+    /// [`EVAL_STACK_SIZE`]); the evaluating thread's stack must be larger.
+    pub stack_budget: Option<usize>,
     /// Skip freeing the evaluation's values when the evaluator is dropped:
     /// their reference cycles are then neither recorded nor broken, which
     /// saves a few percent of evaluation time and the time freeing takes,
@@ -108,7 +112,10 @@ impl Evaluator {
             .store
             .unwrap_or_else(|| Rc::new(store::MemStore::new()));
         let mut ev = Eval::new(opts.search_path, store);
-        ev.max_depth = opts.max_depth.unwrap_or(100_000);
+        ev.max_depth = opts.max_depth.unwrap_or(10_000_000);
+        if let Some(b) = opts.stack_budget {
+            ev.stack_budget = b;
+        }
         ev.cancel = opts.cancel;
         // Nothing the evaluator made so far (the builtins) is in a cycle
         // that needs recording.
@@ -467,13 +474,21 @@ mod tests {
     #[test]
     fn generic_closure_dedupes_by_nix_equality_and_scales() {
         // 1 and 1.0 are the same key; strings ignore context; other keys
-        // (lists) are compared structurally.
+        // (lists) are compared structurally. Keys of kinds Nix cannot
+        // compare fail, as in Nix 2.8 (`nix-instantiate --eval --strict`).
         let e = "builtins.genericClosure { startSet = [ { key = 1; } { key = 1.0; } { key = [ 1 ]; } ]; \
                  operator = x: [ { key = [ 1 ]; } { key = \"${toString 2}\"; } { key = \"2\"; } ]; }";
-        assert_eq!(
-            eval(e).unwrap(),
-            "[ { key = 1; } { key = [ 1 ]; } { key = \"2\"; } ]"
-        );
+        assert!(eval(e)
+            .unwrap_err()
+            .contains("cannot compare a list with an integer"));
+        let e = "builtins.genericClosure { startSet = [ { key = 1; } { key = 1.0; } ]; operator = x: [ ]; }";
+        assert_eq!(eval(e).unwrap(), "[ { key = 1; } ]");
+        let e = "builtins.genericClosure { startSet = [ { key = \"${toString 2}\"; } ]; \
+                 operator = x: [ { key = \"2\"; } ]; }";
+        assert_eq!(eval(e).unwrap(), "[ { key = \"2\"; } ]");
+        let e = "builtins.genericClosure { startSet = [ { key = [ 1 ]; } ]; \
+                 operator = x: [ { key = [ 1 ]; } { key = [ 2 ]; } ]; }";
+        assert_eq!(eval(e).unwrap(), "[ { key = [ 1 ]; } { key = [ 2 ]; } ]");
         // 20,000 keys, each reached twice: linear in the number of keys.
         let big = "builtins.length (builtins.genericClosure { startSet = [ { key = 0; } ]; \
                    operator = x: if x.key < 19999 then [ { key = x.key + 1; } { key = x.key; } ] else [ ]; })";

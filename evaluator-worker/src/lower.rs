@@ -271,7 +271,10 @@ impl<'a> Lowerer<'a> {
             },
             ast::Expr::Assert(a) => {
                 let c = self.child(a.condition(), pos)?;
-                let text = render_cond(&c);
+                // Nix's message shows the condition as its `Expr::show`.
+                let text =
+                    crate::show::show_expr(&c, &self.base_dir, self.home.as_deref().unwrap_or(""))
+                        .unwrap_or_else(|| render_cond(&c));
                 Expr::Assert {
                     cond: self.lower(&c)?,
                     body: self.lower(&self.child(a.body(), pos)?)?,

@@ -162,26 +162,32 @@ pub fn compare(ev: &Eval, a: &Value, b: &Value, pos: Pos) -> Result<Ordering> {
     }
 }
 
-fn same_rc(a: &Value, b: &Value) -> bool {
+/// Whether `a` and `b` are the same value object: Nix's `&v1 == &v2` in
+/// `eqValues`, for values reached through a set or list (or an argument of
+/// `elem`). A Kiln thunk, closure, set or list allocation plays the part of
+/// a Nix value cell: a thunk forced to a function is a cell of its own.
+fn same_cell(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Thunk(x), Value::Thunk(y)) => Rc::ptr_eq(&x.0, &y.0),
         (Value::Lambda(x), Value::Lambda(y)) => Rc::ptr_eq(x, y),
         (Value::Attrs(x), Value::Attrs(y)) => Rc::ptr_eq(x, y),
         (Value::List(x), Value::List(y)) => Rc::ptr_eq(x, y),
         (Value::PrimOp(x), Value::PrimOp(y)) => Rc::ptr_eq(x, y),
+        (Value::PrimOpApp(x), Value::PrimOpApp(y)) => Rc::ptr_eq(x, y),
         _ => false,
     }
 }
 
-/// Nix's `==`. `nested` enables the identity shortcut Nix applies to values
-/// inside lists and sets (so `[f] == [f]` holds for the same function).
-pub fn equal(ev: &Eval, a: &Value, b: &Value, pos: Pos, nested: bool) -> Result<bool> {
-    if nested && same_rc(a, b) {
-        return Ok(true);
-    }
-    let a = ev.force(a).map_err(|e| e.at(pos))?;
-    let b = ev.force(b).map_err(|e| e.at(pos))?;
-    if nested && same_rc(&a, &b) {
+/// Nix's `==`. `by_ref` says whether `a` and `b` are referenced values (the
+/// elements of lists and sets, `elem`'s arguments), for which Nix compares
+/// identity once both are forced: the same function is equal to itself
+/// there, while a function is never equal to anything at the top level.
+/// Nix 2.8 forces first, so a member that fails fails the comparison even
+/// when both sides are the same value (`let x = { a = throw ""; }; in x == x`).
+pub fn equal(ev: &Eval, a_ref: &Value, b_ref: &Value, pos: Pos, by_ref: bool) -> Result<bool> {
+    let a = ev.force(a_ref).map_err(|e| e.at(pos))?;
+    let b = ev.force(b_ref).map_err(|e| e.at(pos))?;
+    if by_ref && same_cell(a_ref, b_ref) {
         return Ok(true);
     }
     Ok(match (&a, &b) {

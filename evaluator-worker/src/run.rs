@@ -20,6 +20,9 @@ pub struct Request {
     pub file: Option<PathBuf>,
     /// `-E` expression.
     pub expr: Option<String>,
+    /// The text of standard input, when the file is `-` (read by the
+    /// caller): evaluated as an expression, relative paths against `cwd`.
+    pub stdin: Option<String>,
     /// `-A` attribute paths (none means the whole value).
     pub attr_paths: Vec<String>,
     /// `--arg`/`--argstr`.
@@ -80,18 +83,14 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         ..Default::default()
     });
     let fmt = |e: crate::Error| evr.format_error(&e, req.show_trace);
-    let expr = match &req.expr {
-        Some(text) => evr.parse_string(text, &req.cwd).map_err(fmt)?,
-        None => {
+    let expr = match (&req.expr, &req.stdin) {
+        (Some(text), _) | (None, Some(text)) => evr.parse_string(text, &req.cwd).map_err(fmt)?,
+        (None, None) => {
             let file = req
                 .file
                 .clone()
                 .unwrap_or_else(|| PathBuf::from("default.nix"));
-            let file = if file.is_absolute() {
-                file
-            } else {
-                req.cwd.join(file)
-            };
+            let file = lookup_file_arg(&evr, &file, &req.cwd).map_err(fmt)?;
             evr.parse_file(&file).map_err(fmt)?
         }
     };
@@ -140,6 +139,35 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         std::mem::forget((root, args, expr, evr));
     }
     Ok(out)
+}
+
+/// The file a command-line argument names, as Nix's `lookupFileArg`:
+/// `<name>` is looked up in the search path, anything else is relative to
+/// `cwd`.
+fn lookup_file_arg(
+    evr: &Evaluator,
+    file: &std::path::Path,
+    cwd: &std::path::Path,
+) -> crate::Result<PathBuf> {
+    let text = file.to_string_lossy();
+    if let Some(name) = text.strip_prefix('<').and_then(|t| t.strip_suffix('>')) {
+        let find = evr.eval_string("builtins.findFile builtins.nixPath", cwd)?;
+        let found = evr
+            .ev
+            .call(&find, Value::string(name), crate::pos::Pos::START)?;
+        return match evr.ev.force(&found)? {
+            Value::Path(p) => Ok(PathBuf::from(p.as_str())),
+            other => Err(crate::Error::eval(format!(
+                "the search path gave {} for '{text}'",
+                other.type_desc()
+            ))),
+        };
+    }
+    Ok(if file.is_absolute() {
+        file.to_path_buf()
+    } else {
+        cwd.join(file)
+    })
 }
 
 /// `--parse`: the expression as Nix 2.8 prints its parse tree.

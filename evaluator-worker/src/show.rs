@@ -1012,6 +1012,20 @@ pub fn show_parsed(text: &str, base_dir: &str, home: &str) -> Result<String, Str
     Ok(out)
 }
 
+/// One expression printed as Nix 2.8's `Expr::show` prints it (the text
+/// of a failed assertion's condition); `None` if it cannot be converted.
+pub fn show_expr(e: &ast::Expr, base_dir: &str, home: &str) -> Option<String> {
+    let mut conv = Conv {
+        base_dir,
+        home: home.to_string(),
+        created: HashMap::new(),
+    };
+    let nx = conv.expr(e).ok()?;
+    let mut out = String::new();
+    nx.show(&mut out, &conv.created);
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::show_parsed;

@@ -31,33 +31,10 @@ fn to_xml(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     Ok(Value::string_ctx(out, ctx))
 }
 
-fn json_value(v: serde_json::Value) -> Value {
-    match v {
-        serde_json::Value::Null => Value::Null,
-        serde_json::Value::Bool(b) => Value::Bool(b),
-        serde_json::Value::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(0.0)),
-        },
-        serde_json::Value::String(s) => Value::string(s),
-        serde_json::Value::Array(a) => Value::list(a.into_iter().map(json_value).collect()),
-        serde_json::Value::Object(o) => Value::Attrs(Rc::new(Attrs::from_unsorted(
-            o.into_iter()
-                .map(|(k, v)| Attr {
-                    name: k.as_str().into(),
-                    value: json_value(v),
-                    pos: None,
-                })
-                .collect(),
-        ))),
-    }
-}
-
 fn from_json(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let s = ev.expect_string(&a[0], pos)?;
-    let v: serde_json::Value = serde_json::from_str(&s.s)
-        .map_err(|e| Error::eval(format!("while decoding a JSON string: {e}")).at(pos))?;
-    Ok(json_value(v))
+    super::json_parse::parse(&s.s)
+        .map_err(|e| Error::eval(format!("while decoding a JSON string: {e}")).at(pos))
 }
 
 /// Nix 2.8 refuses TOML dates and times.

@@ -83,7 +83,7 @@ fn elem_at(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn elem(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let l = ev.expect_list(&a[1], pos)?;
     for x in l.iter() {
-        if ops::equal(ev, &a[0], x, pos, false)? {
+        if ops::equal(ev, &a[0], x, pos, true)? {
             return Ok(Value::Bool(true));
         }
     }

@@ -181,16 +181,28 @@ fn generic_closure(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let mut work: std::collections::VecDeque<Value> =
         ev.expect_list(start, pos)?.iter().cloned().collect();
     let mut done: Vec<Value> = Vec::new();
-    // Numbers, strings and paths (what keys nearly always are) are looked
-    // up by hash; any other key is compared with every other such key.
+    // Nix keeps the keys in a set ordered by its value comparison, which
+    // fails on keys that cannot be compared. Numbers, strings and paths
+    // (what keys nearly always are) are looked up by hash; other keys
+    // (lists) are kept sorted and searched with the comparison. Keys of
+    // different kinds would be compared with each other: that comparison
+    // is made, for its error.
     let mut hashed: std::collections::HashSet<ClosureKey> = std::collections::HashSet::new();
-    let mut keys: Vec<Value> = Vec::new();
+    let mut sorted: Vec<Value> = Vec::new();
+    let mut first: Option<Value> = None;
     while let Some(item) = work.pop_front() {
         let s = ev.expect_attrs(&item, pos)?;
         let key = s
             .get("key")
             .ok_or_else(|| Error::eval("attribute 'key' required").at(pos))?;
         let key = ev.force(key)?;
+        match &first {
+            None => first = Some(key.clone()),
+            Some(f) if key_kind(f) != key_kind(&key) => {
+                ops::compare(ev, &key, f, pos)?;
+            }
+            Some(_) => {}
+        }
         match ClosureKey::of(&key) {
             Some(k) => {
                 if !hashed.insert(k) {
@@ -198,17 +210,24 @@ fn generic_closure(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
                 }
             }
             None => {
+                // Binary search with Nix's comparison (which may fail).
+                let (mut lo, mut hi) = (0, sorted.len());
                 let mut found = false;
-                for k in &keys {
-                    if ops::equal(ev, k, &key, pos, false)? {
-                        found = true;
-                        break;
+                while lo < hi {
+                    let mid = (lo + hi) / 2;
+                    match ops::compare(ev, &key, &sorted[mid], pos)? {
+                        std::cmp::Ordering::Less => hi = mid,
+                        std::cmp::Ordering::Greater => lo = mid + 1,
+                        std::cmp::Ordering::Equal => {
+                            found = true;
+                            break;
+                        }
                     }
                 }
                 if found {
                     continue;
                 }
-                keys.push(key);
+                sorted.insert(lo, key);
             }
         }
         done.push(item.clone());
@@ -216,6 +235,24 @@ fn generic_closure(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         work.extend(ev.expect_list(&next, pos)?.iter().cloned());
     }
     Ok(Value::list(done))
+}
+
+/// Which keys of `genericClosure` Nix can compare with each other.
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum KeyKind {
+    Number,
+    Str,
+    Path,
+    Other,
+}
+
+fn key_kind(v: &Value) -> KeyKind {
+    match v {
+        Value::Int(_) | Value::Float(_) => KeyKind::Number,
+        Value::Str(_) => KeyKind::Str,
+        Value::Path(_) => KeyKind::Path,
+        _ => KeyKind::Other,
+    }
 }
 
 /// A `genericClosure` key with a hashable identity that agrees with Nix's

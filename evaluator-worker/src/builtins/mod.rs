@@ -10,6 +10,7 @@ use std::rc::Rc;
 mod attrs;
 mod derivation;
 mod json;
+mod json_parse;
 mod lists;
 mod misc;
 mod paths;
@@ -246,6 +247,7 @@ pub fn install_derivation(ev: &mut Eval) {
     match parsed.and_then(|e| ev.eval(&crate::eval::Env::new(crate::eval::Slots::new(), None), &e))
     {
         Ok(v) => {
+            add_to_builtins(ev, "derivation", v.clone());
             ev.add_global("derivation", v.clone());
             ev.add_global("__derivation", v);
         }
@@ -265,4 +267,26 @@ pub fn install_derivation(ev: &mut Eval) {
             );
         }
     }
+}
+
+/// Adds `name` to the `builtins` set (which holds itself as `builtins`):
+/// for values defined in Nix after the set was made, like `derivation`.
+fn add_to_builtins(ev: &mut Eval, name: &str, v: Value) {
+    let Some(&i) = ev.global_names.get(&Symbol::from("builtins")) else {
+        return;
+    };
+    let Some(Value::Attrs(old)) = ev.globals.get(i as usize) else {
+        return;
+    };
+    let mut set = (**old).clone();
+    set.insert(Attr {
+        name: name.into(),
+        value: v,
+        pos: None,
+    });
+    let set = Value::Attrs(Rc::new(set));
+    if let Some(Value::Thunk(t)) = old.get("builtins") {
+        *t.0.borrow_mut() = ThunkState::Done(set.clone());
+    }
+    ev.globals[i as usize] = set;
 }

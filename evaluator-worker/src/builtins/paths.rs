@@ -37,6 +37,13 @@ pub fn coerce_path(ev: &Eval, v: &Value, pos: Pos) -> Result<String> {
 }
 
 fn coerce_path_ctx(ev: &Eval, v: &Value, pos: Pos) -> Result<(String, Context)> {
+    let (s, ctx) = coerce_path_raw(ev, v, pos)?;
+    Ok((canon_path(&s), ctx))
+}
+
+/// Nix's `coerceToPath`: an absolute path string, not canonicalised
+/// (`pathExists "/dev/null/."` asks about that very name).
+fn coerce_path_raw(ev: &Eval, v: &Value, pos: Pos) -> Result<(String, Context)> {
     let s = ev.coerce_to_string(v, pos, false, false)?;
     if !s.s.starts_with('/') {
         return Err(Error::eval(format!(
@@ -45,7 +52,7 @@ fn coerce_path_ctx(ev: &Eval, v: &Value, pos: Pos) -> Result<(String, Context)> 
         ))
         .at(pos));
     }
-    Ok((canon_path(&s.s), s.ctx))
+    Ok((s.s.clone(), s.ctx.clone()))
 }
 
 /// A path that is about to be read: like [`coerce_path`], and the
@@ -105,7 +112,24 @@ fn scoped_import(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 fn read_file(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
     let p = realise_path(ev, &a[0], pos)?;
     let bytes = std::fs::read(ev.real_path(&p)).map_err(|e| io("opening file", &p, e).at(pos))?;
-    Ok(Value::string(String::from_utf8_lossy(&bytes).into_owned()))
+    if bytes.contains(&0) {
+        return Err(Error::eval(format!(
+            "the contents of the file '{p}' cannot be represented as a Nix string"
+        ))
+        .at(pos));
+    }
+    // Nix strings are bytes; Kiln's are UTF-8 text for now. Replacing the
+    // bytes that are not would change the string (its length, its hash):
+    // refuse instead of giving a different value.
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::eval(format!(
+            "the contents of the file '{p}' are not UTF-8 (byte {} is not), \
+             which Kiln's strings cannot hold yet",
+            e.utf8_error().valid_up_to()
+        ))
+        .at(pos)
+    })?;
+    Ok(Value::string(text))
 }
 
 fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
@@ -138,8 +162,19 @@ fn read_dir(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 }
 
 fn path_exists(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let p = realise_path(ev, &a[0], pos)?;
-    Ok(Value::Bool(ev.real_path(&p).symlink_metadata().is_ok()))
+    let (p, ctx) = coerce_path_raw(ev, &a[0], pos)?;
+    realise_context(ev, &ctx, pos)?;
+    // `lstat` of the name as given: a trailing `/.` or `/` after a file
+    // fails, as in Nix.
+    let real = ev.real_path(&p);
+    let real = if p.ends_with('/') && !real.as_os_str().to_string_lossy().ends_with('/') {
+        let mut s = real.into_os_string();
+        s.push("/");
+        std::path::PathBuf::from(s)
+    } else {
+        real
+    };
+    Ok(Value::Bool(real.symlink_metadata().is_ok()))
 }
 
 fn base_name_of(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {

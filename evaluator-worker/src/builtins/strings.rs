@@ -88,12 +88,16 @@ fn replace_strings(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         )
         .at(pos));
     }
-    let s = ev.expect_string(&a[2], pos)?;
+    // Nix forces every pattern, then every replacement, then the subject.
     let from: Vec<Rc<NixString>> = from
         .iter()
         .map(|x| ev.expect_string(x, pos))
         .collect::<Result<_>>()?;
-    let mut to_cache: Vec<Option<Rc<NixString>>> = vec![None; to.len()];
+    let to: Vec<Rc<NixString>> = to
+        .iter()
+        .map(|x| ev.expect_string(x, pos))
+        .collect::<Result<_>>()?;
+    let s = ev.expect_string(&a[2], pos)?;
     let mut out = NixString {
         s: String::new(),
         ctx: s.ctx.clone(),
@@ -104,10 +108,7 @@ fn replace_strings(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
         let mut matched = false;
         for (k, f) in from.iter().enumerate() {
             if bytes[i..].starts_with(f.s.as_bytes()) {
-                if to_cache[k].is_none() {
-                    to_cache[k] = Some(ev.expect_string(&to[k], pos)?);
-                }
-                let t = to_cache[k].as_ref().expect("filled above");
+                let t = &to[k];
                 out.s.push_str(&t.s);
                 out.add_context(&t.ctx);
                 if f.s.is_empty() {
@@ -218,7 +219,15 @@ fn compare_versions_b(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
 }
 
 fn parse_drv_name(ev: &Eval, a: &[Value], pos: Pos) -> Result<Value> {
-    let s = ev.coerce_to_string(&a[0], pos, false, false)?;
+    // A string without context, as Nix's `forceStringNoCtx`.
+    let s = ev.expect_string(&a[0], pos)?;
+    if let Some(c) = s.ctx.first() {
+        return Err(Error::eval(format!(
+            "the string '{}' is not allowed to refer to a store path (such as '{}')",
+            s.s, c
+        ))
+        .at(pos));
+    }
     let b = s.s.as_bytes();
     let mut split = b.len();
     for i in 0..b.len() {

@@ -290,9 +290,12 @@ impl Lowerer<'_> {
             PValue::Expr(e) => (self.lower(&e)?, true),
             PValue::Nested(p) => (Rc::new(Expr::Attrs(self.lower_pattrs(p)?)), true),
             PValue::Inherit(name, pos) => {
-                // Resolved in the enclosing scope, skipping the set's own frame.
+                // Resolved in the enclosing scope, skipping the set's own
+                // frame. The levels `lookup` gives count from the innermost
+                // scope, which in a `rec` set or `let` is that frame: the
+                // value is evaluated there (its own names are skipped).
                 let skip = usize::from(self.in_rec);
-                (Rc::new(self.lookup(&name, pos, skip)?), false)
+                (Rc::new(self.lookup(&name, pos, skip)?), self.in_rec)
             }
             PValue::InheritFrom(from, name, pos) => {
                 let from = self.lower(&from)?;

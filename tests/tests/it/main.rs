@@ -11,6 +11,8 @@ mod coordinator_batching;
 mod embedded_build;
 mod embedded_drv_stream;
 mod nix_lang;
+mod nixpkgs_corpus;
 mod services;
 mod store_gateway;
 mod store_suite;
+mod tvix_suite;
