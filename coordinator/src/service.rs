@@ -342,7 +342,10 @@ impl Coordinator {
                     return Ok(());
                 }
                 if let Some(j) = self.jobs.get_mut(&root.job_id) {
-                    if j.roots.iter().any(|r| r.attr_path == root.attr_path) {
+                    if j.roots
+                        .iter()
+                        .any(|r| r.attr_path == root.attr_path && r.drv_path == root.drv_path)
+                    {
                         return Ok(());
                     }
                     j.roots.push(root.clone());

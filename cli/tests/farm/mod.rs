@@ -381,7 +381,10 @@ pub fn check_against_nix(
             .iter()
             .any(|r| r["drv_path"] == drv);
         if !rooted {
-            problems.push(format!("{name}/{case}: no root with Nix's drvPath {drv}"));
+            problems.push(format!(
+                "{name}/{case}: no root with Nix's drvPath {drv} among {}",
+                finished["event"]["roots"]
+            ));
             continue;
         }
         if c["buildFails"] == true {

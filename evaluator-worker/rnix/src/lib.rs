@@ -44,7 +44,11 @@ pub use ast::Root;
 impl Root {
     pub fn parse(s: &str) -> Parse<Root> {
         let (green, errors) = parser::parse(tokenize(s));
-        Parse { green, errors, _ty: PhantomData }
+        Parse {
+            green,
+            errors,
+            _ty: PhantomData,
+        }
     }
 }
 

@@ -60,7 +60,10 @@ struct Tokenizer<'a> {
 
 impl<'a> Tokenizer<'a> {
     pub fn new(input: &'a str) -> Self {
-        Self { ctx: Vec::new(), state: State { input, offset: 0 } }
+        Self {
+            ctx: Vec::new(),
+            state: State { input, offset: 0 },
+        }
     }
 }
 
@@ -110,8 +113,12 @@ impl Tokenizer<'_> {
     where
         F: FnMut(char) -> bool,
     {
-        let len: usize =
-            self.remaining().chars().take_while(|&c| f(c)).map(|c| c.len_utf8()).sum::<usize>();
+        let len: usize = self
+            .remaining()
+            .chars()
+            .take_while(|&c| f(c))
+            .map(|c| c.len_utf8())
+            .sum::<usize>();
         self.state.offset += len;
         len
     }
@@ -250,7 +257,11 @@ impl Tokenizer<'_> {
                         }
                         _ => false,
                     };
-                    return Some(if status { TOKEN_STRING_END } else { TOKEN_ERROR });
+                    return Some(if status {
+                        TOKEN_STRING_END
+                    } else {
+                        TOKEN_ERROR
+                    });
                 }
                 _ => (),
             }
@@ -361,7 +372,11 @@ impl Tokenizer<'_> {
                     TOKEN_PATH_HOME
                 } else {
                     // For abs vs rel: If the first char we consumed was '/', it's absolute.
-                    if c == '/' { TOKEN_PATH_ABS } else { TOKEN_PATH_REL }
+                    if c == '/' {
+                        TOKEN_PATH_ABS
+                    } else {
+                        TOKEN_PATH_REL
+                    }
                 };
 
                 // Store the kind in context so subsequent segments are consistent
@@ -560,6 +575,7 @@ impl<'a> Iterator for Tokenizer<'a> {
     type Item = Token<'a>;
     fn next(&mut self) -> Option<Self::Item> {
         let start = self.state;
-        self.next_inner().map(|syntax_kind| (syntax_kind, self.str_since(start)))
+        self.next_inner()
+            .map(|syntax_kind| (syntax_kind, self.str_since(start)))
     }
 }

@@ -52,7 +52,11 @@ impl Comment {
         // Handle both "#..." and "/*...*/" comments.
         match text.strip_prefix('#') {
             Some(s) => s,
-            None => text.strip_prefix(r#"/*"#).unwrap().strip_suffix(r#"*/"#).unwrap(),
+            None => text
+                .strip_prefix(r#"/*"#)
+                .unwrap()
+                .strip_suffix(r#"*/"#)
+                .unwrap(),
         }
     }
 }
@@ -153,11 +157,18 @@ impl PathContent {
 
 impl AstToken for PathContent {
     fn can_cast(kind: SyntaxKind) -> bool {
-        matches!(kind, TOKEN_PATH_ABS | TOKEN_PATH_REL | TOKEN_PATH_HOME | TOKEN_PATH_SEARCH)
+        matches!(
+            kind,
+            TOKEN_PATH_ABS | TOKEN_PATH_REL | TOKEN_PATH_HOME | TOKEN_PATH_SEARCH
+        )
     }
 
     fn cast(from: SyntaxToken) -> Option<Self> {
-        if Self::can_cast(from.kind()) { Some(Self(from)) } else { None }
+        if Self::can_cast(from.kind()) {
+            Some(Self(from))
+        } else {
+            None
+        }
     }
 
     fn syntax(&self) -> &SyntaxToken {
