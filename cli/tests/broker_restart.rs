@@ -58,7 +58,7 @@ in builtins.listToAttrs (builtins.genList (i: {{ name = "s${{toString i}}"; valu
         .output()
         .unwrap();
     assert!(start.status.success(), "{start:?}");
-    let out = child.wait_with_output().unwrap();
+    let out = farm::wait_output(child, Duration::from_secs(240), &farm);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", farm.logs());
     assert!(

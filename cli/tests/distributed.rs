@@ -109,7 +109,7 @@ fn a_killed_builder_s_build_is_done_by_another() {
     }
     let victim = farm.index_of("builder0").unwrap();
     farm.signal(victim, libc::SIGKILL);
-    let out = child.wait_with_output().unwrap();
+    let out = farm::wait_output(child, Duration::from_secs(240), &farm);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", farm.logs());
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -155,7 +155,7 @@ fn the_standby_coordinator_finishes_the_job_of_a_killed_one() {
         std::thread::sleep(Duration::from_millis(200));
     }
     farm.signal(0, libc::SIGKILL);
-    let out = child.wait_with_output().unwrap();
+    let out = farm::wait_output(child, Duration::from_secs(240), &farm);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", farm.logs());
     let standby = std::fs::read_to_string(&farm.proc(1).log).unwrap();
@@ -190,7 +190,7 @@ fn dropped_connections_are_survived() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let out = child.wait_with_output().unwrap();
+    let out = farm::wait_output(child, Duration::from_secs(240), &farm);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}\n{}", farm.logs());
     let logs = farm.logs();
@@ -213,7 +213,7 @@ fn two_submissions_sharing_derivations_build_each_once() {
     };
     let (a, b) = (spawn(), spawn());
     for c in [a, b] {
-        let out = c.wait_with_output().unwrap();
+        let out = farm::wait_output(c, Duration::from_secs(240), &farm);
         assert_eq!(
             out.status.code(),
             Some(0),

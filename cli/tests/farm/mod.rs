@@ -257,6 +257,25 @@ impl Drop for Farm {
     }
 }
 
+/// Waits for `child` at most `limit`, then kills it and fails with the
+/// farm's logs.
+pub fn wait_output(child: Child, limit: Duration, farm: &Farm) -> Output {
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            panic!("kiln submit did not finish in {limit:?}\n{}", farm.logs());
+        }
+    }
+}
+
 /// A plain HTTP GET on localhost.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};

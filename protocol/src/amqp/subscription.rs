@@ -126,16 +126,15 @@ impl Subscription for AmqpSubscription {
                 Some(Ok(d)) => d,
                 Some(Err(e)) => {
                     warn!(queue = %self.queue, error = %e, "consumer failed; reconnecting");
-                    let session = session.clone();
-                    self.live = None;
-                    self.transport.invalidate(&session).await;
+                    self.abandon(true).await;
                     continue;
                 }
                 None => {
-                    debug!(queue = %self.queue, "consumer ended; reconnecting");
-                    let session = session.clone();
-                    self.live = None;
-                    self.transport.invalidate(&session).await;
+                    // The broker cancelled the consumer (a quorum queue
+                    // moved, the queue was deleted): consume again on a
+                    // fresh channel.
+                    debug!(queue = %self.queue, "consumer ended; consuming again");
+                    self.abandon(false).await;
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -186,6 +185,26 @@ impl Subscription for AmqpSubscription {
                     }
                 }
             }
+        }
+    }
+}
+
+impl AmqpSubscription {
+    /// Gives up the current channel. It is closed, so that the broker
+    /// returns the deliveries it still holds unacknowledged to the queue
+    /// (a channel merely dropped would keep them for ever); with
+    /// `connection_failed`, the session is forgotten too.
+    async fn abandon(&mut self, connection_failed: bool) {
+        let Some((session, ch, _consumer)) = self.live.take() else {
+            return;
+        };
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            ch.close(200, "consuming again".into()),
+        )
+        .await;
+        if connection_failed {
+            self.transport.invalidate(&session).await;
         }
     }
 }
