@@ -337,7 +337,7 @@ impl Shared {
         if let Ok(drv) = StorePath::from_absolute_path(&req.drv_path) {
             // A builder without store credentials keeps no log in the
             // store; its lines reached the coordinator as they came.
-            if !log.is_empty() && self.config.upload == UploadMode::Direct {
+            if let (Some(log), UploadMode::Direct) = (log, self.config.upload) {
                 if let Err(e) = self.cache.put_log(&drv, Bytes::from(log)).await {
                     warn!(drv = %req.drv_path, error = %e, "could not store the build log");
                 }
@@ -396,7 +396,7 @@ impl Shared {
         req: &BuildRequest,
         token: CancelToken,
         delivery: &mut Option<Delivery>,
-    ) -> (BuildOutcome, Vec<u8>) {
+    ) -> (BuildOutcome, Option<Vec<u8>>) {
         let fail = |kind, message: String| BuildOutcome::Failed {
             kind,
             message,
@@ -410,18 +410,19 @@ impl Shared {
                         FailureKind::Internal,
                         format!("derivation '{}': {e}", req.drv_path),
                     ),
-                    Vec::new(),
+                    Some(Vec::new()),
                 )
             }
         };
         if let Some(outputs) = self.already_built(&drv).await {
+            // No log: the build that made them kept its own.
             debug!(drv = %req.drv_path, "outputs already in the store; not building again");
-            return (BuildOutcome::Built { outputs }, Vec::new());
+            return (BuildOutcome::Built { outputs }, None);
         }
         let fetching = std::time::Instant::now();
         let inputs = match self.realise_inputs(req).await {
             Ok(i) => i,
-            Err(message) => return (fail(FailureKind::Store, message), Vec::new()),
+            Err(message) => return (fail(FailureKind::Store, message), Some(Vec::new())),
         };
         debug!(
             drv = %req.drv_path,
@@ -478,7 +479,7 @@ impl Shared {
             },
         };
         let _ = tokio::fs::remove_dir_all(&out_dir).await;
-        (outcome, log)
+        (outcome, Some(log))
     }
 
     /// Fetches the closure of the request's inputs into the cache directory.

@@ -117,7 +117,7 @@ impl Subscription for AmqpSubscription {
                     Err(e) => return Err(e),
                 }
             }
-            let (session, _ch, consumer) = self.live.as_mut().expect("consuming");
+            let (_session, _ch, consumer) = self.live.as_mut().expect("consuming");
             let next = tokio::select! {
                 n = consumer.next() => n,
                 _ = self.transport.closed_token().cancelled() => return Ok(None),

@@ -478,6 +478,12 @@ impl Store for S3Store {
     }
 
     async fn put_bytes_if_absent(&self, key: &Key, data: Bytes) -> Result<bool> {
+        // Servers that ignore `If-None-Match` on PUT (Garage 2.5 does) are
+        // covered by asking first; where the server honours it (AWS S3),
+        // the conditional PUT closes the race between the two.
+        if self.exists(key).await? {
+            return Ok(false);
+        }
         let okey = self.config.object_key(key);
         let res = self
             .client
