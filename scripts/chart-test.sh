@@ -12,7 +12,8 @@
 # CI=true a missing dependency (the binary, a Garage for the compose init
 # script, a Python package) fails the run instead of skipping a test.
 #
-# Environment: KILN_CHART_VENV (default /var/lib/kiln-ci/venv-chart).
+# Environment: KILN_CHART_VENV (default /var/lib/kiln-ci/venv-chart);
+# KILN_VENV_ONLY=1 only prepares the venv.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -39,6 +40,11 @@ if [ ! -x "$VENV/bin/python" ] || ! cmp -s "$REQUIREMENTS" "$STAMP"; then
     "$PYTHON" -m venv --clear "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r "$REQUIREMENTS"
     cp "$REQUIREMENTS" "$STAMP"
+fi
+# KILN_VENV_ONLY=1: prepare the venv (scripts/test.sh does, for the Rust
+# tests that parse with Python) and stop.
+if [ -n "${KILN_VENV_ONLY:-}" ]; then
+    exit 0
 fi
 
 if [ -z "${KILN_BIN:-}" ]; then

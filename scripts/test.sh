@@ -31,6 +31,11 @@ fi
 log "KILN_SHARED=${KILN_SHARED:-<unset>} S3=$KILN_S3_ENDPOINT/$KILN_S3_BUCKET CI=${CI:-<unset>}"
 
 mkdir -p "$LOG_DIR"
+# Python with the parsers some Rust tests check their output with (JUnit
+# XML, Prometheus text), in the deployment tests' cached venv.
+log "preparing the Python test venv"
+KILN_VENV_ONLY=1 bash "$ROOT/scripts/chart-test.sh"
+export KILN_PYTHON=${KILN_CHART_VENV:-/var/lib/kiln-ci/venv-chart}/bin/python
 # Incremental artefacts only help repeated edits; in a one-shot run they
 # double the target directory.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

@@ -57,6 +57,27 @@ fn service_decision(service: &str, available: bool, ci: bool) -> Result<bool, St
     }
 }
 
+/// A Python interpreter that can import every one of `modules`:
+/// `$KILN_PYTHON` (scripts/test.sh points it at the test venv), else
+/// `python3`. `None` (skip) when there is none outside CI; under CI it
+/// fails like a missing service.
+pub fn python_with(modules: &[&str]) -> Option<PathBuf> {
+    let python = std::env::var_os("KILN_PYTHON")
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
+    let check = format!("import {}", modules.join(", "));
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let what = format!(
+        "Python ({}) with {} (scripts/test.sh installs them)",
+        python.display(),
+        modules.join(", ")
+    );
+    require_service(&what, ok).then_some(python)
+}
+
 /// Whether something accepts TCP connections at `addr` (`host:port`) within
 /// two seconds.
 pub fn tcp_port_open(addr: &str) -> bool {

@@ -15,9 +15,9 @@ use kiln_nix::derivation::{Derivation, DerivationOutput};
 use kiln_nix::narinfo::ContentAddress;
 use kiln_nix::store_path::StorePath;
 use kiln_protocol::{
-    BuildLog, BuildOutcome, BuildRequest, BuildResult, BuildStarted, BuiltOutput as WireOutput,
-    Delivery, Envelope, FailureKind, Heartbeat, Message, NarChunk, Route, RunningBuild, Transport,
-    TransportError, UploadMode, MAX_NAR_CHUNK,
+    BuildLog, BuildOutcome, BuildParked, BuildRequest, BuildResult, BuildStarted,
+    BuiltOutput as WireOutput, Delivery, Envelope, FailureKind, Heartbeat, Message, NarChunk,
+    Route, RunningBuild, Transport, TransportError, UploadMode, MAX_NAR_CHUNK,
 };
 use kiln_store::cache::{BinaryCache, PathMeta};
 use thiserror::Error;
@@ -54,6 +54,14 @@ pub struct WorkerConfig {
     /// Where outputs go: into the store directly, or streamed back to the
     /// coordinator (a builder without store credentials).
     pub upload: UploadMode,
+    /// Tries at fetching a build's inputs before the request is set aside
+    /// among the dead letters (the store could not give them: it is down,
+    /// or has not got them yet), for an operator to replay.
+    pub input_attempts: u32,
+    /// Set aside (rather than fail) a build whose inputs stay unavailable
+    /// after `input_attempts`: on a farm, where an operator can replay
+    /// it; the embedded mode has no one to, so there it fails.
+    pub park_unavailable_inputs: bool,
 }
 
 impl WorkerConfig {
@@ -71,6 +79,8 @@ impl WorkerConfig {
             drain_timeout: Duration::from_secs(3600),
             host: host_name(),
             upload: UploadMode::Direct,
+            input_attempts: 3,
+            park_unavailable_inputs: false,
         }
     }
 }
@@ -324,8 +334,12 @@ impl Shared {
             .unwrap()
             .insert(req.build_id, (token.clone(), req.drv_path.clone()));
         let mut delivery = Some(delivery);
-        let (outcome, log) = self.build(&req, token.clone(), &mut delivery).await;
+        let built = self.build(&req, token.clone(), &mut delivery).await;
         self.running.lock().unwrap().remove(&req.build_id);
+        let Some((outcome, log)) = built else {
+            // Parked among the dead letters: no result.
+            return;
+        };
         if token.is_cancelled() && self.handing_back.load(std::sync::atomic::Ordering::Relaxed) {
             // Handed back on shutdown: no result; the coordinator
             // dispatches it again when this builder's lease ends.
@@ -391,12 +405,14 @@ impl Shared {
     /// The request is acknowledged (`delivery` taken) once the build
     /// starts: from then on the heartbeats hold its lease, so a build may
     /// run longer than the broker's consumer timeout.
+    /// `None` when the request was parked among the dead letters instead
+    /// (see [`Shared::park`]).
     async fn build(
         &self,
         req: &BuildRequest,
         token: CancelToken,
         delivery: &mut Option<Delivery>,
-    ) -> (BuildOutcome, Option<Vec<u8>>) {
+    ) -> Option<(BuildOutcome, Option<Vec<u8>>)> {
         let fail = |kind, message: String| BuildOutcome::Failed {
             kind,
             message,
@@ -405,24 +421,41 @@ impl Shared {
         let drv = match Derivation::parse_aterm(req.aterm.as_bytes()) {
             Ok(d) => d,
             Err(e) => {
-                return (
+                return Some((
                     fail(
                         FailureKind::Internal,
                         format!("derivation '{}': {e}", req.drv_path),
                     ),
                     Some(Vec::new()),
-                )
+                ))
             }
         };
         if let Some(outputs) = self.already_built(&drv).await {
             // No log: the build that made them kept its own.
             debug!(drv = %req.drv_path, "outputs already in the store; not building again");
-            return (BuildOutcome::Built { outputs }, None);
+            return Some((BuildOutcome::Built { outputs }, None));
         }
         let fetching = std::time::Instant::now();
-        let inputs = match self.realise_inputs(req).await {
-            Ok(i) => i,
-            Err(message) => return (fail(FailureKind::Store, message), Some(Vec::new())),
+        let mut attempt = 1;
+        let inputs = loop {
+            match self.realise_inputs(req).await {
+                Ok(i) => break i,
+                Err(message) if attempt >= self.config.input_attempts.max(1) => {
+                    let park = self.config.park_unavailable_inputs && delivery.is_some();
+                    return match delivery.take_if(|_| park) {
+                        Some(d) => {
+                            self.park(req, d, &message).await;
+                            None
+                        }
+                        None => Some((fail(FailureKind::Store, message), Some(Vec::new()))),
+                    };
+                }
+                Err(message) => {
+                    warn!(drv = %req.drv_path, attempt, error = %message, "fetching the inputs failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1 << (attempt - 1).min(5))).await;
+                    attempt += 1;
+                }
+            }
         };
         debug!(
             drv = %req.drv_path,
@@ -479,7 +512,40 @@ impl Shared {
             },
         };
         let _ = tokio::fs::remove_dir_all(&out_dir).await;
-        (outcome, Some(log))
+        Some((outcome, Some(log)))
+    }
+
+    /// Sets a request whose inputs the store could not give aside among
+    /// the dead letters, with the reason, and tells the coordinator: the
+    /// derivation is not at fault, so the build is not failed; an operator
+    /// replays it (`kiln dlq replay`) once the store is whole.
+    async fn park(&self, req: &BuildRequest, delivery: Delivery, reason: &str) {
+        let route = Route::build(&req.system, &req.required_features);
+        let reason = format!("inputs unavailable: {reason}");
+        warn!(drv = %req.drv_path, %reason, "setting the build request aside among the dead letters");
+        match self
+            .transport
+            .dead_letter(&route, &delivery.envelope, &reason)
+            .await
+        {
+            Ok(()) => {
+                let _ = delivery.ack().await;
+            }
+            Err(e) => {
+                // Not set aside: back to its queue for another builder.
+                warn!(error = %e, "could not dead-letter the request; requeueing it");
+                let _ = delivery.nack(true).await;
+                return;
+            }
+        }
+        metrics::counter!("kiln_builder_builds_total", "result" => "parked").increment(1);
+        self.publish(Message::BuildParked(BuildParked {
+            build_id: req.build_id,
+            drv_path: req.drv_path.clone(),
+            builder_id: self.config.builder_id.clone(),
+            reason,
+        }))
+        .await;
     }
 
     /// Fetches the closure of the request's inputs into the cache directory.

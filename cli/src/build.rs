@@ -202,13 +202,39 @@ pub fn run(args: Args) -> Result<ExitCode> {
     })
 }
 
+/// How a followed job ended.
 pub(crate) struct Outcome {
-    success: bool,
-    roots: Vec<EvalRoot>,
-    failures: Vec<(String, String, Vec<String>)>,
+    pub(crate) success: bool,
+    pub(crate) cancelled: bool,
+    pub(crate) roots: Vec<EvalRoot>,
+    pub(crate) failures: Vec<Failure>,
     /// Derivations not built because an input failed: (drv, failed input).
-    dependency_failures: Vec<(String, String)>,
-    eval_error: Option<String>,
+    pub(crate) dependency_failures: Vec<(String, String)>,
+    pub(crate) eval_error: Option<String>,
+    pub(crate) summary: Vec<kiln_protocol::DrvSummary>,
+}
+
+/// A build of the job that failed.
+pub(crate) struct Failure {
+    pub(crate) drv_path: String,
+    pub(crate) reason: String,
+    pub(crate) log_tail: Vec<String>,
+    pub(crate) kind: Option<kiln_protocol::FailureKind>,
+}
+
+impl Outcome {
+    /// The exit code for this outcome (see [`crate::exit`]).
+    pub(crate) fn exit_code(&self) -> ExitCode {
+        if self.success {
+            ExitCode::SUCCESS
+        } else if self.cancelled {
+            ExitCode::from(crate::exit::CANCELLED)
+        } else if self.eval_error.is_some() || self.failures.is_empty() {
+            ExitCode::from(crate::exit::EVAL_FAILED)
+        } else {
+            crate::exit::build_failure(self.failures.iter().map(|f| f.kind))
+        }
+    }
 }
 
 async fn run_job(
@@ -259,7 +285,9 @@ async fn run_job(
             r = &mut builder => format!("the builder stopped: {}", role_end(r.map(|r| r.map_err(|e| e.to_string())))),
         }
     };
-    let outcome = follow(&mut events, &t, job_id, mode, roles).await;
+    let outcome = follow(&mut events, &t, job_id, mode, OnInterrupt::Cancel, roles)
+        .await
+        .and_then(|o| o.context("the job was left running"));
     shutdown.cancel();
     if outcome.is_ok() {
         let _ = coordinator.await;
@@ -277,16 +305,27 @@ fn role_end(r: Result<Result<(), String>, tokio::task::JoinError>) -> String {
     }
 }
 
-/// Renders a job's events until it finishes; Ctrl-C cancels the job. Fails
-/// when the event stream ends, or when `gone` resolves first (the roles
-/// serving the job stopped).
+/// What Ctrl-C does to a followed job.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnInterrupt {
+    /// Cancel it (`kiln build`: the job lives in this process).
+    Cancel,
+    /// Stop following and leave it running (`kiln submit --wait`: the
+    /// farm carries on; `kiln status`/`kiln cancel` reach it later).
+    Detach,
+}
+
+/// Renders a job's events until it finishes. Fails when the event stream
+/// ends, or when `gone` resolves first (the roles serving the job
+/// stopped); Ctrl-C does what `interrupt` says.
 pub(crate) async fn follow(
     events: &mut Box<dyn kiln_protocol::Subscription>,
     transport: &Arc<dyn Transport>,
     job_id: uuid::Uuid,
     mode: Mode,
+    interrupt: OnInterrupt,
     gone: impl std::future::Future<Output = String>,
-) -> Result<Outcome> {
+) -> Result<Option<Outcome>> {
     tokio::pin!(gone);
     let mut progress = Progress::new(mode);
     let mut failures = Vec::new();
@@ -303,6 +342,11 @@ pub(crate) async fn follow(
                 bail!("{why}");
             }
             _ = tokio::signal::ctrl_c(), if !cancelled => {
+                if interrupt == OnInterrupt::Detach {
+                    progress.finish();
+                    eprintln!("job {job_id} keeps running on the farm: 'kiln status {job_id}' follows it, 'kiln cancel {job_id}' stops it");
+                    return Ok(None);
+                }
                 cancelled = true;
                 transport
                     .publish(&Route::Jobs, &Envelope::new(Message::CancelJob { job_id }), 0)
@@ -314,16 +358,16 @@ pub(crate) async fn follow(
                 if ev.job_id != job_id { continue }
                 progress.event(&ev);
                 match ev.event {
-                    Event::Failed { drv_path, reason, log_tail } => {
-                        let tail = if log_tail.is_empty() { progress.tail(&drv_path).to_vec() } else { log_tail };
-                        failures.push((drv_path, reason, tail));
+                    Event::Failed { drv_path, reason, log_tail, kind } => {
+                        let log_tail = if log_tail.is_empty() { progress.tail(&drv_path).to_vec() } else { log_tail };
+                        failures.push(Failure { drv_path, reason, log_tail, kind });
                     }
                     Event::DependencyFailed { drv_path, dependency } => {
                         dependency_failures.push((drv_path, dependency));
                     }
                     Event::EvalFinished { error: Some(e) } => eval_error = Some(e),
-                    Event::JobFinished { success, roots, .. } => {
-                        break Outcome { success, roots, failures, dependency_failures, eval_error };
+                    Event::JobFinished { success, roots, summary, cancelled } => {
+                        break Outcome { success, cancelled, roots, failures, dependency_failures, eval_error, summary };
                     }
                     _ => {}
                 }
@@ -331,7 +375,7 @@ pub(crate) async fn follow(
         }
     };
     progress.finish();
-    Ok(outcome)
+    Ok(Some(outcome))
 }
 
 pub(crate) async fn finish(
@@ -343,11 +387,15 @@ pub(crate) async fn finish(
     if let Some(e) = &o.eval_error {
         eprintln!("{e}");
     }
-    for (drv, reason, tail) in &o.failures {
-        eprintln!("error: {reason}");
-        if !tail.is_empty() {
-            eprintln!("       last {} log lines of {}:", tail.len(), drv_name(drv));
-            for l in tail {
+    for f in &o.failures {
+        eprintln!("error: {}", f.reason);
+        if !f.log_tail.is_empty() {
+            eprintln!(
+                "       last {} log lines of {}:",
+                f.log_tail.len(),
+                drv_name(&f.drv_path)
+            );
+            for l in &f.log_tail {
                 eprintln!("       > {}", crate::progress::sanitize(l));
             }
         }
@@ -359,7 +407,10 @@ pub(crate) async fn finish(
         if o.failures.len() > 1 {
             eprintln!("error: {} derivations failed", o.failures.len());
         }
-        return Ok(ExitCode::FAILURE);
+        if o.cancelled {
+            eprintln!("error: the job was cancelled");
+        }
+        return Ok(o.exit_code());
     }
     let mut out = std::io::stdout().lock();
     for (i, root) in o.roots.iter().enumerate() {

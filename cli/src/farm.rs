@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use kiln_protocol::amqp::{AmqpConfig, AmqpTransport};
@@ -27,19 +28,34 @@ pub struct AmqpOpts {
 }
 
 impl AmqpOpts {
-    /// Connects (waiting up to two minutes for the broker).
+    /// Connects a service (waiting up to two minutes for the broker).
     pub async fn connect(&self, role: &str) -> Result<AmqpTransport> {
+        self.connect_within(role, Duration::from_secs(120)).await
+    }
+
+    /// Connects a client command (`kiln submit`, `kiln status`, …): a
+    /// broker that does not answer within [`CLIENT_CONNECT_TIMEOUT`] is
+    /// reported as unreachable (exit code 69).
+    pub async fn connect_client(&self) -> Result<AmqpTransport> {
+        self.connect_within("client", CLIENT_CONNECT_TIMEOUT).await
+    }
+
+    async fn connect_within(&self, role: &str, wait: Duration) -> Result<AmqpTransport> {
         let name = format!("kiln-{role}@{}", kiln_builder::worker::host_name());
-        AmqpTransport::connect(AmqpConfig::new(&self.amqp, name))
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to the broker at {}",
-                    kiln_protocol::amqp::redact(&self.amqp)
-                )
-            })
+        let mut config = AmqpConfig::new(&self.amqp, name);
+        config.publish_timeout = wait;
+        AmqpTransport::connect(config).await.map_err(|e| {
+            anyhow::Error::new(crate::exit::Unreachable(format!(
+                "cannot reach the broker at {}: {e}",
+                kiln_protocol::amqp::redact(&self.amqp)
+            )))
+        })
     }
 }
+
+/// How long a client command waits for the broker (or for the coordinator
+/// to answer a query) before it calls the farm unreachable.
+pub const CLIENT_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Options of every long-running service.
 #[derive(clap::Args, Debug, Clone)]
@@ -121,6 +137,11 @@ pub async fn serve_metrics(
         .context("metrics buckets")?
         .install_recorder()
         .context("installing the metrics recorder")?;
+    // Counters an operator alerts on are shown from the start, at zero,
+    // rather than appearing with their first event.
+    for name in ["kiln_redeliveries_total", "kiln_dead_letters_total"] {
+        metrics::counter!(name).absolute(0);
+    }
     let app = axum::Router::new()
         .route(
             "/metrics",

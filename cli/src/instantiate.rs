@@ -33,6 +33,10 @@ pub struct Args {
     /// `--parse` write nothing.
     #[arg(long = "store-dir", value_name = "DIR")]
     pub store_dir: Option<std::path::PathBuf>,
+    /// The value of `builtins.currentSystem` (default: this machine's, as
+    /// Nix's `system` setting).
+    #[arg(long, value_name = "SYSTEM")]
+    pub system: Option<String>,
     /// Accepted for compatibility (XML output never carries locations).
     #[arg(long = "no-location")]
     pub no_location: bool,
@@ -63,6 +67,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         parse_only: args.parse,
         show_trace: args.show_trace,
         cwd: std::env::current_dir().context("current directory")?,
+        system: args.system.clone(),
         ..Default::default()
     };
     if !args.eval && !args.parse {

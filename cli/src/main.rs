@@ -4,10 +4,13 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod build;
+mod exit;
 mod expr_args;
 mod farm;
 mod hash;
 mod instantiate;
+mod jobs;
+mod junit;
 mod nar;
 mod ops;
 mod progress;
@@ -67,6 +70,15 @@ enum Command {
     Builders(ops::BuildersArgs),
     /// List, show, replay or purge dead letters.
     Dlq(ops::DlqArgs),
+    /// Show how a farm job stands: counts, running builds, and why each
+    /// waiting derivation waits.
+    Status(jobs::StatusArgs),
+    /// List the farm's running and recent jobs.
+    Jobs(jobs::JobsArgs),
+    /// Cancel a farm job: its evaluation and the builds no other job wants.
+    Cancel(jobs::CancelArgs),
+    /// Print a farm job's build logs (stored, and live with --follow).
+    Logs(jobs::LogsArgs),
 }
 
 impl Command {
@@ -125,6 +137,10 @@ fn main() -> ExitCode {
         Command::Queues(a) => ops::run_queues(a),
         Command::Builders(a) => ops::run_builders(a),
         Command::Dlq(a) => ops::run_dlq(a),
+        Command::Status(a) => jobs::run_status(a),
+        Command::Jobs(a) => jobs::run_jobs(a),
+        Command::Cancel(a) => jobs::run_cancel(a),
+        Command::Logs(a) => jobs::run_logs(a),
     };
     match result {
         Ok(code) => code,
@@ -133,7 +149,11 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            if exit::is_unreachable(&err) {
+                ExitCode::from(exit::UNREACHABLE)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -286,6 +286,7 @@ pub fn run_builder(args: BuilderArgs) -> Result<ExitCode> {
         };
         wc.features = features.into_iter().filter(|f| !f.is_empty()).collect();
         wc.upload = upload;
+        wc.park_unavailable_inputs = true;
         if let Some(s) = args.heartbeat_interval.or(file.heartbeat_interval_secs) {
             if !(s > 0.0 && s < 3600.0) {
                 bail!("--heartbeat-interval {s}: give seconds between 0 and 3600");

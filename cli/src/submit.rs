@@ -17,7 +17,7 @@ use kiln_protocol::{
 };
 use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
 
-use crate::build::{finish, follow, kiln_home};
+use crate::build::{finish, follow, kiln_home, OnInterrupt};
 use crate::farm::AmqpOpts;
 use crate::progress::Mode;
 use crate::store_cmds::{open_cache, runtime};
@@ -27,9 +27,14 @@ use crate::store_cmds::{open_cache, runtime};
 pub struct SubmitArgs {
     #[command(flatten)]
     pub build: crate::build::Args,
-    /// Follow the job until it ends, as `kiln build` does.
+    /// Follow the job until it ends, as `kiln build` does. Ctrl-C stops
+    /// following; the job keeps running (`kiln cancel` stops it).
     #[arg(long)]
     pub wait: bool,
+    /// With --wait, write a JUnit XML report (one test case per root
+    /// attribute) to FILE.
+    #[arg(long, value_name = "FILE", requires = "wait")]
+    pub junit: Option<PathBuf>,
     #[command(flatten)]
     pub amqp: AmqpOpts,
 }
@@ -68,7 +73,7 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
             .await?,
         );
         ship_sources(&mut spec, &cache, &temp).await?;
-        let transport: Arc<dyn Transport> = Arc::new(args.amqp.connect("submit").await?);
+        let transport: Arc<dyn Transport> = Arc::new(args.amqp.connect_client().await?);
         let job_id = spec.job_id;
         // Subscribed before the job is published, so no event is missed.
         let mut events = if args.wait {
@@ -85,14 +90,28 @@ pub fn run(args: SubmitArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         };
         eprintln!("job {job_id} submitted");
-        let outcome = follow(
+        let started = std::time::Instant::now();
+        let Some(outcome) = follow(
             &mut events,
             &transport,
             job_id,
             mode,
+            OnInterrupt::Detach,
             std::future::pending::<String>(),
         )
-        .await?;
+        .await?
+        else {
+            return Ok(ExitCode::from(crate::exit::CANCELLED));
+        };
+        if let Some(path) = &args.junit {
+            crate::junit::write(
+                path,
+                job_id,
+                &args.build.expr.attr,
+                &outcome,
+                started.elapsed().as_secs_f64(),
+            )?;
+        }
         let realised = home.join("realised");
         finish(&args.build, &cache, &realised, outcome).await
     })

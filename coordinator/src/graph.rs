@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use kiln_protocol::{DrvStatus, DrvSummary, Event, JobId};
+use kiln_protocol::{DrvStatus, DrvSummary, Event, FailureKind, JobId};
 
 use crate::drv::DrvInfo;
 
@@ -71,6 +71,8 @@ pub struct Node {
     pub build_id: Option<uuid::Uuid>,
     pub duration_ms: Option<u64>,
     pub failure: Option<String>,
+    /// Why its build failed, when it did.
+    pub failure_kind: Option<FailureKind>,
     pub log_key: Option<String>,
 }
 
@@ -87,6 +89,7 @@ impl Node {
             build_id: None,
             duration_ms: None,
             failure: None,
+            failure_kind: None,
             log_key: None,
         }
     }
@@ -307,6 +310,7 @@ impl Graph {
                 drv_path: drv.to_string(),
                 reason: node.failure.clone().unwrap_or_default(),
                 log_tail: Vec::new(),
+                kind: node.failure_kind,
             },
             NodeState::DependencyFailed => Event::DependencyFailed {
                 drv_path: drv.to_string(),
@@ -462,6 +466,7 @@ impl Graph {
         &mut self,
         drv: &str,
         duration_ms: u64,
+        kind: FailureKind,
         reason: String,
         log_tail: Vec<String>,
         log_key: Option<String>,
@@ -475,6 +480,7 @@ impl Graph {
         }
         n.duration_ms = Some(duration_ms);
         n.failure = Some(reason.clone());
+        n.failure_kind = Some(kind);
         n.log_key = log_key;
         self.set_terminal(drv, NodeState::Failed, &mut fx);
         self.emit_all(
@@ -483,6 +489,7 @@ impl Graph {
                 drv_path: drv.to_string(),
                 reason: reason.clone(),
                 log_tail,
+                kind: Some(kind),
             },
             &mut fx,
         );

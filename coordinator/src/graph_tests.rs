@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kiln_protocol::{DrvStatus, Event};
+use kiln_protocol::{DrvStatus, Event, FailureKind};
 use uuid::Uuid;
 
 use crate::drv::DrvInfo;
@@ -110,6 +110,7 @@ fn failure_marks_dependents_and_fail_fast_stops_the_job() {
     let fx = g.failed(
         &p("a"),
         1,
+        FailureKind::BuilderExit,
         "builder failed with exit code 1".into(),
         vec![],
         None,
@@ -140,7 +141,14 @@ fn keep_going_builds_everything_it_can() {
     for d in ["a", "b", "c", "other"] {
         g.store_checked(&p(d), false);
     }
-    let fx = g.failed(&p("a"), 1, "boom".into(), vec![], None);
+    let fx = g.failed(
+        &p("a"),
+        1,
+        FailureKind::BuilderExit,
+        "boom".into(),
+        vec![],
+        None,
+    );
     assert!(!fx.iter().any(|e| matches!(e, Effect::CancelBuild { .. })));
     assert_eq!(g.nodes[&p("other")].state, NodeState::Dispatched);
     g.built(&p("other"), 1, BTreeMap::new(), None);
@@ -191,7 +199,14 @@ fn one_jobs_fail_fast_does_not_cancel_anothers_build() {
     g.store_checked(&p("bad"), false);
     g.store_checked(&p("shared"), false);
     g.dispatched(&p("shared"), Uuid::new_v4());
-    let fx = g.failed(&p("bad"), 1, "x".into(), vec![], None);
+    let fx = g.failed(
+        &p("bad"),
+        1,
+        FailureKind::BuilderExit,
+        "x".into(),
+        vec![],
+        None,
+    );
     assert!(!fx.iter().any(|e| matches!(e, Effect::CancelBuild { .. })));
     assert_eq!(g.nodes[&p("shared")].state, NodeState::Dispatched);
 }
@@ -282,7 +297,14 @@ fn derivations_arriving_after_a_fail_fast_stop_do_not_keep_the_job_open() {
     g.add_derivation(job, drv("bad", &[]));
     g.add_derivation(job, drv("slow", &[]));
     g.store_checked(&p("bad"), false);
-    g.failed(&p("bad"), 1, "x".into(), vec![], None);
+    g.failed(
+        &p("bad"),
+        1,
+        FailureKind::BuilderExit,
+        "x".into(),
+        vec![],
+        None,
+    );
     // "slow" was still being checked: cancelled, its check answer ignored.
     assert_eq!(g.nodes[&p("slow")].state, NodeState::Cancelled);
     assert!(dispatched(&g.store_checked(&p("slow"), false)).is_empty());
@@ -311,7 +333,14 @@ fn a_stopped_jobs_cancelled_work_is_revived_for_another_job() {
     g.add_derivation(j1, drv("lib", &[]));
     g.add_derivation(j1, drv("app", &["lib"]));
     g.store_checked(&p("bad"), false);
-    g.failed(&p("bad"), 1, "x".into(), vec![], None);
+    g.failed(
+        &p("bad"),
+        1,
+        FailureKind::BuilderExit,
+        "x".into(),
+        vec![],
+        None,
+    );
     assert_eq!(g.nodes[&p("lib")].state, NodeState::Cancelled);
     assert_eq!(g.nodes[&p("app")].state, NodeState::Cancelled);
 

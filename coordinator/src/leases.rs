@@ -26,6 +26,10 @@ pub struct Build {
     pub dispatched_at: Instant,
     /// The builder running it, once started.
     pub builder: Option<String>,
+    /// When it started.
+    pub started_at: Option<Instant>,
+    /// Why it sits among the dead letters, when a builder set it aside.
+    pub parked: Option<String>,
 }
 
 /// A builder as its heartbeats describe it.
@@ -63,6 +67,8 @@ impl Leases {
                 drv_path: drv_path.to_string(),
                 dispatched_at: Instant::now(),
                 builder: None,
+                started_at: None,
+                parked: None,
             },
         );
     }
@@ -72,6 +78,10 @@ impl Leases {
     pub fn started(&mut self, build_id: BuildId, builder: &str) -> bool {
         match self.builds.get_mut(&build_id) {
             Some(b) => {
+                if b.builder.is_none() {
+                    b.started_at = Some(Instant::now());
+                }
+                b.parked = None;
                 b.builder = Some(builder.to_string());
                 // A start is as good as a heartbeat for the lease.
                 if let Some(v) = self.builders.get_mut(builder) {
@@ -90,6 +100,20 @@ impl Leases {
             .get(&build_id)
             .filter(|b| b.builder.is_none())
             .map(|b| b.dispatched_at.elapsed())
+    }
+
+    /// A builder set `build_id` aside among the dead letters: it is
+    /// queued again (by whoever replays it), with no builder.
+    pub fn parked(&mut self, build_id: BuildId, reason: String) -> bool {
+        match self.builds.get_mut(&build_id) {
+            Some(b) => {
+                b.builder = None;
+                b.started_at = None;
+                b.parked = Some(reason);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A build ended (or was abandoned); its lease goes.
@@ -138,6 +162,8 @@ impl Leases {
                 drv_path: drv_path.to_string(),
                 dispatched_at: Instant::now(),
                 builder: Some(builder),
+                started_at: Some(Instant::now()),
+                parked: None,
             },
         );
     }

@@ -12,6 +12,7 @@ pub mod graph;
 pub mod leases;
 pub mod nar_sink;
 pub mod service;
+pub mod status;
 
 pub use drv::DrvInfo;
 pub use service::{run, CoordinatorConfig, CoordinatorError, OutputStore};

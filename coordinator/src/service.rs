@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use kiln_protocol::{
     BuildOutcome, BuildRequest, Delivery, Envelope, EvalRoot, Event, IfdResponse, JobEvent, JobId,
-    JobSpec, Message, Route, Transport, TransportError, UploadMode,
+    JobSpec, JobState, JobStatus, Message, Route, StatusReply, Transport, TransportError,
+    UploadMode,
 };
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -150,6 +151,8 @@ const FINISHED_REMEMBERED: usize = 10_000;
 
 struct JobEntry {
     accepted: Instant,
+    /// When it was accepted, in milliseconds since the Unix epoch.
+    accepted_at_ms: u64,
     seq: u64,
     eval_done: Option<Option<String>>,
     roots: Vec<EvalRoot>,
@@ -173,6 +176,8 @@ struct Coordinator {
     build_queues: std::collections::BTreeSet<String>,
     finished: std::collections::VecDeque<JobId>,
     finished_set: HashSet<JobId>,
+    /// The last finished jobs as they ended, newest last (`kiln jobs`).
+    recent: std::collections::VecDeque<JobStatus>,
     to_check: Vec<String>,
     checks_in_flight: usize,
     present_cache: HashMap<String, Instant>,
@@ -205,6 +210,7 @@ pub async fn run(
         build_queues: Default::default(),
         finished: Default::default(),
         finished_set: HashSet::new(),
+        recent: Default::default(),
         to_check: Vec::new(),
         checks_in_flight: 0,
         present_cache: HashMap::new(),
@@ -410,6 +416,15 @@ impl Coordinator {
                     self.apply(fx).await?;
                 }
             }
+            Message::BuildParked(p) => {
+                if self.leases.parked(p.build_id, p.reason.clone())
+                    && self.graph.is_current_build(&p.drv_path, p.build_id)
+                {
+                    warn!(drv = %p.drv_path, builder = %p.builder_id, reason = %p.reason, "a build request was set aside among the dead letters");
+                    // Queued again, under the same build id, once replayed.
+                    self.graph.redispatched(&p.drv_path, p.build_id);
+                }
+            }
             Message::BuildLog(l) => {
                 if self.graph.is_current_build(&l.drv_path, l.build_id) {
                     for line in l.lines {
@@ -454,11 +469,19 @@ impl Coordinator {
                         self.graph.built(&r.drv_path, r.duration_ms, outs, log_key)
                     }
                     BuildOutcome::Failed {
-                        message, log_tail, ..
+                        kind,
+                        message,
+                        log_tail,
                     } if current => {
                         metrics::counter!("kiln_builds_total", "result" => "failed").increment(1);
-                        self.graph
-                            .failed(&r.drv_path, r.duration_ms, message, log_tail, log_key)
+                        self.graph.failed(
+                            &r.drv_path,
+                            r.duration_ms,
+                            kind,
+                            message,
+                            log_tail,
+                            log_key,
+                        )
                     }
                     _ => {
                         debug!(build = %r.build_id, drv = %r.drv_path, "result of a build no longer waited for");
@@ -479,6 +502,27 @@ impl Coordinator {
                 }
             },
             Message::Heartbeat(hb) => self.leases.heartbeat(hb),
+            Message::StatusQuery(q) => {
+                let jobs = match q.job_id {
+                    Some(id) => self.status_of(id).into_iter().collect(),
+                    None => {
+                        let mut all: Vec<JobStatus> = self
+                            .jobs
+                            .keys()
+                            .filter_map(|id| self.status_of(*id))
+                            .collect();
+                        all.sort_by_key(|j| std::cmp::Reverse(j.accepted_at_ms));
+                        all.extend(self.recent.iter().rev().cloned());
+                        all
+                    }
+                };
+                let reply = StatusReply {
+                    query_id: q.query_id,
+                    jobs,
+                };
+                self.publish(&Route::Reply(q.query_id), Message::StatusReply(reply), 0)
+                    .await?;
+            }
             other => debug!(?other, "message not meant for the coordinator"),
         }
         Ok(())
@@ -504,6 +548,7 @@ impl Coordinator {
             job,
             JobEntry {
                 accepted: Instant::now(),
+                accepted_at_ms: unix_ms(),
                 seq: 0,
                 eval_done: None,
                 roots: Vec::new(),
@@ -892,13 +937,29 @@ impl Coordinator {
             let failed = self.graph.jobs.get(&job).is_some_and(|j| j.failed);
             let entry = &self.jobs[&job];
             let success = !failed && !entry.cancelled && matches!(entry.eval_done, Some(None));
+            let cancelled = entry.cancelled;
             let roots = entry.roots.clone();
+            let state = if cancelled {
+                JobState::Cancelled
+            } else if success {
+                JobState::Succeeded
+            } else {
+                JobState::Failed
+            };
+            if let Some(mut last) = self.status_of(job) {
+                last.state = state;
+                self.recent.push_back(last);
+                if self.recent.len() > RECENT_REMEMBERED {
+                    self.recent.pop_front();
+                }
+            }
             self.emit(
                 job,
                 Event::JobFinished {
                     success,
                     roots,
                     summary,
+                    cancelled,
                 },
             )
             .await?;
@@ -916,6 +977,32 @@ impl Coordinator {
         Ok(())
     }
 
+    /// How a job in the graph stands now.
+    fn status_of(&self, job: JobId) -> Option<JobStatus> {
+        let Some(entry) = self.jobs.get(&job) else {
+            return self.recent.iter().rev().find(|j| j.job_id == job).cloned();
+        };
+        let state = match &entry.eval_done {
+            None => JobState::Evaluating,
+            Some(_) => JobState::Building,
+        };
+        let facts = crate::status::JobFacts {
+            job_id: job,
+            state,
+            what: describe(&entry.spec),
+            accepted_at_ms: entry.accepted_at_ms,
+            elapsed_ms: entry.accepted.elapsed().as_millis() as u64,
+            roots: entry.roots.clone(),
+            eval_error: entry.eval_done.clone().flatten(),
+        };
+        Some(crate::status::job_status(
+            &self.graph,
+            &self.leases,
+            facts,
+            Instant::now(),
+        ))
+    }
+
     async fn publish(
         &self,
         route: &Route,
@@ -927,6 +1014,36 @@ impl Coordinator {
             .await?;
         Ok(())
     }
+}
+
+/// Finished jobs whose last status is kept for `kiln jobs`/`kiln status`.
+const RECENT_REMEMBERED: usize = 200;
+
+/// Milliseconds since the Unix epoch.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a job asked for, in a line: `FILE -A attr …` or `-E 'text'`.
+fn describe(spec: &JobSpec) -> String {
+    let mut s = match &spec.source {
+        kiln_protocol::ExprSource::File { path } => path.clone(),
+        kiln_protocol::ExprSource::Expr { text, .. } => {
+            let one: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            let short: String = one.chars().take(60).collect();
+            format!(
+                "-E '{short}{}'",
+                if one.chars().count() > 60 { "…" } else { "" }
+            )
+        }
+    };
+    for a in &spec.attr_paths {
+        s.push_str(" -A ");
+        s.push_str(a);
+    }
+    s
 }
 
 /// The store key of a derivation's build log.

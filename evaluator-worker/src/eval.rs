@@ -94,6 +94,8 @@ pub struct Eval {
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
     /// Where store paths and `.drv` files go.
     pub store: Rc<dyn Store>,
+    /// `builtins.currentSystem`.
+    pub system: String,
     /// Builds derivation outputs needed during evaluation (IFD).
     pub realiser: Option<Rc<dyn Realiser>>,
     /// Receives every instantiated derivation.
@@ -215,7 +217,7 @@ pub(crate) struct DrvInfo {
 
 impl Eval {
     /// A new evaluator with the builtins installed.
-    pub fn new(search_path: Vec<SearchPathEntry>, store: Rc<dyn Store>) -> Eval {
+    pub fn new(search_path: Vec<SearchPathEntry>, store: Rc<dyn Store>, system: &str) -> Eval {
         let mut ev = Eval {
             sources: RefCell::new(Sources::default()),
             globals: Vec::new(),
@@ -238,6 +240,7 @@ impl Eval {
             src_cache: RefCell::new(HashMap::new()),
             cycles: RefCell::new(CycleRoots::default()),
             free_on_drop: true,
+            system: system.to_string(),
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);

@@ -67,6 +67,22 @@ pub struct Options {
     pub leak_on_drop: bool,
     /// Stops the evaluation (with an error) once set.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// `builtins.currentSystem`; default: this machine's ([`host_system`]),
+    /// as Nix's `system` setting defaults to the platform it runs on.
+    pub system: Option<String>,
+}
+
+/// This machine's Nix system name (`x86_64-linux`, `aarch64-darwin`, …).
+pub fn host_system() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86" => "i686",
+        other => other,
+    };
+    let os = match std::env::consts::OS {
+        "macos" => "darwin",
+        other => other,
+    };
+    format!("{arch}-{os}")
 }
 
 /// Parse a `NIX_PATH`-style list (`a:b=c`).
@@ -111,7 +127,8 @@ impl Evaluator {
         let store = opts
             .store
             .unwrap_or_else(|| Rc::new(store::MemStore::new()));
-        let mut ev = Eval::new(opts.search_path, store);
+        let system = opts.system.unwrap_or_else(|| host_system().to_string());
+        let mut ev = Eval::new(opts.search_path, store, &system);
         ev.max_depth = opts.max_depth.unwrap_or(10_000_000);
         if let Some(b) = opts.stack_budget {
             ev.stack_budget = b;

@@ -56,6 +56,8 @@ pub struct Request {
     /// evaluation takes a noticeable share of its time (see
     /// [`crate::Options::leak_on_drop`]).
     pub release_memory: bool,
+    /// `builtins.currentSystem` (`--system`); default: this machine's.
+    pub system: Option<String>,
 }
 
 /// Evaluate `req` as `nix-instantiate --eval` would; `Ok` is standard output,
@@ -80,6 +82,7 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         search_path,
         store,
         leak_on_drop: !req.release_memory,
+        system: req.system.clone(),
         ..Default::default()
     });
     let fmt = |e: crate::Error| evr.format_error(&e, req.show_trace);

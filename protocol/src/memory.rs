@@ -207,6 +207,21 @@ impl Transport for MemoryTransport {
         Ok(())
     }
 
+    async fn dead_letter(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let name = route.name();
+        let bytes = encode(env).map_err(|source| TransportError::Codec {
+            route: name.clone(),
+            source,
+        })?;
+        MemoryTransport::dead_letter(self, &name, bytes, reason.to_string());
+        Ok(())
+    }
+
     async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, TransportError> {
         Ok(self.inner.lock().unwrap().records.get(name).cloned())
     }

@@ -55,10 +55,19 @@ pub enum Message {
     NarChunk(NarChunk),
     /// Builder → coordinator: a build ended.
     BuildResult(BuildResult),
+    /// Builder → coordinator: a build request was set aside among the
+    /// dead letters (its inputs could not be fetched); it waits for an
+    /// operator to replay it.
+    BuildParked(BuildParked),
     /// Coordinator → CLIs: one event of a job.
     JobEvent(JobEvent),
     /// Builder → coordinator: liveness and capacity.
     Heartbeat(Heartbeat),
+    /// CLI → coordinator: how a job (or every recent job) stands; answered
+    /// on [`crate::Route::Reply`] with the query's id.
+    StatusQuery(StatusQuery),
+    /// Coordinator → the asking CLI: the answer to a [`StatusQuery`].
+    StatusReply(StatusReply),
 }
 
 /// Where a job's expression comes from.
@@ -316,6 +325,15 @@ pub struct BuildResult {
     pub outcome: BuildOutcome,
 }
 
+/// A build request set aside among the dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildParked {
+    pub build_id: BuildId,
+    pub drv_path: String,
+    pub builder_id: String,
+    pub reason: String,
+}
+
 /// The final state of one derivation within a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -376,6 +394,9 @@ pub enum Event {
         drv_path: String,
         reason: String,
         log_tail: Vec<String>,
+        /// Why it failed (a timeout, a hash mismatch, …), when known.
+        #[serde(default)]
+        kind: Option<FailureKind>,
     },
     DependencyFailed {
         drv_path: String,
@@ -388,6 +409,9 @@ pub enum Event {
         success: bool,
         roots: Vec<EvalRoot>,
         summary: Vec<DrvSummary>,
+        /// The job ended because it was cancelled (`kiln cancel`, Ctrl-C).
+        #[serde(default)]
+        cancelled: bool,
     },
 }
 
@@ -434,6 +458,127 @@ pub struct RunningBuild {
     pub build_id: BuildId,
     pub drv_path: String,
 }
+
+/// Asks the coordinator how jobs stand.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusQuery {
+    /// The reply goes to `Route::Reply(query_id)`.
+    pub query_id: Uuid,
+    /// One job in detail; `None` lists every running and recent job.
+    pub job_id: Option<JobId>,
+}
+
+/// The coordinator's answer to a [`StatusQuery`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusReply {
+    pub query_id: Uuid,
+    /// The job asked for (none when it is unknown), or every running job
+    /// and the recently finished ones, newest first.
+    pub jobs: Vec<JobStatus>,
+}
+
+/// Where a job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Its expression is still being evaluated (builds may run already).
+    Evaluating,
+    /// Evaluation ended; builds remain.
+    Building,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    /// Nothing more will happen to the job.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// Derivations of a job by where they stand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobCounts {
+    pub total: u64,
+    /// Waiting for inputs, or for the store check.
+    pub waiting: u64,
+    /// Sent to the builders, not started.
+    pub queued: u64,
+    pub running: u64,
+    pub built: u64,
+    pub cached: u64,
+    pub failed: u64,
+    pub dependency_failed: u64,
+    pub cancelled: u64,
+}
+
+/// Why a derivation of a job has not started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum WaitReason {
+    /// The store is being asked whether its outputs exist.
+    CheckingStore,
+    /// `missing` of its input derivations are not built yet, `first` one
+    /// of them.
+    Inputs { missing: u64, first: String },
+    /// No live builder offers its system with all its required features.
+    NoBuilder {
+        system: String,
+        features: Vec<String>,
+    },
+    /// On its build queue with `ahead` builds before it.
+    QueuedBehind { ahead: u64, queue: String },
+    /// Its build request is among the dead letters (`kiln dlq replay`
+    /// puts it back).
+    DeadLettered { message: String },
+}
+
+/// A derivation that waits, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitingDrv {
+    pub drv_path: String,
+    #[serde(flatten)]
+    pub why: WaitReason,
+}
+
+/// A build that runs now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunningDrv {
+    pub drv_path: String,
+    pub builder_id: String,
+    /// Milliseconds since it started.
+    pub running_ms: u64,
+}
+
+/// One job as the coordinator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    pub job_id: JobId,
+    pub state: JobState,
+    /// What was asked for: the file or expression and the attributes.
+    pub what: String,
+    /// Milliseconds since the Unix epoch when the coordinator accepted it.
+    pub accepted_at_ms: u64,
+    /// Milliseconds it has run (until it finished, for a finished job).
+    pub elapsed_ms: u64,
+    pub counts: JobCounts,
+    pub roots: Vec<EvalRoot>,
+    pub eval_error: Option<String>,
+    pub running: Vec<RunningDrv>,
+    /// Why each derivation not yet started waits (at most
+    /// [`MAX_WAITING_LISTED`]; `counts` has them all).
+    pub waiting: Vec<WaitingDrv>,
+    /// Every derivation that ended, with its log's store key (for `kiln
+    /// logs`), at most [`MAX_WAITING_LISTED`] of them.
+    pub ended: Vec<DrvSummary>,
+}
+
+/// The most derivations a [`JobStatus`] lists one by one.
+pub const MAX_WAITING_LISTED: usize = 1000;
 
 /// MessagePack `bin` encoding for byte buffers (instead of an array of ints).
 mod serde_bytes_compat {

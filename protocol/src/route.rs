@@ -44,6 +44,9 @@ pub enum Route {
     JobEvents(JobId),
     /// `kiln.heartbeats`: builder heartbeats.
     Heartbeats,
+    /// `kiln.reply.<id>`: the answer to one query (`kiln status`, `kiln
+    /// jobs`), seen by the client that asked.
+    Reply(uuid::Uuid),
 }
 
 impl Route {
@@ -89,21 +92,27 @@ impl Route {
             Route::BuildEvents => "kiln.build-events".into(),
             Route::JobEvents(job) => format!("kiln.events.{job}"),
             Route::Heartbeats => "kiln.heartbeats".into(),
+            Route::Reply(id) => format!("kiln.reply.{id}"),
         }
     }
 
     /// Routes that exist for one job only: their queues go away when their
     /// consumer does (auto-delete queues on a broker).
     pub fn is_per_job(&self) -> bool {
-        matches!(self, Route::IfdReply(_) | Route::JobEvents(_))
+        matches!(
+            self,
+            Route::IfdReply(_) | Route::JobEvents(_) | Route::Reply(_)
+        )
     }
 
     /// Whether the route is a work queue or a broadcast.
     pub fn fanout(&self) -> Fanout {
         match self {
-            Route::JobEvents(_) | Route::Heartbeats | Route::BuildControl | Route::EvalControl => {
-                Fanout::Broadcast
-            }
+            Route::JobEvents(_)
+            | Route::Heartbeats
+            | Route::BuildControl
+            | Route::EvalControl
+            | Route::Reply(_) => Fanout::Broadcast,
             _ => Fanout::Queue,
         }
     }

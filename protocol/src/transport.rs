@@ -70,6 +70,16 @@ pub trait Transport: Send + Sync + 'static {
 
     /// The record last stored under `name`, if any.
     async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, TransportError>;
+
+    /// Sets `env`, taken from `route`, aside among the dead letters with
+    /// `reason`, for an operator to inspect and replay onto `route` once
+    /// the cause is fixed (a build whose inputs the store could not give).
+    async fn dead_letter(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        reason: &str,
+    ) -> Result<(), TransportError>;
 }
 
 /// Held leadership; see [`Transport::lead`]. Dropping it gives it up.

@@ -152,7 +152,7 @@ pub fn install(ev: &mut Eval) {
         ("true", Value::Bool(true), true),
         ("false", Value::Bool(false), true),
         ("null", Value::Null, true),
-        ("currentSystem", Value::string("x86_64-linux"), false),
+        ("currentSystem", Value::string(ev.system.clone()), false),
         ("nixVersion", Value::string("2.8.0"), false),
         ("langVersion", Value::Int(6), false),
         (

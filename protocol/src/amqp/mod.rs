@@ -471,6 +471,20 @@ impl Transport for AmqpTransport {
         }
     }
 
+    async fn dead_letter(
+        &self,
+        route: &Route,
+        env: &Envelope,
+        reason: &str,
+    ) -> Result<(), TransportError> {
+        let name = route.name();
+        let bytes = encode(env).map_err(|source| TransportError::Codec {
+            route: name.clone(),
+            source,
+        })?;
+        AmqpTransport::dead_letter(self, &name, &bytes, reason).await
+    }
+
     async fn subscribe_with(
         &self,
         route: &Route,

@@ -30,6 +30,7 @@ async fn a_job_is_evaluated_scheduled_and_built_like_nix() {
         success,
         roots,
         summary,
+        ..
     }) = seen.pop()
     else {
         panic!("no JobFinished: {seen:#?}")

@@ -168,6 +168,7 @@ async fn streamed_derivations_build_like_nix_and_second_run_is_cached() {
         success,
         summary,
         roots,
+        ..
     }) = first.last()
     else {
         unreachable!()
