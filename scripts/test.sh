@@ -72,6 +72,22 @@ for attempt in 1 2 3 4 5; do
 done
 log "build done in $((SECONDS - T1))s (target: $(du -sh "$ROOT/target" 2>/dev/null | cut -f1); disk: $(disk))"
 
+# Lints (the workspace's [workspace.lints], warnings as errors) and the
+# declared minimum Rust version; a failure fails the run at the end, after
+# the tests have run.
+LINT_STATUS=0
+log "clippy (log: $LOG_DIR/clippy.log) and the rust-version check"
+T3=$SECONDS
+if ! cargo clippy --workspace --all-targets --exclude rnix -- -D warnings >"$LOG_DIR/clippy.log" 2>&1; then
+    grep -E '^(warning|error)' -A5 "$LOG_DIR/clippy.log" | head -n 60 >&2 || true
+    log "clippy found problems"
+    LINT_STATUS=1
+fi
+if ! bash "$ROOT/scripts/check-msrv.sh"; then
+    LINT_STATUS=1
+fi
+log "lint checks took $((SECONDS - T3))s"
+
 log "running tests (log: $TEST_LOG)"
 T2=$SECONDS
 set +e
@@ -114,6 +130,10 @@ fi
 if [ "$STATUS" -ne 0 ]; then
     log "FAILED (cargo test exit status $STATUS)"
     exit "$STATUS"
+fi
+if [ "$LINT_STATUS" -ne 0 ]; then
+    log "FAILED: clippy or the rust-version check (log: $LOG_DIR/clippy.log)"
+    exit 1
 fi
 if [ "$CHART_STATUS" -ne 0 ]; then
     log "FAILED: the deployment files' tests (log: $LOG_DIR/chart-test.log)"

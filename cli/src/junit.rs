@@ -129,7 +129,7 @@ fn cases(requested: &[String], o: &Outcome) -> Vec<Case> {
         let names: Vec<String> = if missing.is_empty() && o.roots.is_empty() {
             vec!["(evaluation)".into()]
         } else {
-            missing.iter().map(|s| s.to_string()).collect()
+            missing.iter().map(|s| (*s).clone()).collect()
         };
         for name in names {
             cases.push(Case {

@@ -16,6 +16,7 @@ use anyhow::{bail, Context, Result};
 use kiln_protocol::{Transport, UploadMode};
 use kiln_store::cache::{BinaryCache, CacheOptions};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::build::kiln_home;
 use crate::farm::{serve_metrics, shutdown_on_signals, AmqpOpts, Health, ServiceOpts};
@@ -59,11 +60,7 @@ async fn start(
     role: &str,
     amqp: &AmqpOpts,
     service: &ServiceOpts,
-) -> Result<(
-    Arc<dyn Transport>,
-    tokio_util::sync::CancellationToken,
-    Health,
-)> {
+) -> Result<(Arc<dyn Transport>, CancellationToken, Health)> {
     let shutdown = shutdown_on_signals();
     let health = Health::default();
     serve_metrics(service.metrics_addr, health.clone(), shutdown.clone()).await?;
@@ -71,6 +68,61 @@ async fn start(
     tracing::info!(role, broker = %transport.display_url(), "connected");
     health.set(true);
     Ok((Arc::new(transport), shutdown, health))
+}
+
+/// What the coordinator and an evaluator are started with: the broker,
+/// the service options, the store and a work directory.
+#[derive(clap::Args, Debug)]
+pub struct RoleArgs {
+    #[command(flatten)]
+    amqp: AmqpOpts,
+    #[command(flatten)]
+    service: ServiceOpts,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Working directory (the coordinator receives streamed outputs
+    /// there, an evaluator unpacks and evaluates jobs' sources); default
+    /// `~/.cache/kiln/<role>`.
+    #[arg(long, value_name = "DIR", env = "KILN_WORK_DIR")]
+    work_dir: Option<PathBuf>,
+}
+
+/// The keys every role's settings file has.
+trait RoleFile: serde::de::DeserializeOwned + Default {
+    fn store(&self) -> Option<&String>;
+    fn work_dir(&self) -> Option<&PathBuf>;
+}
+
+/// A role ready to run: its settings file, store and work directory.
+struct Prepared<F> {
+    file: F,
+    url: String,
+    work: PathBuf,
+}
+
+impl RoleArgs {
+    /// Starts logging and reads the settings file, flags winning over it.
+    fn prepare<F: RoleFile>(&self, role: &str) -> Result<Prepared<F>> {
+        self.service.init_logging();
+        let file: F = self.service.load()?;
+        let url = self.store.url(file.store())?;
+        let work = match self.work_dir.clone().or(file.work_dir().cloned()) {
+            Some(w) => w,
+            None => kiln_home()?.join(role),
+        };
+        Ok(Prepared { file, url, work })
+    }
+
+    /// Opens the store and connects: the role's cache and transport.
+    async fn connect<F>(
+        &self,
+        role: &str,
+        p: &Prepared<F>,
+    ) -> Result<(Arc<BinaryCache>, Arc<dyn Transport>, CancellationToken)> {
+        let cache = open(&p.url, &self.store.store_opts, p.work.join("tmp")).await?;
+        let (transport, shutdown, _health) = start(role, &self.amqp, &self.service).await?;
+        Ok((cache, transport, shutdown))
+    }
 }
 
 /// Settings file of `kiln coordinator`.
@@ -83,41 +135,35 @@ pub struct CoordinatorFile {
     pub check_concurrency: Option<usize>,
 }
 
+impl RoleFile for CoordinatorFile {
+    fn store(&self) -> Option<&String> {
+        self.store.as_ref()
+    }
+    fn work_dir(&self) -> Option<&PathBuf> {
+        self.work_dir.as_ref()
+    }
+}
+
 /// `kiln coordinator`.
 #[derive(clap::Args, Debug)]
 pub struct CoordinatorArgs {
     #[command(flatten)]
-    amqp: AmqpOpts,
-    #[command(flatten)]
-    service: ServiceOpts,
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Where streamed outputs are received before they are stored.
-    #[arg(long, value_name = "DIR", env = "KILN_WORK_DIR")]
-    work_dir: Option<PathBuf>,
+    role: RoleArgs,
 }
 
 pub fn run_coordinator(args: CoordinatorArgs) -> Result<ExitCode> {
-    args.service.init_logging();
-    let file: CoordinatorFile = args.service.load()?;
-    let url = args.store.url(file.store.as_ref())?;
-    let work = match args.work_dir.or(file.work_dir) {
-        Some(w) => w,
-        None => kiln_home()?.join("coordinator"),
-    };
+    let p: Prepared<CoordinatorFile> = args.role.prepare("coordinator")?;
     runtime()?.block_on(async move {
-        let cache = open(&url, &args.store.store_opts, work.join("tmp")).await?;
-        let (transport, shutdown, _health) =
-            start("coordinator", &args.amqp, &args.service).await?;
+        let (cache, transport, shutdown) = args.role.connect("coordinator", &p).await?;
         let mut config = kiln_coordinator::CoordinatorConfig::default();
-        if let Some(b) = file.check_batch {
+        if let Some(b) = p.file.check_batch {
             config.check_batch = b;
         }
-        if let Some(c) = file.check_concurrency {
+        if let Some(c) = p.file.check_concurrency {
             config.check_concurrency = c;
         }
         if cache.store().writable() {
-            config.nar_dir = Some(work.join("nars"));
+            config.nar_dir = Some(p.work.join("nars"));
         }
         kiln_coordinator::run(transport, cache, config, shutdown)
             .await
@@ -134,36 +180,31 @@ pub struct EvaluatorFile {
     pub work_dir: Option<PathBuf>,
 }
 
+impl RoleFile for EvaluatorFile {
+    fn store(&self) -> Option<&String> {
+        self.store.as_ref()
+    }
+    fn work_dir(&self) -> Option<&PathBuf> {
+        self.work_dir.as_ref()
+    }
+}
+
 /// `kiln evaluator`.
 #[derive(clap::Args, Debug)]
 pub struct EvaluatorArgs {
     #[command(flatten)]
-    amqp: AmqpOpts,
-    #[command(flatten)]
-    service: ServiceOpts,
-    #[command(flatten)]
-    store: StoreArgs,
-    /// Where jobs' sources are unpacked and evaluated.
-    #[arg(long, value_name = "DIR", env = "KILN_WORK_DIR")]
-    work_dir: Option<PathBuf>,
+    role: RoleArgs,
 }
 
 pub fn run_evaluator(args: EvaluatorArgs) -> Result<ExitCode> {
-    args.service.init_logging();
-    let file: EvaluatorFile = args.service.load()?;
-    let url = args.store.url(file.store.as_ref())?;
-    let work = match args.work_dir.or(file.work_dir) {
-        Some(w) => w,
-        None => kiln_home()?.join("evaluator"),
-    };
+    let p: Prepared<EvaluatorFile> = args.role.prepare("evaluator")?;
     runtime()?.block_on(async move {
-        let cache = open(&url, &args.store.store_opts, work.join("tmp")).await?;
-        let (transport, shutdown, _health) = start("evaluator", &args.amqp, &args.service).await?;
+        let (cache, transport, shutdown) = args.role.connect("evaluator", &p).await?;
         kiln_evaluator::worker::run(
             transport,
             cache,
             kiln_evaluator::worker::EvalWorkerConfig {
-                work_dir: work.join("jobs"),
+                work_dir: p.work.join("jobs"),
             },
             shutdown,
         )

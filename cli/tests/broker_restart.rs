@@ -5,7 +5,7 @@
 mod farm;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use farm::Farm;
 
@@ -32,21 +32,8 @@ in builtins.listToAttrs (builtins.genList (i: {{ name = "s${{toString i}}"; valu
         ),
     )
     .unwrap();
-    let child = farm
-        .submit_cmd(&file, &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while farm.metric_sum("builder", "kiln_builder_running_builds") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "builds never started\n{}",
-            farm.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let child = farm.spawn_submit(&file, &[]);
+    farm.wait_running(1.0);
     let stop = Command::new("rabbitmqctl")
         .arg("stop_app")
         .output()

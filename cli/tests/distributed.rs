@@ -91,22 +91,9 @@ fn a_killed_builder_s_build_is_done_by_another() {
     };
     farm.start(1, 2);
     let file = sleepers(farm.tmp.path(), 2, 4.0, "kb");
-    let child = farm
-        .submit_cmd(&file, &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = farm.spawn_submit(&file, &[]);
     // Wait until both builders run a build, then kill one mid-build.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while farm.metric_sum("builder", "kiln_builder_running_builds") < 2.0 {
-        assert!(
-            Instant::now() < deadline,
-            "builds never started\n{}",
-            farm.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    farm.wait_running(2.0);
     let victim = farm.index_of("builder0").unwrap();
     farm.signal(victim, libc::SIGKILL);
     let out = farm::wait_output(child, Duration::from_secs(240), &farm);
@@ -139,21 +126,8 @@ fn the_standby_coordinator_finishes_the_job_of_a_killed_one() {
     farm.spawn("builder", "builder0", &["-j", "2"]);
     farm.spawn("builder", "builder1", &["-j", "2"]);
     let file = sleepers(farm.tmp.path(), 6, 1.5, "fo");
-    let child = farm
-        .submit_cmd(&file, &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while farm.metric_sum("builder", "kiln_builder_running_builds") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "builds never started\n{}",
-            farm.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let child = farm.spawn_submit(&file, &[]);
+    farm.wait_running(1.0);
     farm.signal(0, libc::SIGKILL);
     let out = farm::wait_output(child, Duration::from_secs(240), &farm);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -170,21 +144,8 @@ fn dropped_connections_are_survived() {
     };
     farm.start(1, 2);
     let file = sleepers(farm.tmp.path(), 4, 1.0, "rc");
-    let child = farm
-        .submit_cmd(&file, &[])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while farm.metric_sum("builder", "kiln_builder_running_builds") < 1.0 {
-        assert!(
-            Instant::now() < deadline,
-            "builds never started\n{}",
-            farm.logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let child = farm.spawn_submit(&file, &[]);
+    farm.wait_running(1.0);
     let out = std::process::Command::new("rabbitmqctl")
         .args(["close_all_connections", "-p", &farm.vhost, "kiln test"])
         .output()

@@ -7,7 +7,7 @@
 mod farm;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use farm::Farm;
@@ -48,20 +48,6 @@ fn kiln_json(farm: &Farm, args: &[&str]) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("kiln {args:?} --json: {e}: {:?}", out.stdout))
-}
-
-/// Calls `f` until it gives something, at most `limit`.
-fn poll<T>(farm: &Farm, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if start.elapsed() > limit {
-            panic!("{what}: not within {limit:?}\n{}", farm.logs());
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// `kiln submit` without `--wait`: the job id it prints.
@@ -237,7 +223,7 @@ fn status_says_why_a_derivation_waits_and_jobs_and_cancel_see_the_job() {
         r#"mk { name = "elsewhere"; system = "riscv64-linux"; script = "echo > $out"; }"#,
     );
     let job = submit_detached(&farm, &file, &[]);
-    let status = poll(&farm, "a waiting reason", LIMIT, || {
+    let status = farm.poll("a waiting reason", LIMIT, || {
         let s = kiln_json(&farm, &["status", &job]);
         let waits = s["waiting"]
             .as_array()?
@@ -306,20 +292,15 @@ fn cancel_kills_a_running_build_and_the_builder_takes_new_work() {
   quick = mk { name = "quick"; script = "echo quick > $out"; };
 }"#,
     );
-    let follower = farm
-        .submit_cmd(&file, &["-A", "long"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let job = poll(&farm, "the job running its build", LIMIT, || {
+    let follower = farm.spawn_submit(&file, &["-A", "long"]);
+    let job = farm.poll("the job running its build", LIMIT, || {
         let jobs = kiln_json(&farm, &["jobs"]);
         jobs.as_array()?
             .iter()
             .find(|j| j["counts"]["running"] == 1)
             .and_then(|j| j["job_id"].as_str().map(str::to_string))
     });
-    poll(&farm, "the sleep 601 process", LIMIT, || {
+    farm.poll("the sleep 601 process", LIMIT, || {
         (!sleepers().is_empty()).then_some(())
     });
     let asked = Instant::now();
@@ -329,12 +310,9 @@ fn cancel_kills_a_running_build_and_the_builder_takes_new_work() {
         "{}",
         String::from_utf8_lossy(&cancel.stderr)
     );
-    poll(
-        &farm,
-        "the build process gone",
-        Duration::from_secs(5),
-        || sleepers().is_empty().then_some(()),
-    );
+    farm.poll("the build process gone", Duration::from_secs(5), || {
+        sleepers().is_empty().then_some(())
+    });
     eprintln!("build process gone {:?} after kiln cancel", asked.elapsed());
     let out = farm::wait_output(follower, LIMIT, &farm);
     assert_eq!(
@@ -427,7 +405,7 @@ fn queues_match_rabbitmqctl_with_and_without_the_management_api() {
         r#"mk { name = "stuck"; system = "riscv64-linux"; script = "echo > $out"; }"#,
     );
     let job = submit_detached(&farm, &file, &[]);
-    poll(&farm, "the stuck build queued", LIMIT, || {
+    farm.poll("the stuck build queued", LIMIT, || {
         let q = broker_queues(&farm);
         (q.get("kiln.build.riscv64-linux.-").map(|c| c.0) == Some(1)).then_some(())
     });
@@ -448,8 +426,7 @@ fn queues_match_rabbitmqctl_with_and_without_the_management_api() {
     ] {
         assert!(names.contains(&q), "{q} listed: {names:?}");
     }
-    poll(
-        &farm,
+    farm.poll(
         "kiln queues agreeing with rabbitmqctl",
         Duration::from_secs(20),
         || {
@@ -463,8 +440,7 @@ fn queues_match_rabbitmqctl_with_and_without_the_management_api() {
     );
     // The management API: unacknowledged counts too, for every Kiln
     // queue (its statistics lag the broker by a few seconds).
-    poll(
-        &farm,
+    farm.poll(
         "kiln queues --management agreeing with rabbitmqctl",
         Duration::from_secs(40),
         || {
@@ -501,13 +477,8 @@ fn a_build_set_aside_for_missing_inputs_completes_after_dlq_replay() {
         "dlq",
         r#"mk { name = "parked"; script = "echo parked > $out"; }"#,
     );
-    let follower = farm
-        .submit_cmd(&file, &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let letters = poll(&farm, "the request among the dead letters", LIMIT, || {
+    let follower = farm.spawn_submit(&file, &[]);
+    let letters = farm.poll("the request among the dead letters", LIMIT, || {
         let l = kiln_json(&farm, &["dlq", "list"]);
         (!l.as_array()?.is_empty()).then_some(l)
     });

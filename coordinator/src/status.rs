@@ -117,10 +117,7 @@ fn inputs_reason(graph: &Graph, drv: &str) -> WaitReason {
         .unwrap_or_default();
     WaitReason::Inputs {
         missing: unrealised.len() as u64,
-        first: unrealised
-            .first()
-            .map(|s| s.to_string())
-            .unwrap_or_default(),
+        first: unrealised.first().map(|s| (*s).clone()).unwrap_or_default(),
     }
 }
 
@@ -164,7 +161,7 @@ impl QueuePositions {
         }
         if !leases.builders.values().any(|b| {
             !b.last.stopping
-                && b.last.systems.iter().any(|s| *s == info.system)
+                && b.last.systems.contains(&info.system)
                 && info
                     .required_features
                     .iter()

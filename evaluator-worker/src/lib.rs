@@ -127,7 +127,7 @@ impl Evaluator {
         let store = opts
             .store
             .unwrap_or_else(|| Rc::new(store::MemStore::new()));
-        let system = opts.system.unwrap_or_else(|| host_system().to_string());
+        let system = opts.system.unwrap_or_else(|| host_system().clone());
         let mut ev = Eval::new(opts.search_path, store, &system);
         ev.max_depth = opts.max_depth.unwrap_or(10_000_000);
         if let Some(b) = opts.stack_budget {

@@ -667,6 +667,16 @@ pub fn canon_path(s: &str) -> String {
     r
 }
 
+/// Nix's lexer treats CR as whitespace and turns CR/LF and lone CR in
+/// strings into LF; rnix does not, so sources are normalised before parsing.
+pub(crate) fn normalize_newlines(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\r') {
+        text.replace("\r\n", "\n").replace('\r', "\n").into()
+    } else {
+        text.into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::canon_path;
@@ -675,15 +685,5 @@ mod tests {
     fn canon() {
         assert_eq!(canon_path("/a/./b//c/../d/"), "/a/b/d");
         assert_eq!(canon_path("/.."), "/");
-    }
-}
-
-/// Nix's lexer treats CR as whitespace and turns CR/LF and lone CR in
-/// strings into LF; rnix does not, so sources are normalised before parsing.
-pub(crate) fn normalize_newlines(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.contains('\r') {
-        text.replace("\r\n", "\n").replace('\r', "\n").into()
-    } else {
-        text.into()
     }
 }

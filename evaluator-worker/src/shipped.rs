@@ -5,7 +5,7 @@
 //! store is named after its base name, so the derivations come out the
 //! same), and reads the job's paths there.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use kiln_nix::store_path::StorePath;
 use kiln_protocol::{ArgValue, ExprSource, JobSpec};
@@ -46,7 +46,7 @@ pub fn materialise(
     }
     // Longest first, so a path inside another shipped one maps to its own
     // copy.
-    map.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+    map.sort_by_key(|m| std::cmp::Reverse(m.0.len()));
     let rewrite = |p: &str| -> String {
         for (local, copy) in &map {
             if p == local {
@@ -102,7 +102,7 @@ fn unpack(
     cache: &BinaryCache,
     handle: &tokio::runtime::Handle,
     sp: &StorePath,
-    target: &PathBuf,
+    target: &Path,
 ) -> Result<(), String> {
     if target.symlink_metadata().is_ok() {
         return Ok(());

@@ -19,6 +19,10 @@ use rowan::ast::AstNode;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
+/// A lambda's formals: the names with their defaults, and whether `...`
+/// follows.
+type Formals = (Vec<(String, Option<Nx>)>, bool);
+
 /// A parsed expression in the shape of Nix 2.8's `Expr` classes.
 #[derive(Clone)]
 enum Nx {
@@ -33,7 +37,7 @@ enum Nx {
     List(Vec<Nx>),
     Lambda {
         arg: Option<String>,
-        formals: Option<(Vec<(String, Option<Nx>)>, bool)>,
+        formals: Option<Formals>,
         body: Box<Nx>,
     },
     Call(Box<Nx>, Vec<Nx>),

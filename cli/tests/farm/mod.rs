@@ -197,15 +197,41 @@ impl Farm {
         c
     }
 
-    /// Runs a submission to its end (at most `limit`).
-    pub fn submit(&self, file: &Path, extra: &[&str], limit: Duration) -> Submitted {
-        let child = self
-            .submit_cmd(file, extra)
+    /// Starts `kiln submit --wait --json` of `file` in the background, its
+    /// output captured.
+    pub fn spawn_submit(&self, file: &Path, extra: &[&str]) -> Child {
+        self.submit_cmd(file, extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap();
-        Submitted::wait(child, limit, self)
+            .unwrap()
+    }
+
+    /// Calls `f` until it gives something, at most `limit`; fails with
+    /// the farm's logs, saying what did not happen.
+    pub fn poll<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if start.elapsed() > limit {
+                panic!("{what}: not within {limit:?}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Waits (at most two minutes) until the builders run `n` builds.
+    pub fn wait_running(&self, n: f64) {
+        self.poll("builds started", Duration::from_secs(120), || {
+            (self.metric_sum("builder", "kiln_builder_running_builds") >= n).then_some(())
+        });
+    }
+
+    /// Runs a submission to its end (at most `limit`).
+    pub fn submit(&self, file: &Path, extra: &[&str], limit: Duration) -> Submitted {
+        Submitted::wait(self.spawn_submit(file, extra), limit, self)
     }
 
     /// Sum of a metric over every process labelled `prefix*`.

@@ -273,7 +273,7 @@ impl ClosureKey {
             // An integral float equals the integer of the same value.
             Value::Float(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => ClosureKey::Int(*f as i64),
             Value::Float(f) => ClosureKey::Float((f + 0.0).to_bits()),
-            Value::Str(s) => ClosureKey::Str(s.s.to_string()),
+            Value::Str(s) => ClosureKey::Str(s.s.clone()),
             Value::Path(p) => ClosureKey::Path(p.to_string()),
             _ => return None,
         })

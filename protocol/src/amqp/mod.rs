@@ -335,11 +335,8 @@ impl AmqpTransport {
                     )
                     .await?;
                 if confirm {
-                    match pending.await? {
-                        Confirmation::Nack(_) => {
-                            return Ok(Err("the broker refused the message (nack)".to_string()))
-                        }
-                        _ => {}
+                    if let Confirmation::Nack(_) = pending.await? {
+                        return Ok(Err("the broker refused the message (nack)".to_string()));
                     }
                 }
                 Ok::<_, lapin::Error>(Ok(()))

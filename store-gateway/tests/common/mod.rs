@@ -109,5 +109,5 @@ pub fn shared_dir() -> PathBuf {
     }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared")
-        .to_path_buf()
+        .clone()
 }

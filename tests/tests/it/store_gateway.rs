@@ -127,7 +127,7 @@ async fn gateway_serves_verifies_uploads_and_refuses_bad_requests() {
     let served = reader.require_info(&top).await.unwrap();
     assert_eq!(served.nar_hash, sent.nar_hash);
     let dest = tempfile::tempdir().unwrap();
-    let report = realise(&reader, &[top.clone()], dest.path(), 4)
+    let report = realise(&reader, std::slice::from_ref(&top), dest.path(), 4)
         .await
         .unwrap();
     assert_eq!(report.fetched, {
@@ -494,13 +494,18 @@ async fn nix_copies_from_and_to_the_gateway() {
             ..CacheOptions::default()
         },
     );
-    let report = copy_paths(&from, &gw2.client(Some(TOKEN)), &[top.clone()], true)
-        .await
-        .unwrap();
+    let report = copy_paths(
+        &from,
+        &gw2.client(Some(TOKEN)),
+        std::slice::from_ref(&top),
+        true,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.copied, vec![dep.clone(), top.clone()]);
     let reader = gw2.trusting_client();
     let dest = tempfile::tempdir().unwrap();
-    realise(&reader, &[top.clone()], dest.path(), 2)
+    realise(&reader, std::slice::from_ref(&top), dest.path(), 2)
         .await
         .unwrap();
     assert_eq!(

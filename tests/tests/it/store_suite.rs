@@ -136,7 +136,7 @@ async fn store_suite(store: Arc<dyn Store>) {
 
     // Closure: dependencies first, the self-reference ignored.
     let closure: Vec<StorePath> = cache
-        .closure(&[top.clone()])
+        .closure(std::slice::from_ref(&top))
         .await
         .unwrap()
         .into_iter()
@@ -157,9 +157,14 @@ async fn store_suite(store: Arc<dyn Store>) {
 
     // Realisation into a builder's directory, verified.
     let dest = tempfile::tempdir().unwrap();
-    let report = realise(&trusting(vec![&key]), &[top.clone()], dest.path(), 4)
-        .await
-        .unwrap();
+    let report = realise(
+        &trusting(vec![&key]),
+        std::slice::from_ref(&top),
+        dest.path(),
+        4,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.fetched.len(), 2);
     assert_eq!(
         nar_hash_of_dir(&dest.path().join(top.base_name())).0,
@@ -169,7 +174,7 @@ async fn store_suite(store: Arc<dyn Store>) {
         nar_hash_of_dir(&dest.path().join(dep.base_name())).0,
         dep_info.nar_hash
     );
-    let again = realise(&cache, &[top.clone()], dest.path(), 4)
+    let again = realise(&cache, std::slice::from_ref(&top), dest.path(), 4)
         .await
         .unwrap();
     assert_eq!((again.fetched.len(), again.present.len()), (0, 2));
@@ -184,7 +189,7 @@ async fn store_suite(store: Arc<dyn Store>) {
             ..CacheOptions::default()
         },
     );
-    let copied = copy_paths(&cache, &target, &[top.clone()], true)
+    let copied = copy_paths(&cache, &target, std::slice::from_ref(&top), true)
         .await
         .unwrap();
     assert_eq!(copied.copied, vec![dep.clone(), top.clone()]);
@@ -215,7 +220,7 @@ async fn store_suite(store: Arc<dyn Store>) {
         .await;
     assert!(read.is_err(), "flipped NAR was read without error");
     let dest2 = tempfile::tempdir().unwrap();
-    let err = realise(&cache, &[top.clone()], dest2.path(), 4)
+    let err = realise(&cache, std::slice::from_ref(&top), dest2.path(), 4)
         .await
         .unwrap_err();
     assert!(
