@@ -37,7 +37,8 @@ pub struct BuilderConfig {
     pub user_pool: UserPool,
     /// Lay each build's root skeleton out on a tmpfs (`/dev/shm`) when
     /// there is one, instead of next to its outputs on disk; set-up is then
-    /// several times faster. `KILN_SANDBOX_TMPFS_ROOT=0` turns it off.
+    /// several times faster. (The CLI turns it off for
+    /// `KILN_SANDBOX_TMPFS_ROOT=0`.)
     pub tmpfs_root: bool,
 }
 

@@ -64,6 +64,12 @@ pub struct Args {
     pub store_opts: StoreOpts,
 }
 
+/// Whether build roots go on a tmpfs: yes, unless
+/// `KILN_SANDBOX_TMPFS_ROOT=0` (kept on disk, for measuring what it gains).
+pub(crate) fn tmpfs_root_wanted() -> bool {
+    std::env::var("KILN_SANDBOX_TMPFS_ROOT").map_or(true, |v| v != "0")
+}
+
 /// `$KILN_STATE_DIR`, else `~/.cache/kiln` (or `$XDG_CACHE_HOME/kiln`).
 pub(crate) fn kiln_home() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("KILN_STATE_DIR").filter(|d| !d.is_empty()) {
@@ -264,6 +270,7 @@ async fn run_job(
     ));
     let mut wc = kiln_builder::worker::WorkerConfig::new("local", realised);
     wc.builder.max_jobs = args.jobs.max(1);
+    wc.builder.tmpfs_root = tmpfs_root_wanted();
     let mut builder = tokio::spawn(kiln_builder::worker::run(
         t.clone(),
         cache.clone(),

@@ -68,6 +68,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         show_trace: args.show_trace,
         cwd: std::env::current_dir().context("current directory")?,
         system: args.system.clone(),
+        // A switch for measuring what parsing ahead gains.
+        parse_ahead: Some(std::env::var_os("KILN_EVAL_PARSE_AHEAD").is_none_or(|v| v != "0")),
         ..Default::default()
     };
     if !args.eval && !args.parse {

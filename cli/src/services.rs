@@ -312,6 +312,7 @@ pub fn run_builder(args: BuilderArgs) -> Result<ExitCode> {
         };
         let mut wc = kiln_builder::worker::WorkerConfig::new(id.clone(), &cache_dir);
         wc.builder.max_jobs = args.max_jobs.or(file.max_jobs).unwrap_or(1).max(1);
+        wc.builder.tmpfs_root = crate::build::tmpfs_root_wanted();
         let systems = if args.systems.is_empty() {
             file.systems.clone().unwrap_or_default()
         } else {

@@ -531,3 +531,51 @@ fn a_build_set_aside_for_missing_inputs_completes_after_dlq_replay() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_job_outlives_its_client_and_logs_and_status_pick_it_up() {
+    let Some(mut farm) = Farm::new("detach") else {
+        return;
+    };
+    farm.start(1, 1);
+    let file = expr(
+        &farm,
+        "detach",
+        r#"mk { name = "talker"; script = "echo hello-from-the-build; sleep 3; echo goodbye-from-the-build; echo > $out"; }"#,
+    );
+    let mut client = farm.spawn_submit(&file, &[]);
+    let job = farm.poll("the job running its build", LIMIT, || {
+        let jobs = kiln_json(&farm, &["jobs"]);
+        jobs.as_array()?
+            .iter()
+            .find(|j| j["counts"]["running"] == 1)
+            .and_then(|j| j["job_id"].as_str().map(str::to_string))
+    });
+    // The CI runner goes away; the job does not.
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let follower = farm
+        .kiln()
+        .args(["logs", &job, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = farm::wait_output(follower, LIMIT, &farm);
+    let live = String::from_utf8_lossy(&followed.stdout);
+    assert!(
+        followed.status.success() && live.contains("goodbye-from-the-build"),
+        "live: {live}\n{}",
+        String::from_utf8_lossy(&followed.stderr)
+    );
+    let status = kiln_json(&farm, &["status", &job]);
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["counts"]["built"], 1, "{status}");
+    // Afterwards the whole log comes from the store.
+    let stored = kiln(&farm, &["logs", &job]);
+    let stored = String::from_utf8_lossy(&stored.stdout);
+    assert!(
+        stored.contains("hello-from-the-build") && stored.contains("goodbye-from-the-build"),
+        "stored: {stored}"
+    );
+}

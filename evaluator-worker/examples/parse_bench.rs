@@ -41,7 +41,10 @@ fn main() {
         n += rnix::tokenize(text).count();
     }
     let lex = t.elapsed();
-    let ev = kiln_evaluator::Evaluator::new(Default::default());
+    let ev = kiln_evaluator::Evaluator::new(kiln_evaluator::Options {
+        parse_ahead: Some(std::env::var_os("KILN_EVAL_PARSE_AHEAD").is_none_or(|v| v != "0")),
+        ..Default::default()
+    });
     let t = Instant::now();
     for p in &paths {
         ev.parse_file(p).unwrap();

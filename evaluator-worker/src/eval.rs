@@ -217,7 +217,12 @@ pub(crate) struct DrvInfo {
 
 impl Eval {
     /// A new evaluator with the builtins installed.
-    pub fn new(search_path: Vec<SearchPathEntry>, store: Rc<dyn Store>, system: &str) -> Eval {
+    pub fn new(
+        search_path: Vec<SearchPathEntry>,
+        store: Rc<dyn Store>,
+        system: &str,
+        parse_ahead: bool,
+    ) -> Eval {
         let mut ev = Eval {
             sources: RefCell::new(Sources::default()),
             globals: Vec::new(),
@@ -244,7 +249,7 @@ impl Eval {
         };
         crate::builtins::install(&mut ev);
         crate::builtins::install_derivation(&mut ev);
-        if parse_ahead_enabled() {
+        if parse_ahead {
             let cx = crate::prefetch::LowerContext {
                 globals: ev.global_names.clone(),
                 symbols: ev.symbols.clone(),
@@ -1116,13 +1121,6 @@ fn is_total_on_numbers(op: BinOp) -> bool {
 #[cold]
 fn released_frame() -> Error {
     Error::eval("a value was used after the evaluation that made it ended")
-}
-
-/// The file `import path` reads: `path/default.nix` for a directory.
-/// Whether files are parsed ahead on a second thread: on unless
-/// `KILN_EVAL_PARSE_AHEAD=0` (for measuring what it gains).
-fn parse_ahead_enabled() -> bool {
-    std::env::var_os("KILN_EVAL_PARSE_AHEAD").is_none_or(|v| v != "0")
 }
 
 /// The directory relative paths in the file at `path` resolve against.

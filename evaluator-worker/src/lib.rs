@@ -67,6 +67,10 @@ pub struct Options {
     pub leak_on_drop: bool,
     /// Stops the evaluation (with an error) once set.
     pub cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// Parse and lower files named by the evaluation on a second thread
+    /// before they are imported (default on; off only to measure what it
+    /// gains, as the CLI does for `KILN_EVAL_PARSE_AHEAD=0`).
+    pub parse_ahead: Option<bool>,
     /// `builtins.currentSystem`; default: this machine's ([`host_system`]),
     /// as Nix's `system` setting defaults to the platform it runs on.
     pub system: Option<String>,
@@ -128,7 +132,12 @@ impl Evaluator {
             .store
             .unwrap_or_else(|| Rc::new(store::MemStore::new()));
         let system = opts.system.unwrap_or_else(|| host_system().clone());
-        let mut ev = Eval::new(opts.search_path, store, &system);
+        let mut ev = Eval::new(
+            opts.search_path,
+            store,
+            &system,
+            opts.parse_ahead.unwrap_or(true),
+        );
         ev.max_depth = opts.max_depth.unwrap_or(10_000_000);
         if let Some(b) = opts.stack_budget {
             ev.stack_budget = b;
@@ -331,11 +340,13 @@ mod tests {
                     (builtins.tryEval (import ./bad.nix)).success ]";
         std::fs::write(d.join("main.nix"), main).unwrap();
         let root = d.to_path_buf();
-        for ahead in ["1", "0"] {
+        for ahead in [true, false] {
             let root = root.clone();
             let out = with_big_stack(move || {
-                std::env::set_var("KILN_EVAL_PARSE_AHEAD", ahead);
-                let e = Evaluator::new(Options::default());
+                let e = Evaluator::new(Options {
+                    parse_ahead: Some(ahead),
+                    ..Options::default()
+                });
                 let v = e.eval_file(&root.join("main.nix"));
                 let v = v.and_then(|v| e.print(&v, true));
                 v.map_err(|err| e.format_error(&err, false))
@@ -347,7 +358,6 @@ mod tests {
                 "parse ahead {ahead}: {err}"
             );
         }
-        std::env::remove_var("KILN_EVAL_PARSE_AHEAD");
         let root2 = root.clone();
         let out = with_big_stack(move || {
             let e = Evaluator::new(Options::default());
@@ -389,11 +399,13 @@ mod tests {
             "(import ./chain.nix)",
         ];
         let root = d.to_path_buf();
-        let run = move |ahead: &'static str| {
+        let run = move |ahead: bool| {
             let root = root.clone();
             with_big_stack(move || {
-                std::env::set_var("KILN_EVAL_PARSE_AHEAD", ahead);
-                let e = Evaluator::new(Options::default());
+                let e = Evaluator::new(Options {
+                    parse_ahead: Some(ahead),
+                    ..Options::default()
+                });
                 // Name every file, let the parsing thread lower them (and
                 // what they name), then evaluate.
                 e.eval_string(
@@ -416,9 +428,8 @@ mod tests {
             })
             .expect("no panic")
         };
-        let (lowered, ahead) = run("1");
-        let (_, in_place) = run("0");
-        std::env::remove_var("KILN_EVAL_PARSE_AHEAD");
+        let (lowered, ahead) = run(true);
+        let (_, in_place) = run(false);
         let lowered = lowered.expect("parsing ahead is on");
         let state = |name: &str| {
             lowered

@@ -56,6 +56,9 @@ pub struct Request {
     /// evaluation takes a noticeable share of its time (see
     /// [`crate::Options::leak_on_drop`]).
     pub release_memory: bool,
+    /// Parse files ahead on a second thread (default on; see
+    /// [`crate::Options::parse_ahead`]).
+    pub parse_ahead: Option<bool>,
     /// `builtins.currentSystem` (`--system`); default: this machine's.
     pub system: Option<String>,
 }
@@ -83,6 +86,7 @@ pub fn eval_request(req: &Request) -> Result<String, String> {
         store,
         leak_on_drop: !req.release_memory,
         system: req.system.clone(),
+        parse_ahead: req.parse_ahead,
         ..Default::default()
     });
     let fmt = |e: crate::Error| evr.format_error(&e, req.show_trace);
