@@ -4,6 +4,8 @@
 //! [`derivation`], [`nar`], [`narinfo`], [`signing`] and [`refscan`].
 //! Nothing here needs a runtime or a Nix installation.
 
+pub mod cache_info;
+pub mod content_address;
 pub mod derivation;
 pub mod hash;
 pub mod nar;

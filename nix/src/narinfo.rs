@@ -1,5 +1,7 @@
-//! `.narinfo` and `nix-cache-info` files of binary caches, read and written
-//! exactly as Nix 2.8 does.
+//! `.narinfo` files of binary caches, read and written exactly as Nix 2.8
+//! does. (`nix-cache-info` is in [`crate::cache_info`], the `CA` field's
+//! content addresses in [`crate::content_address`]; both are re-exported
+//! here.)
 //!
 //! A narinfo is a list of `Field: value` lines, each ending in `\n`. Nix 2.8
 //! writes the fields in this order:
@@ -30,13 +32,15 @@
 //! line must be `Field: value` (Nix misreads other lines in odd ways).
 
 use std::collections::BTreeSet;
-use std::fmt;
 
 use thiserror::Error;
 
 use crate::hash::{Hash, HashAlgo, HashError};
 use crate::signing::{self, SecretKey, SigningError, TrustedKeys};
 use crate::store_path::{self, FileIngestionMethod, StorePath, StorePathError};
+
+pub use crate::cache_info::NixCacheInfo;
+pub use crate::content_address::ContentAddress;
 
 /// Why a narinfo or `nix-cache-info` file was refused, or a narinfo cannot
 /// be written. `whence` is the name given to the parser (a file or URL).
@@ -117,85 +121,6 @@ pub enum NarInfoError {
     /// Fingerprinting or signing failed.
     #[error(transparent)]
     Signing(#[from] SigningError),
-}
-
-/// How a content-addressed path was hashed (the narinfo `CA` field).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ContentAddress {
-    /// `text:sha256:<base32>`: a text file added with `builtins.toFile` or
-    /// a `.drv`; always sha256.
-    Text(Hash),
-    /// `fixed:[r:]<algo>:<base32>`: a fixed-output path, hashed flat or
-    /// (with `r:`) as a NAR.
-    Fixed {
-        method: FileIngestionMethod,
-        hash: Hash,
-    },
-}
-
-impl ContentAddress {
-    /// Parses a content address the way Nix 2.8's `parseContentAddress`
-    /// does; the digest may be base16, base32 or base64 but carries no
-    /// algorithm of its own.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let (prefix, rest) = s
-            .split_once(':')
-            .ok_or("not of the form '<prefix>:<rest>'")?;
-        let split_algo = |rest: &str| -> Result<(HashAlgo, String), String> {
-            let (algo, digest) = rest
-                .split_once(':')
-                .ok_or("hash not of the form '<algo>:<hash>'")?;
-            let algo = HashAlgo::from_name(algo).map_err(|e| e.to_string())?;
-            Ok((algo, digest.to_string()))
-        };
-        match prefix {
-            "text" => {
-                let (algo, digest) = split_algo(rest)?;
-                if algo != HashAlgo::Sha256 {
-                    return Err(format!("text content address must use sha256, not {algo}"));
-                }
-                let hash =
-                    Hash::parse_non_sri_unprefixed(&digest, algo).map_err(|e| e.to_string())?;
-                Ok(ContentAddress::Text(hash))
-            }
-            "fixed" => {
-                let (method, rest) = match rest.strip_prefix("r:") {
-                    Some(r) => (FileIngestionMethod::Recursive, r),
-                    None => (FileIngestionMethod::Flat, rest),
-                };
-                let (algo, digest) = split_algo(rest)?;
-                let hash =
-                    Hash::parse_non_sri_unprefixed(&digest, algo).map_err(|e| e.to_string())?;
-                Ok(ContentAddress::Fixed { method, hash })
-            }
-            other => Err(format!(
-                "unknown prefix '{other}' (expected 'text' or 'fixed')"
-            )),
-        }
-    }
-
-    /// The hash inside.
-    pub fn hash(&self) -> &Hash {
-        match self {
-            ContentAddress::Text(h) | ContentAddress::Fixed { hash: h, .. } => h,
-        }
-    }
-}
-
-impl fmt::Display for ContentAddress {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ContentAddress::Text(h) => write!(f, "text:{}", h.to_nix_base32_prefixed()),
-            ContentAddress::Fixed { method, hash } => {
-                write!(
-                    f,
-                    "fixed:{}{}",
-                    method.prefix(),
-                    hash.to_nix_base32_prefixed()
-                )
-            }
-        }
-    }
 }
 
 /// One `.narinfo` file: where a store path's NAR is in a binary cache, and
@@ -537,84 +462,6 @@ fn parse_u64(s: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-/// A binary cache's `nix-cache-info` file.
-///
-/// Nix 2.8 reads it line by line, skips lines without a colon and unknown
-/// fields, and trims whitespace around values. It writes only `StoreDir`;
-/// caches such as cache.nixos.org add `WantMassQuery` and `Priority`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NixCacheInfo {
-    /// `StoreDir`: the store the cache is for (normally `/nix/store`).
-    pub store_dir: String,
-    /// `WantMassQuery`: `1` means clients may query many paths at once.
-    pub want_mass_query: Option<bool>,
-    /// `Priority`: lower is preferred (cache.nixos.org uses 40).
-    pub priority: Option<i32>,
-}
-
-impl NixCacheInfo {
-    /// Info for a new cache of `store_dir`, as Nix writes it.
-    pub fn new(store_dir: &str) -> Self {
-        NixCacheInfo {
-            store_dir: store_dir.to_string(),
-            want_mass_query: None,
-            priority: None,
-        }
-    }
-
-    /// Parses a `nix-cache-info`; errors name `whence`, the line and field.
-    /// A missing `StoreDir` is refused (Nix would assume its own store).
-    pub fn parse(text: &str, whence: &str) -> Result<Self, NarInfoError> {
-        let mut store_dir = None;
-        let mut want_mass_query = None;
-        let mut priority = None;
-        for (idx, l) in text.split('\n').enumerate() {
-            let Some((name, value)) = l.split_once(':') else {
-                continue;
-            };
-            let value = value.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
-            let bad = |field| NarInfoError::BadCacheInfo {
-                whence: whence.to_string(),
-                line: idx + 1,
-                field,
-                value: value.to_string(),
-            };
-            match name {
-                "StoreDir" => {
-                    if value.is_empty() {
-                        return Err(bad("StoreDir"));
-                    }
-                    store_dir = Some(value.to_string());
-                }
-                "WantMassQuery" => want_mass_query = Some(value == "1"),
-                "Priority" => priority = Some(value.parse::<i32>().map_err(|_| bad("Priority"))?),
-                _ => {}
-            }
-        }
-        Ok(NixCacheInfo {
-            store_dir: store_dir.ok_or_else(|| NarInfoError::Missing {
-                whence: whence.to_string(),
-                field: "StoreDir",
-            })?,
-            want_mass_query,
-            priority,
-        })
-    }
-
-    /// Writes `StoreDir`, then `WantMassQuery` and `Priority` when set, one
-    /// `Field: value` line each.
-    pub fn to_cache_info_string(&self) -> String {
-        let mut out = format!("StoreDir: {}\n", self.store_dir);
-        if let Some(w) = self.want_mass_query {
-            out.push_str(&format!("WantMassQuery: {}\n", u8::from(w)));
-        }
-        if let Some(p) = self.priority {
-            out.push_str(&format!("Priority: {p}\n"));
-        }
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -865,34 +712,6 @@ Sig: kiln-test-1:5QkOLZoqCrB2liLyNUtfnd6eWjmtVEqOeVHBOmZYZMKSQXRbWIxCPRxuuGUbknp
         let mut info = parse(WITH_REFS).unwrap();
         info.url.clear();
         assert!(info.to_narinfo_string().is_err());
-    }
-
-    #[test]
-    fn cache_info() {
-        let nix = NixCacheInfo::parse("StoreDir: /nix/store\n", "nix-cache-info").unwrap();
-        assert_eq!(nix, NixCacheInfo::new("/nix/store"));
-        assert_eq!(nix.to_cache_info_string(), "StoreDir: /nix/store\n");
-        let hydra = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n";
-        let info = NixCacheInfo::parse(hydra, "x").unwrap();
-        assert_eq!(
-            (info.want_mass_query, info.priority),
-            (Some(true), Some(40))
-        );
-        assert_eq!(info.to_cache_info_string(), hydra);
-        let loose =
-            NixCacheInfo::parse("junk\nPriority:  -3 \r\nStoreDir:/s\nOther: 1", "x").unwrap();
-        assert_eq!((loose.store_dir.as_str(), loose.priority), ("/s", Some(-3)));
-        let e = NixCacheInfo::parse("StoreDir: /nix/store\nPriority: high\n", "c/nix-cache-info")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("line 2") && e.contains("Priority") && e.contains("c/nix-cache-info"),
-            "{e}"
-        );
-        assert!(NixCacheInfo::parse("Priority: 1\n", "x")
-            .unwrap_err()
-            .to_string()
-            .contains("StoreDir missing"));
     }
 
     fn arb_store_path() -> impl Strategy<Value = StorePath> {

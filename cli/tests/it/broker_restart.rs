@@ -1,17 +1,17 @@
 //! A broker stop and start in the middle of a job: every role reconnects,
-//! declares its topology again and the job completes. Alone in its test
-//! binary, since stopping the broker disturbs every test using it.
+//! declares its topology again and the job completes. Its farm has the
+//! broker alone ([`Farm::alone`]): stopping it would disturb every other.
 
-mod farm;
+use crate::farm;
 
 use std::process::Command;
 use std::time::Duration;
 
-use farm::Farm;
+use crate::farm::Farm;
 
 #[test]
 fn a_broker_restart_mid_job_is_survived() {
-    let Some(mut farm) = Farm::new("restart") else {
+    let Some(mut farm) = Farm::alone("restart") else {
         return;
     };
     farm.start(1, 2);

@@ -4,13 +4,13 @@
 //! read with real parsers (Python's `junitparser` and
 //! `prometheus_client`), queue counts are compared with `rabbitmqctl`.
 
-mod farm;
+use crate::farm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use farm::Farm;
+use crate::farm::Farm;
 
 const LIMIT: Duration = Duration::from_secs(240);
 

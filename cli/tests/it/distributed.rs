@@ -2,11 +2,11 @@
 //! over the real RabbitMQ (a vhost per test) with the store in the real S3
 //! (a prefix per test), jobs submitted with `kiln submit --wait`.
 
-mod farm;
+use crate::farm;
 
 use std::time::{Duration, Instant};
 
-use farm::{build_corpus, check_against_nix, Farm};
+use crate::farm::{build_corpus, check_against_nix, Farm};
 
 const LIMIT: Duration = Duration::from_secs(300);
 

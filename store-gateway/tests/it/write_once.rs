@@ -3,11 +3,10 @@
 //! the narinfo of the first that completed, the narinfo matches its NAR,
 //! and a local copy that disagrees with the store is replaced when realised.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{meta, nar_of, new_path, Gateway, TOKEN};
+use crate::common;
+use crate::common::{meta, nar_of, new_path, Gateway, TOKEN};
 use kiln_store::backend::http::HttpStore;
 use kiln_store::backend::local::LocalStore;
 use kiln_store::backend::s3::{S3Config, S3Store};

@@ -3,11 +3,9 @@
 //! a narinfo's references must exist; a narinfo without FileSize is served
 //! with the real one; exists requests are bounded in paths and bytes.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::{meta, nar_of, new_path, shared_dir, Gateway, TOKEN};
+use crate::common::{meta, nar_of, new_path, shared_dir, Gateway, TOKEN};
 use kiln_nix::hash::{Hash, HashAlgo};
 use kiln_store::backend::http::HttpStore;
 use kiln_store::cache::{BinaryCache, CacheOptions};

@@ -17,6 +17,16 @@ pub struct Farm {
     pub tmp: tempfile::TempDir,
     pub busybox: PathBuf,
     procs: Vec<Proc>,
+    /// Held until the farm is gone (after its processes and vhost).
+    _broker: BrokerUse,
+}
+
+/// Farms share the one broker; a test that stops it has it alone.
+static BROKER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum BrokerUse {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
 }
 
 pub struct Proc {
@@ -56,6 +66,16 @@ impl Farm {
     /// A farm named `name`, or `None` (the test is skipped) when RabbitMQ
     /// or S3 is missing outside CI; under `CI=true` a missing service fails.
     pub fn new(name: &str) -> Option<Farm> {
+        Farm::create(name, false)
+    }
+
+    /// A farm that has the broker to itself while it lives (its test stops
+    /// and starts the broker, which would disturb every other farm).
+    pub fn alone(name: &str) -> Option<Farm> {
+        Farm::create(name, true)
+    }
+
+    fn create(name: &str, alone: bool) -> Option<Farm> {
         if !kiln_tests::require_service(
             "RabbitMQ at 127.0.0.1:5672",
             kiln_tests::tcp_port_open("127.0.0.1:5672"),
@@ -70,6 +90,11 @@ impl Farm {
         ) {
             return None;
         }
+        let broker = if alone {
+            BrokerUse::Alone(BROKER.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            BrokerUse::Shared(BROKER.read().unwrap_or_else(|e| e.into_inner()))
+        };
         let tmp = tempfile::tempdir().unwrap();
         let busybox = kiln_tests::host_busybox(tmp.path())?;
         let vhost = format!("kiln-test-{name}-{suffix}");
@@ -89,6 +114,7 @@ impl Farm {
             tmp,
             busybox,
             procs: Vec::new(),
+            _broker: broker,
         })
     }
 

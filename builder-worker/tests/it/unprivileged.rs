@@ -85,7 +85,11 @@ async fn builds_as_an_ordinary_user() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&exe)
-        .args(["--exact", "builds_as_an_ordinary_user", "--test-threads=1"])
+        .args([
+            "--exact",
+            "unprivileged::builds_as_an_ordinary_user",
+            "--test-threads=1",
+        ])
         .env(INNER, t.path())
         .env("TMPDIR", t.path())
         .output()
