@@ -76,6 +76,12 @@ impl Farm {
     }
 
     fn create(name: &str, alone: bool) -> Option<Farm> {
+        // First: a farm that has the broker alone may be stopping it.
+        let broker = if alone {
+            BrokerUse::Alone(BROKER.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            BrokerUse::Shared(BROKER.read().unwrap_or_else(|e| e.into_inner()))
+        };
         if !kiln_tests::require_service(
             "RabbitMQ at 127.0.0.1:5672",
             kiln_tests::tcp_port_open("127.0.0.1:5672"),
@@ -90,11 +96,6 @@ impl Farm {
         ) {
             return None;
         }
-        let broker = if alone {
-            BrokerUse::Alone(BROKER.write().unwrap_or_else(|e| e.into_inner()))
-        } else {
-            BrokerUse::Shared(BROKER.read().unwrap_or_else(|e| e.into_inner()))
-        };
         let tmp = tempfile::tempdir().unwrap();
         let busybox = kiln_tests::host_busybox(tmp.path())?;
         let vhost = format!("kiln-test-{name}-{suffix}");
