@@ -6,6 +6,7 @@
 //! output paths and `result` links).
 
 use std::io::IsTerminal;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -201,7 +202,46 @@ async fn ship_sources(spec: &mut JobSpec, cache: &Arc<BinaryCache>, temp: &Path)
     Ok(())
 }
 
-/// Copies `local` (without `.git`) into the store as a source.
+/// The files of the git checkout at `root` that git does not ignore
+/// (tracked, and untracked but not ignored), with every directory leading
+/// to them, relative to `root`: what a checkout's build may read, without
+/// its build products (`target/`, `result` links). `None` when `root` is
+/// not the top of a checkout or git cannot list it.
+fn git_files(root: &Path) -> Option<std::collections::HashSet<PathBuf>> {
+    if !root.join(".git").exists() {
+        return None;
+    }
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())?;
+    let mut keep = std::collections::HashSet::new();
+    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let rel = PathBuf::from(std::ffi::OsStr::from_bytes(name));
+        let mut dir = rel.parent();
+        while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty()) {
+            if !keep.insert(d.to_path_buf()) {
+                break;
+            }
+            dir = d.parent();
+        }
+        keep.insert(rel);
+    }
+    Some(keep)
+}
+
+/// Copies `local` into the store as a source: for a git checkout, the
+/// files git does not ignore ([`git_files`], as a flake is copied);
+/// otherwise everything but `.git`.
 async fn ship(cache: &Arc<BinaryCache>, local: &Path, staging: &Path) -> Result<StorePath> {
     let name = local
         .file_name()
@@ -212,9 +252,15 @@ async fn ship(cache: &Arc<BinaryCache>, local: &Path, staging: &Path) -> Result<
     let (local_owned, name2) = (local.to_path_buf(), name.clone());
     let (sp, copy) = tokio::task::spawn_blocking(move || {
         use kiln_evaluator::store::Store;
-        let mut skip_git =
-            |p: &Path, _: std::fs::FileType| p.file_name().is_none_or(|n| n != ".git");
-        let sp = dir.add_path(&local_owned, &name2, Some(&mut skip_git))?;
+        let listed = git_files(&local_owned);
+        if listed.is_none() && local_owned.join(".git").exists() {
+            tracing::warn!(path = %local_owned.display(), "git cannot list this checkout; shipping all of it but .git");
+        }
+        let mut wanted = |p: &Path, _: std::fs::FileType| match (&listed, p.strip_prefix(&local_owned)) {
+            (Some(keep), Ok(rel)) => rel.as_os_str().is_empty() || keep.contains(rel),
+            _ => p.file_name().is_none_or(|n| n != ".git"),
+        };
+        let sp = dir.add_path(&local_owned, &name2, Some(&mut wanted))?;
         let copy = dir.real_path(&sp).context("the staged copy is missing")?;
         Ok::<_, anyhow::Error>((sp, copy))
     })
@@ -235,6 +281,45 @@ async fn ship(cache: &Arc<BinaryCache>, local: &Path, staging: &Path) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_checkout_ships_what_git_does_not_ignore() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let git = |args: &[&str]| {
+            let ok = std::process::Command::new("git")
+                .arg("-C")
+                .arg(d)
+                .args(args)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(ok, "git {args:?}");
+        };
+        git(&["init", "-q"]);
+        std::fs::write(d.join(".gitignore"), "/target\n").unwrap();
+        std::fs::create_dir_all(d.join("pkgs/sub")).unwrap();
+        std::fs::create_dir_all(d.join("target/release")).unwrap();
+        std::fs::write(d.join("default.nix"), "1").unwrap();
+        std::fs::write(d.join("pkgs/sub/x.nix"), "2").unwrap();
+        std::fs::write(d.join("target/release/big"), "3").unwrap();
+        git(&["add", "default.nix"]);
+        let keep = git_files(d).expect("a checkout");
+        for p in [
+            ".gitignore",
+            "default.nix",
+            "pkgs",
+            "pkgs/sub",
+            "pkgs/sub/x.nix",
+        ] {
+            assert!(keep.contains(Path::new(p)), "{p} shipped: {keep:?}");
+        }
+        assert!(!keep.iter().any(|p| p.starts_with("target")), "{keep:?}");
+        assert_eq!(
+            git_files(&d.join("pkgs")),
+            None,
+            "not the top of a checkout"
+        );
+    }
 
     #[test]
     fn only_existing_path_literals_are_shipped() {
