@@ -105,8 +105,25 @@ submit() {
 coord_rss_kb() { awk '/VmHWM/ { print $2 }' "/proc/$COORD_PID/status"; }
 rate() { python3 -c "print(f'{$1 / $2:.1f}')"; }
 
-# graph_args N: graph.nix arguments for N derivations.
-graph_args() { echo "--arg fan0 $(($1 - 701))"; }
+# graph_args N: graph.nix arguments for N derivations: the 4 chains of 100,
+# the seed and the root stay; the rest is split over the fan layers as in
+# the default graph (1/2, 1/3, 1/6), so that every fan node is an input of
+# the next layer (fan1 >= fan0/3, fan2 >= fan1/4) and the root needs all.
+# The last fan layer stays at most 1,500 nodes: the root names each in its
+# one builder argument, and Linux refuses an argument over 128 KiB (E2BIG,
+# for Nix as for Kiln).
+graph_args() {
+  local r=$(($1 - 402))
+  local f2=$((r / 6)); [ "$f2" -gt 1500 ] && f2=1500
+  local f1=$((r / 3)); [ "$f1" -gt $((4 * f2)) ] && f1=$((4 * f2))
+  echo "--arg fan0 $((r - f1 - f2)) --arg fan1 $f1 --arg fan2 $f2"
+}
+
+# built: derivations the coordinator saw built in this farm (its /metrics).
+built() {
+  curl -s http://127.0.0.1:19100/metrics |
+    awk '/^kiln_builds_total\{result="built"\}/ { print $2 }'
+}
 
 if [[ " $SKIP " != *" 1 "* ]]; then
   echo "== 1. dispatch throughput, 2,000 trivial derivations"
@@ -114,7 +131,8 @@ if [[ " $SKIP " != *" 1 "* ]]; then
     farm "$b" 1
     # shellcheck disable=SC2046
     w=$(submit "$GRAPH" -A root $(graph_args 2000))
-    echo "   $b builder(s): ${w}s, $(rate 2000 "$w") builds/s"
+    n=$(built)
+    echo "   $b builder(s): ${w}s, $n built, $(rate "$n" "$w") builds/s"
   done
 fi
 
@@ -132,7 +150,9 @@ if [[ " $SKIP " != *" 3 "* ]]; then
     # shellcheck disable=SC2046
     w=$(submit "$GRAPH" -A root $(graph_args "$n"))
     rss=$(coord_rss_kb)
+    sleep 6 # the management API samples every 5 s
     pub=$(published)
+    [ "$(built)" = "$n" ] || echo "   (the coordinator built $(built), not $n)"
     echo "   $n: ${w}s, $(rate "$n" "$w") builds/s, coordinator peak RSS $((rss / 1024)) MiB ($(python3 -c "print(f'{$rss * 1024 / $n / 1024:.1f}')") KiB/derivation), $pub messages published ($( [ "$pub" = n/a ] && echo n/a || rate "$pub" "$n") per build)"
   done
 fi
