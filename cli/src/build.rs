@@ -341,9 +341,23 @@ pub(crate) async fn follow(
     let mut redraw = tokio::time::interval(Duration::from_millis(500));
     redraw.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut cancelled = false;
+    // A farm client whose connection dropped may have missed events (its
+    // queue of them goes with the connection): after a quiet spell it asks
+    // the coordinator, and ends with the job's last status if it ended.
+    let mut quiet = tokio::time::interval(QUIET_CHECK);
+    quiet.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    quiet.tick().await;
     let outcome = loop {
         tokio::select! {
             _ = redraw.tick() => progress.tick(),
+            _ = quiet.tick(), if interrupt == OnInterrupt::Detach => {
+                if let Ok(Some(status)) = crate::jobs::query(transport, Some(job_id)).await.map(|v| v.into_iter().next()) {
+                    if status.state.is_final() {
+                        tracing::warn!(job = %job_id, "the job ended without its last events reaching this client; using its status");
+                        break outcome_from_status(status, failures, dependency_failures);
+                    }
+                }
+            }
             why = &mut gone => {
                 progress.finish();
                 bail!("{why}");
@@ -360,6 +374,7 @@ pub(crate) async fn follow(
                     .await?;
             }
             d = events.next() => {
+                quiet.reset();
                 let Some(d) = d? else { bail!("the job's event stream closed") };
                 let Message::JobEvent(ev) = d.envelope.body else { continue };
                 if ev.job_id != job_id { continue }
@@ -383,6 +398,42 @@ pub(crate) async fn follow(
     };
     progress.finish();
     Ok(Some(outcome))
+}
+
+/// How long a farm client hears nothing before it asks how its job stands.
+const QUIET_CHECK: Duration = Duration::from_secs(15);
+
+/// The outcome of a job that ended while its events were lost, from its
+/// status (failures seen as events keep their log tails).
+fn outcome_from_status(
+    s: kiln_protocol::JobStatus,
+    mut failures: Vec<Failure>,
+    dependency_failures: Vec<(String, String)>,
+) -> Outcome {
+    for d in &s.ended {
+        if d.status == kiln_protocol::DrvStatus::Failed
+            && !failures.iter().any(|f| f.drv_path == d.drv_path)
+        {
+            failures.push(Failure {
+                drv_path: d.drv_path.clone(),
+                reason: format!(
+                    "builder for '{}' failed ('kiln logs {}' shows its log)",
+                    d.drv_path, s.job_id
+                ),
+                log_tail: Vec::new(),
+                kind: None,
+            });
+        }
+    }
+    Outcome {
+        success: s.state == kiln_protocol::JobState::Succeeded,
+        cancelled: s.state == kiln_protocol::JobState::Cancelled,
+        roots: s.roots,
+        failures,
+        dependency_failures,
+        eval_error: s.eval_error,
+        summary: s.ended,
+    }
 }
 
 pub(crate) async fn finish(

@@ -42,7 +42,7 @@ thread_local! {
 }
 
 /// libstdc++'s `_GLIBCXX_REGEX_STATE_LIMIT`: more NFA states is `error_space`.
-pub(self) const STATE_LIMIT: usize = 100_000;
+const STATE_LIMIT: usize = 100_000;
 
 /// Why a regex was refused (Nix reports only these two cases apart).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
