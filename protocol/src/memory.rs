@@ -7,7 +7,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, Notify};
 
-use crate::codec::{decode, encode, Envelope};
+use crate::codec::{decode, Envelope};
 use crate::route::{Fanout, Route};
 use crate::transport::{Acker, Delivery, Leadership, Subscription, Transport, TransportError};
 use tracing::warn;
@@ -135,11 +135,7 @@ impl Transport for MemoryTransport {
         env: &Envelope,
         priority: u8,
     ) -> Result<(), TransportError> {
-        let name = route.name();
-        let bytes = encode(env).map_err(|source| TransportError::Codec {
-            route: name.clone(),
-            source,
-        })?;
+        let (name, bytes) = crate::transport::encode_for(route, env)?;
         if !route.is_per_job() {
             *self
                 .inner
@@ -213,11 +209,7 @@ impl Transport for MemoryTransport {
         env: &Envelope,
         reason: &str,
     ) -> Result<(), TransportError> {
-        let name = route.name();
-        let bytes = encode(env).map_err(|source| TransportError::Codec {
-            route: name.clone(),
-            source,
-        })?;
+        let (name, bytes) = crate::transport::encode_for(route, env)?;
         MemoryTransport::dead_letter(self, &name, bytes, reason.to_string());
         Ok(())
     }

@@ -23,6 +23,22 @@ pub enum TransportError {
     Broker { route: String, message: String },
 }
 
+/// Encodes `env` for `route`: its queue or key name and the bytes, or the
+/// codec error naming the route.
+pub(crate) fn encode_for(
+    route: &Route,
+    env: &Envelope,
+) -> Result<(String, Vec<u8>), TransportError> {
+    let name = route.name();
+    match crate::codec::encode(env) {
+        Ok(bytes) => Ok((name, bytes)),
+        Err(source) => Err(TransportError::Codec {
+            route: name,
+            source,
+        }),
+    }
+}
+
 /// Sends and receives messages.
 ///
 /// Both transports give the same guarantees, which the roles rely on:

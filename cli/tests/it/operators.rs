@@ -71,6 +71,17 @@ fn submit_detached(farm: &Farm, file: &Path, extra: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// The id of the job that runs a build, once one does (`kiln jobs`).
+fn running_job(farm: &Farm) -> String {
+    farm.poll("a job running its build", LIMIT, || {
+        let jobs = kiln_json(farm, &["jobs"]);
+        jobs.as_array()?
+            .iter()
+            .find(|j| j["counts"]["running"] == 1)
+            .and_then(|j| j["job_id"].as_str().map(str::to_string))
+    })
+}
+
 /// Runs a Python check script with the parser modules it imports.
 fn python_check(modules: &[&str], script: &str, args: &[&Path]) -> Option<String> {
     let python = kiln_tests::python_with(modules)?;
@@ -293,13 +304,7 @@ fn cancel_kills_a_running_build_and_the_builder_takes_new_work() {
 }"#,
     );
     let follower = farm.spawn_submit(&file, &["-A", "long"]);
-    let job = farm.poll("the job running its build", LIMIT, || {
-        let jobs = kiln_json(&farm, &["jobs"]);
-        jobs.as_array()?
-            .iter()
-            .find(|j| j["counts"]["running"] == 1)
-            .and_then(|j| j["job_id"].as_str().map(str::to_string))
-    });
+    let job = running_job(&farm);
     farm.poll("the sleep 601 process", LIMIT, || {
         (!sleepers().is_empty()).then_some(())
     });
@@ -544,13 +549,7 @@ fn a_job_outlives_its_client_and_logs_and_status_pick_it_up() {
         r#"mk { name = "talker"; script = "echo hello-from-the-build; sleep 3; echo goodbye-from-the-build; echo > $out"; }"#,
     );
     let mut client = farm.spawn_submit(&file, &[]);
-    let job = farm.poll("the job running its build", LIMIT, || {
-        let jobs = kiln_json(&farm, &["jobs"]);
-        jobs.as_array()?
-            .iter()
-            .find(|j| j["counts"]["running"] == 1)
-            .and_then(|j| j["job_id"].as_str().map(str::to_string))
-    });
+    let job = running_job(&farm);
     // The CI runner goes away; the job does not.
     client.kill().unwrap();
     client.wait().unwrap();

@@ -32,7 +32,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use tokio::sync::{watch, Mutex};
 use tracing::{info, warn};
 
-use crate::codec::{encode, Envelope, PROTOCOL_VERSION};
+use crate::codec::{Envelope, PROTOCOL_VERSION};
 use crate::route::{Fanout, Route};
 use crate::transport::{Leadership, Subscription, Transport, TransportError};
 
@@ -441,11 +441,7 @@ impl Transport for AmqpTransport {
         env: &Envelope,
         priority: u8,
     ) -> Result<(), TransportError> {
-        let name = route.name();
-        let bytes = encode(env).map_err(|source| TransportError::Codec {
-            route: name.clone(),
-            source,
-        })?;
+        let (name, bytes) = crate::transport::encode_for(route, env)?;
         let props = message_props(env, priority);
         match route.fanout() {
             Fanout::Queue => {
@@ -474,11 +470,7 @@ impl Transport for AmqpTransport {
         env: &Envelope,
         reason: &str,
     ) -> Result<(), TransportError> {
-        let name = route.name();
-        let bytes = encode(env).map_err(|source| TransportError::Codec {
-            route: name.clone(),
-            source,
-        })?;
+        let (name, bytes) = crate::transport::encode_for(route, env)?;
         AmqpTransport::dead_letter(self, &name, &bytes, reason).await
     }
 
