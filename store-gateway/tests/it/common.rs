@@ -111,3 +111,24 @@ pub fn shared_dir() -> PathBuf {
         .join("../../shared")
         .clone()
 }
+
+/// The test bucket's settings (scripts/test.sh exports them) under a key
+/// prefix of `prefix` and this process; `None` (skip) without them, except
+/// under `CI=true`, where that fails.
+pub fn s3_config(prefix: &str) -> Option<kiln_store::backend::s3::S3Config> {
+    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
+    let (Some(bucket), Some(endpoint)) = (var("KILN_S3_BUCKET"), var("KILN_S3_ENDPOINT")) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "KILN_S3_ENDPOINT and KILN_S3_BUCKET are needed under CI"
+        );
+        eprintln!("skipped: no S3 (KILN_S3_ENDPOINT, KILN_S3_BUCKET)");
+        return None;
+    };
+    let mut cfg = kiln_store::backend::s3::S3Config::new(bucket);
+    cfg.endpoint = Some(endpoint);
+    cfg.region = var("KILN_S3_REGION");
+    cfg.fill_from_env(var);
+    cfg.prefix = format!("{prefix}-{}", std::process::id());
+    Some(cfg)
+}

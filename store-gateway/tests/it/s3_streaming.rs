@@ -6,31 +6,11 @@ use std::sync::Arc;
 
 use kiln_nix::hash::{Hash, HashAlgo};
 use kiln_nix::store_path::StorePath;
-use kiln_store::backend::s3::{S3Config, S3Store};
+use kiln_store::backend::s3::S3Store;
 use kiln_store::backend::Store;
 use kiln_store::cache::{BinaryCache, CacheOptions, PathMeta};
 use kiln_store::Key;
 use tokio::io::AsyncReadExt;
-
-fn s3_config() -> Option<S3Config> {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    let (Some(bucket), Some(endpoint)) = (var("KILN_S3_BUCKET"), var("KILN_S3_ENDPOINT")) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "KILN_S3_ENDPOINT and KILN_S3_BUCKET are needed under CI"
-        );
-        eprintln!("skipped: no S3 (KILN_S3_ENDPOINT, KILN_S3_BUCKET)");
-        return None;
-    };
-    let mut cfg = S3Config::new(bucket);
-    cfg.endpoint = Some(endpoint);
-    cfg.region = var("KILN_S3_REGION");
-    cfg.fill_from_env(var);
-    cfg.prefix = format!("kiln-test-stream-{}", std::process::id());
-    // The smallest parts S3 allows, so a modest NAR spans several.
-    cfg.part_size = 5 << 20;
-    Some(cfg)
-}
 
 fn nar_of(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -43,7 +23,11 @@ fn nar_of(body: &[u8]) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn multipart_nar_round_trips_and_leaves_no_staging_object() {
-    let Some(cfg) = s3_config() else { return };
+    let Some(mut cfg) = crate::common::s3_config("kiln-test-stream") else {
+        return;
+    };
+    // The smallest parts S3 allows, so a modest NAR spans several.
+    cfg.part_size = 5 << 20;
     let s3 = Arc::new(S3Store::connect(cfg).await.unwrap());
     let tmp = tempfile::tempdir().unwrap();
     let cache = BinaryCache::new(

@@ -9,7 +9,7 @@ use crate::common;
 use crate::common::{meta, nar_of, new_path, Gateway, TOKEN};
 use kiln_store::backend::http::HttpStore;
 use kiln_store::backend::local::LocalStore;
-use kiln_store::backend::s3::{S3Config, S3Store};
+use kiln_store::backend::s3::S3Store;
 use kiln_store::backend::Store;
 use kiln_store::cache::{BinaryCache, CacheOptions};
 use tokio::io::AsyncReadExt;
@@ -114,32 +114,15 @@ async fn concurrent_writers_agree_through_the_gateway() {
     writers_agree(|| Arc::new(HttpStore::new(&url, Some(TOKEN.into())).unwrap())).await;
 }
 
-fn s3_config() -> Option<S3Config> {
-    let var = |n: &str| std::env::var(n).ok().filter(|v| !v.is_empty());
-    let (Some(bucket), Some(endpoint)) = (var("KILN_S3_BUCKET"), var("KILN_S3_ENDPOINT")) else {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "KILN_S3_ENDPOINT and KILN_S3_BUCKET are needed under CI"
-        );
-        eprintln!("skipped: no S3 (KILN_S3_ENDPOINT, KILN_S3_BUCKET)");
-        return None;
-    };
-    let mut cfg = S3Config::new(bucket);
-    cfg.endpoint = Some(endpoint);
-    cfg.region = var("KILN_S3_REGION");
-    cfg.fill_from_env(var);
-    cfg.prefix = format!(
-        "kiln-test-write-once-{}-{}",
-        std::process::id(),
-        new_path("x").hash_part()
-    );
-    Some(cfg)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 #[ignore = "Garage 2.5 ignores If-None-Match on PUT, so concurrent S3 writers race between the existence check and the PUT; see docs/architecture.md (open)"]
 async fn concurrent_writers_agree_on_s3() {
-    let Some(cfg) = s3_config() else { return };
+    let Some(cfg) = common::s3_config(&format!(
+        "kiln-test-write-once-{}",
+        new_path("x").hash_part()
+    )) else {
+        return;
+    };
     let s3: Arc<dyn Store> = Arc::new(S3Store::connect(cfg).await.unwrap());
     writers_agree(|| s3.clone()).await;
 }
@@ -152,7 +135,10 @@ async fn put_if_absent_writes_once_on_every_backend() {
         Arc::new(LocalStore::open(dir.path()).await.unwrap()),
         Arc::new(HttpStore::new(&gw.url, Some(TOKEN.into())).unwrap()),
     ];
-    if let Some(cfg) = s3_config() {
+    if let Some(cfg) = common::s3_config(&format!(
+        "kiln-test-write-once-{}",
+        new_path("x").hash_part()
+    )) {
         stores.push(Arc::new(S3Store::connect(cfg).await.unwrap()));
     }
     for store in stores {
