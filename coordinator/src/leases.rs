@@ -15,6 +15,9 @@ use kiln_protocol::{BuildId, Heartbeat};
 
 /// The shortest lease, whatever a builder's interval.
 const MIN_LEASE: Duration = Duration::from_secs(3);
+/// How long builders have to reconnect after the coordinator's own link
+/// to them came back (a role's reconnection backoff is at most 5 s).
+const RECONNECT_GRACE: Duration = Duration::from_secs(10);
 /// Heartbeat intervals a builder may miss before its builds are lost.
 const MISSED_BEATS: u32 = 3;
 
@@ -200,6 +203,16 @@ impl Leases {
         lost
     }
 
+    /// Starts every builder's lease afresh, with time to reconnect on top:
+    /// after this coordinator could not hear them, their silence meant
+    /// nothing, and they too may still be reconnecting.
+    pub fn heard_again(&mut self) {
+        let from = Instant::now() + RECONNECT_GRACE;
+        for v in self.builders.values_mut() {
+            v.seen = from;
+        }
+    }
+
     /// Live builders, by id.
     pub fn live_builders(&self) -> usize {
         let now = Instant::now();
@@ -240,6 +253,20 @@ mod tests {
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].0, id);
         assert!(l.builds.is_empty());
+    }
+
+    #[test]
+    fn builders_unheard_while_the_coordinator_was_cut_off_keep_their_builds() {
+        let mut l = Leases::default();
+        let id = uuid::Uuid::new_v4();
+        l.heartbeat(hb("b1", vec![]));
+        l.dispatched(id, "/nix/store/x.drv");
+        assert!(l.started(id, "b1"));
+        l.builders.get_mut("b1").unwrap().seen -= Duration::from_secs(10);
+        l.heard_again();
+        assert!(l.expired().is_empty());
+        assert_eq!(l.builds.len(), 1);
+        assert_eq!(l.live_builders(), 1);
     }
 
     #[test]

@@ -171,6 +171,8 @@ struct Coordinator {
     graph: Graph,
     jobs: HashMap<JobId, JobEntry>,
     leases: Leases,
+    /// The transport link the leases were last checked on.
+    link: Option<u64>,
     nars: Option<crate::nar_sink::NarSink>,
     /// Build queues published to, recorded for operators.
     build_queues: std::collections::BTreeSet<String>,
@@ -206,6 +208,7 @@ pub async fn run(
         graph: Graph::new(),
         jobs: HashMap::new(),
         leases: Leases::default(),
+        link: None,
         nars: None,
         build_queues: Default::default(),
         finished: Default::default(),
@@ -677,7 +680,18 @@ impl Coordinator {
     }
 
     /// Builds whose builder fell silent go out again.
+    ///
+    /// A coordinator cut off from the broker hears nobody: while its link
+    /// is down no builder's silence counts, and once it is back every
+    /// builder has a full lease to be heard again.
     async fn expire_leases(&mut self) -> Result<(), CoordinatorError> {
+        let Some(link) = self.transport.link() else {
+            return Ok(());
+        };
+        if self.link.replace(link) != Some(link) {
+            self.leases.heard_again();
+            return Ok(());
+        }
         for (build_id, build) in self.leases.expired() {
             if let Some(sink) = self.nars.as_mut() {
                 sink.discard(build_id);

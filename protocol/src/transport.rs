@@ -87,6 +87,14 @@ pub trait Transport: Send + Sync + 'static {
     /// The record last stored under `name`, if any.
     async fn load_state(&self, name: &str) -> Result<Option<Vec<u8>>, TransportError>;
 
+    /// The state of the link to the other roles: `None` while it is down,
+    /// else a number that changes whenever it was re-established (so a
+    /// role can tell that it may have missed broadcasts meanwhile). An
+    /// in-process transport is always up.
+    fn link(&self) -> Option<u64> {
+        Some(0)
+    }
+
     /// Sets `env`, taken from `route`, aside among the dead letters with
     /// `reason`, for an operator to inspect and replay onto `route` once
     /// the cause is fixed (a build whose inputs the store could not give).
@@ -133,6 +141,9 @@ impl Leadership {
 pub trait Subscription: Send {
     /// The next delivery; `Ok(None)` once the route is closed. Malformed
     /// messages are reported as errors and do not end the subscription.
+    ///
+    /// Cancel-safe: a role may wait on several subscriptions in one
+    /// `select!`; a `next` dropped unfinished loses no delivery.
     async fn next(&mut self) -> Result<Option<Delivery>, TransportError>;
 }
 

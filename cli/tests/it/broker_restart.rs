@@ -53,4 +53,12 @@ in builtins.listToAttrs (builtins.genList (i: {{ name = "s${{toString i}}"; valu
         "{}",
         farm.logs()
     );
+    // The coordinator heard nobody while the broker was down; the builder
+    // kept its builds, and none was dispatched twice.
+    assert_eq!(
+        farm.metric_sum("coordinator", "kiln_builds_redispatched_total"),
+        0.0,
+        "{}",
+        farm.logs()
+    );
 }

@@ -141,7 +141,10 @@ impl Farm {
             .args(["--metrics-addr", &format!("127.0.0.1:{port}")])
             .env("KILN_STORE_URL", &self.store)
             .env("XDG_CACHE_HOME", dir.join("xdg"))
-            .env("KILN_LOG", "info,kiln_protocol=debug")
+            .env(
+                "KILN_LOG",
+                std::env::var("KILN_TEST_LOG").unwrap_or("info,kiln_protocol=debug".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         match role {
@@ -307,6 +310,11 @@ impl Drop for Farm {
             let _ = p.child.wait();
         }
         let _ = rabbitmqctl(&["delete_vhost", &self.vhost]);
+        // KILN_TEST_KEEP=1 keeps every process's full log for a look.
+        if std::env::var_os("KILN_TEST_KEEP").is_some() {
+            let dir = std::mem::replace(&mut self.tmp, tempfile::tempdir().unwrap()).keep();
+            eprintln!("farm '{}' kept in {}", self.name, dir.display());
+        }
     }
 }
 
@@ -324,7 +332,16 @@ pub fn wait_output(child: Child, limit: Duration, farm: &Farm) -> Output {
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
             }
-            panic!("kiln submit did not finish in {limit:?}\n{}", farm.logs());
+            let client = rx
+                .recv_timeout(Duration::from_secs(10))
+                .ok()
+                .and_then(|o| o.ok())
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "kiln submit did not finish in {limit:?}\n---- kiln submit ----\n{client}\n{}",
+                farm.logs()
+            );
         }
     }
 }

@@ -38,6 +38,16 @@ use crate::transport::{Leadership, Subscription, Transport, TransportError};
 
 use self::topology::QueueKind;
 
+/// Longest wait for a connection to open (handshake, topology,
+/// leadership) before it is given up and tried again.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for one publish and its confirmation before it is tried
+/// again on a new connection (the roles handle duplicates).
+const PUBLISH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Tries at re-taking a held leadership on a new connection, 0.5 s apart.
+const LEADERSHIP_RETAKE_TRIES: u32 = 6;
+
 /// Settings of an AMQP connection.
 #[derive(Debug, Clone)]
 pub struct AmqpConfig {
@@ -88,8 +98,8 @@ pub(crate) struct Session {
     /// Work queues declared on this connection (declared again after a
     /// reconnect, since the broker may have restarted without them).
     declared: StdMutex<HashSet<String>>,
-    /// Channels holding leadership queues.
-    _leaders: Vec<Channel>,
+    /// Channels holding leadership queues, by role.
+    leaders: StdMutex<Vec<(String, Channel)>>,
 }
 
 fn broker_error(route: &str, e: impl std::fmt::Display) -> TransportError {
@@ -158,7 +168,8 @@ impl AmqpTransport {
                     }
                     *guard = None;
                 }
-                match self.open().await {
+                let opened = self.open().await;
+                match opened {
                     Ok(s) => {
                         let s = Arc::new(s);
                         *guard = Some(s.clone());
@@ -180,25 +191,87 @@ impl AmqpTransport {
         }
     }
 
-    /// Forgets `session` if it is still the current one (it failed).
+    /// Forgets `session` if it is still the current one (it failed), and
+    /// closes its connection: a connection merely forgotten would keep
+    /// its exclusive queues, and with them a leadership the next
+    /// connection could then not take again.
     pub(crate) async fn invalidate(&self, session: &Session) {
         let mut guard = self.inner.session.lock().await;
         if guard
             .as_ref()
             .is_some_and(|s| s.generation == session.generation)
         {
-            *guard = None;
+            if let Some(old) = guard.take() {
+                if old.connection.status().connected() {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        old.connection.close(200, "replacing the connection".into()),
+                    )
+                    .await;
+                }
+            }
         }
     }
 
+    /// Opens a connection and sets it up; a connection that fails or
+    /// stalls half-way (a broker still starting can accept the socket and
+    /// never answer) is closed, so it holds nothing on the broker.
     async fn open(&self) -> Result<Session, TransportError> {
+        let stalled = |what: &str| {
+            broker_error(
+                "amqp",
+                format!(
+                    "{what} {}: no answer in {}s",
+                    self.display_url(),
+                    OPEN_TIMEOUT.as_secs()
+                ),
+            )
+        };
         let props = ConnectionProperties::default()
             .with_connection_name(self.inner.config.connection_name.as_str().into());
-        let connection = Connection::connect(&self.inner.config.url, props)
-            .await
-            .map_err(|e| {
-                broker_error("amqp", format!("connecting to {}: {e}", self.display_url()))
-            })?;
+        let connection = tokio::time::timeout(
+            OPEN_TIMEOUT,
+            Connection::connect(&self.inner.config.url, props),
+        )
+        .await
+        .map_err(|_| stalled("connecting to"))?
+        .map_err(|e| broker_error("amqp", format!("connecting to {}: {e}", self.display_url())))?;
+        let set_up = match tokio::time::timeout(OPEN_TIMEOUT, self.set_up(&connection)).await {
+            Ok(r) => r,
+            Err(_) => Err(stalled("setting up the connection to")),
+        };
+        match set_up {
+            Ok((publisher, leaders)) => {
+                let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
+                if generation > 1 {
+                    info!(url = %self.display_url(), generation, "reconnected to the broker");
+                }
+                Ok(Session {
+                    generation,
+                    connection,
+                    publisher,
+                    declared: StdMutex::new(HashSet::new()),
+                    leaders: StdMutex::new(leaders),
+                })
+            }
+            Err(e) => {
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    connection.close(200, "set-up failed".into()),
+                )
+                .await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The publishing channel, the topology, and every leadership held
+    /// before (taken again, or given up for good when another process took
+    /// it meanwhile).
+    async fn set_up(
+        &self,
+        connection: &Connection,
+    ) -> Result<(Channel, Vec<(String, Channel)>), TransportError> {
         let publisher = connection
             .create_channel()
             .await
@@ -210,8 +283,6 @@ impl AmqpTransport {
         topology::declare_fixed(&publisher)
             .await
             .map_err(|e| broker_error("amqp", format!("declaring the topology: {e}")))?;
-        // Leadership held before is taken again on the new connection, or
-        // given up for good when another process took it meanwhile.
         let mut leaders = Vec::new();
         let roles: Vec<String> = self
             .inner
@@ -222,8 +293,8 @@ impl AmqpTransport {
             .map(|(r, _)| r.clone())
             .collect();
         for role in roles {
-            match take_leadership(&connection, &role).await {
-                Ok(Some(ch)) => leaders.push(ch),
+            match take_leadership_again(connection, &role).await {
+                Ok(Some(ch)) => leaders.push((role.clone(), ch)),
                 Ok(None) => {
                     warn!(role, "leadership was taken over by another process");
                     *self.inner.fenced.lock().unwrap() = Some(role.clone());
@@ -232,7 +303,6 @@ impl AmqpTransport {
                             let _ = tx.send(true);
                         }
                     }
-                    let _ = connection.close(200, "leadership lost".into()).await;
                     return Err(broker_error(
                         "amqp",
                         format!("the leadership of '{role}' was lost to another process"),
@@ -241,17 +311,7 @@ impl AmqpTransport {
                 Err(e) => return Err(broker_error("amqp", e)),
             }
         }
-        let generation = self.inner.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        if generation > 1 {
-            info!(url = %self.display_url(), generation, "reconnected to the broker");
-        }
-        Ok(Session {
-            generation,
-            connection,
-            publisher,
-            declared: StdMutex::new(HashSet::new()),
-            _leaders: leaders,
-        })
+        Ok((publisher, leaders))
     }
 
     /// Publishes raw bytes to the dead-letter exchange with why they were
@@ -341,7 +401,15 @@ impl AmqpTransport {
                 }
                 Ok::<_, lapin::Error>(Ok(()))
             };
-            match attempt.await {
+            let outcome = match tokio::time::timeout(PUBLISH_ATTEMPT_TIMEOUT, attempt).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err(format!(
+                    "no confirmation in {}s",
+                    PUBLISH_ATTEMPT_TIMEOUT.as_secs()
+                )),
+            };
+            match outcome {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(refused)) => return Err(broker_error(what, refused)),
                 Err(e) => {
@@ -403,6 +471,79 @@ async fn take_leadership(connection: &Connection, role: &str) -> lapin::Result<O
         }
         Err(e) => Err(e),
     }
+}
+
+/// A leadership taken with [`Transport::lead`]: dropping it gives the
+/// role up (it is no longer taken again on reconnects, and its exclusive
+/// queue goes with the channel holding it).
+struct LeaderHold {
+    transport: AmqpTransport,
+    role: String,
+    channel: Channel,
+}
+
+impl Drop for LeaderHold {
+    fn drop(&mut self) {
+        self.transport
+            .inner
+            .leading
+            .lock()
+            .unwrap()
+            .retain(|(r, _)| *r != self.role);
+        let channel = self.channel.clone();
+        let transport = self.transport.clone();
+        let role = self.role.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                // The queue is the connection's, not the channel's: it is
+                // deleted, not merely left.
+                give_up(&channel, &role).await;
+                // Taken again on a later connection: that channel goes too.
+                let again: Vec<Channel> = match transport.inner.session.lock().await.as_ref() {
+                    Some(session) => {
+                        let mut leaders = session.leaders.lock().unwrap();
+                        let (gone, kept) = leaders.drain(..).partition(|(r, _)| *r == role);
+                        *leaders = kept;
+                        gone.into_iter().map(|(_, ch)| ch).collect::<Vec<_>>()
+                    }
+                    None => Vec::new(),
+                };
+                for ch in again {
+                    give_up(&ch, &role).await;
+                }
+            });
+        }
+    }
+}
+
+/// Deletes the leadership queue of `role` held on `channel`, and closes it.
+async fn give_up(channel: &Channel, role: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = channel
+            .queue_delete(
+                topology::leader_queue(role).as_str().into(),
+                lapin::options::QueueDeleteOptions::default(),
+            )
+            .await;
+        let _ = channel.close(200, "leadership given up".into()).await;
+    })
+    .await;
+}
+
+/// Takes `role` again on a new connection. The broker deletes the
+/// exclusive queue of a connection that closed a moment ago only shortly
+/// after, so a refusal is believed after a few tries only.
+async fn take_leadership_again(
+    connection: &Connection,
+    role: &str,
+) -> lapin::Result<Option<Channel>> {
+    for _ in 0..LEADERSHIP_RETAKE_TRIES {
+        if let Some(ch) = take_leadership(connection, role).await? {
+            return Ok(Some(ch));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(None)
 }
 
 /// `amqp://user:secret@host/` → `amqp://user:***@host/`.
@@ -479,10 +620,8 @@ impl Transport for AmqpTransport {
         route: &Route,
         prefetch: u16,
     ) -> Result<Box<dyn Subscription>, TransportError> {
-        let mut sub = subscription::AmqpSubscription::new(self.clone(), route.clone(), prefetch);
-        // Consuming starts now, so a broadcast published after this call
-        // is seen.
-        sub.start().await?;
+        let sub =
+            subscription::AmqpSubscription::start(self.clone(), route.clone(), prefetch).await?;
         Ok(Box::new(sub))
     }
 
@@ -498,7 +637,12 @@ impl Transport for AmqpTransport {
                         .unwrap()
                         .push((role.to_string(), tx));
                     info!(role, "leading");
-                    return Ok(Leadership::new(rx, Box::new(ch)));
+                    let hold = LeaderHold {
+                        transport: self.clone(),
+                        role: role.to_string(),
+                        channel: ch,
+                    };
+                    return Ok(Leadership::new(rx, Box::new(hold)));
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -511,6 +655,15 @@ impl Transport for AmqpTransport {
                 _ = self.inner.closed.cancelled() => return Err(TransportError::Closed { route: role.to_string() }),
             }
         }
+    }
+
+    fn link(&self) -> Option<u64> {
+        // The session lock is held while connecting: that is "down" too.
+        let guard = self.inner.session.try_lock().ok()?;
+        guard
+            .as_ref()
+            .filter(|s| s.connection.status().connected())
+            .map(|s| s.generation)
     }
 
     async fn save_state(&self, name: &str, bytes: Vec<u8>) -> Result<(), TransportError> {

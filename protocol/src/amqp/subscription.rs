@@ -3,6 +3,12 @@
 //! re-applies its prefetch and consumes again. Messages that cannot be
 //! decoded (garbage, another protocol version) are dead-lettered with the
 //! reason and acknowledged; they never reach a role.
+//!
+//! The consuming runs in a task of its own (a [`Pump`]) that hands
+//! deliveries over a channel, so that [`Subscription::next`] is
+//! cancel-safe: roles wait on several subscriptions in one `select!`, and a
+//! `next` dropped half-way through re-opening a channel would leave a
+//! consumer behind on the broker, holding its prefetched messages unseen.
 
 use std::time::Duration;
 
@@ -22,10 +28,54 @@ use crate::codec::decode;
 use crate::route::{Fanout, Route};
 use crate::transport::{Acker, Delivery, Subscription, TransportError};
 
+/// Longest wait for a channel to open and start consuming.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Prefetch of a consumer that did not ask for one.
 const DEFAULT_PREFETCH: u16 = 256;
 
+/// The subscription a role holds: the receiving end of its pump.
 pub(crate) struct AmqpSubscription {
+    rx: tokio::sync::mpsc::Receiver<Result<Delivery, TransportError>>,
+    /// Cancelled on drop: the pump cancels its consumer and stops.
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl AmqpSubscription {
+    /// Starts consuming `route` (before it returns, so that a broadcast
+    /// published afterwards is seen) and the pump that keeps consuming.
+    pub(crate) async fn start(
+        transport: AmqpTransport,
+        route: Route,
+        prefetch: u16,
+    ) -> Result<Self, TransportError> {
+        let mut pump = Pump::new(transport, route, prefetch);
+        pump.start().await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let stop = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(pump.run(tx, stop.clone()));
+        Ok(AmqpSubscription { rx, stop })
+    }
+}
+
+impl Drop for AmqpSubscription {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn next(&mut self) -> Result<Option<Delivery>, TransportError> {
+        match self.rx.recv().await {
+            Some(r) => r.map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The consuming task of one subscription.
+struct Pump {
     transport: AmqpTransport,
     route: Route,
     /// The queue consumed: the route's own, or this subscriber's queue
@@ -35,13 +85,13 @@ pub(crate) struct AmqpSubscription {
     live: Option<(std::sync::Arc<super::Session>, Channel, Consumer)>,
 }
 
-impl AmqpSubscription {
-    pub(crate) fn new(transport: AmqpTransport, route: Route, prefetch: u16) -> Self {
+impl Pump {
+    fn new(transport: AmqpTransport, route: Route, prefetch: u16) -> Self {
         let queue = match route.fanout() {
             Fanout::Queue => route.name(),
             Fanout::Broadcast => format!("{}.sub.{}", route.name(), uuid::Uuid::new_v4()),
         };
-        AmqpSubscription {
+        Pump {
             transport,
             route,
             queue,
@@ -58,20 +108,65 @@ impl AmqpSubscription {
         self.route.fanout() == Fanout::Broadcast
     }
 
+    /// Hands deliveries to `tx` until the subscription is dropped (`stop`)
+    /// or the transport closes; then cancels its consumer, so that what it
+    /// holds goes back to the queue at once.
+    async fn run(
+        mut self,
+        tx: tokio::sync::mpsc::Sender<Result<Delivery, TransportError>>,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            let next = tokio::select! {
+                n = self.next() => n,
+                _ = stop.cancelled() => break,
+            };
+            let end = !matches!(next, Ok(Some(_)));
+            let item = match next {
+                Ok(Some(d)) => Ok(d),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            tokio::select! {
+                sent = tx.send(item) => if sent.is_err() { break },
+                _ = stop.cancelled() => break,
+            }
+            if end {
+                break;
+            }
+        }
+        self.unsubscribe().await;
+    }
+
     /// Opens a channel and starts consuming, waiting for the broker as
     /// long as it takes.
-    pub(crate) async fn start(&mut self) -> Result<(), TransportError> {
+    async fn start(&mut self) -> Result<(), TransportError> {
         let mut backoff = Duration::from_millis(100);
         loop {
             let session = self.transport.session(None).await?;
-            match self.open(&session).await {
+            // A stalled channel may still start consuming later and sit on
+            // messages: only closing its connection frees them for sure.
+            let (opened, stalled) =
+                match tokio::time::timeout(OPEN_TIMEOUT, self.open(&session)).await {
+                    Ok(r) => (r.map_err(|e| e.to_string()), false),
+                    Err(_) => (
+                        Err(format!("no answer in {}s", OPEN_TIMEOUT.as_secs())),
+                        true,
+                    ),
+                };
+            match opened {
                 Ok((ch, consumer)) => {
                     self.live = Some((session, ch, consumer));
                     return Ok(());
                 }
                 Err(e) => {
                     warn!(queue = %self.queue, error = %e, "cannot consume; retrying");
-                    self.transport.invalidate(&session).await;
+                    // A channel-level refusal (a queue still starting) is
+                    // retried on a new channel; only a connection that
+                    // failed is replaced.
+                    if stalled || !session.connection.status().connected() {
+                        self.transport.invalidate(&session).await;
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -103,8 +198,10 @@ impl AmqpSubscription {
     }
 }
 
-#[async_trait]
-impl Subscription for AmqpSubscription {
+impl Pump {
+    /// The next delivery, re-opening the consumer as often as needed.
+    /// Cancelling it half-way may leave a consumer behind: only the pump's
+    /// own loop calls it, and stops for good when it cancels it.
     async fn next(&mut self) -> Result<Option<Delivery>, TransportError> {
         loop {
             if self.transport.stopped() {
@@ -189,7 +286,7 @@ impl Subscription for AmqpSubscription {
     }
 }
 
-impl AmqpSubscription {
+impl Pump {
     /// Gives up the current channel. It is closed, so that the broker
     /// returns the deliveries it still holds unacknowledged to the queue
     /// (a channel merely dropped would keep them for ever); with
@@ -209,20 +306,17 @@ impl AmqpSubscription {
     }
 }
 
-impl Drop for AmqpSubscription {
+impl Pump {
     /// A broadcast subscriber's queue goes with it (it would expire anyway);
     /// a work queue's consumer is cancelled so its prefetched messages go
     /// back to the queue at once.
-    fn drop(&mut self) {
+    async fn unsubscribe(&mut self) {
         let Some((_session, ch, consumer)) = self.live.take() else {
             return;
         };
         let delete = self.broadcast() || matches!(self.route, Route::IfdReply(_));
         let queue = self.queue.clone();
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        handle.spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async move {
             let _ = ch
                 .basic_cancel(consumer.tag(), BasicCancelOptions::default())
                 .await;
@@ -232,7 +326,8 @@ impl Drop for AmqpSubscription {
                     .await;
             }
             let _ = ch.close(200, "unsubscribed".into()).await;
-        });
+        })
+        .await;
     }
 }
 

@@ -15,4 +15,5 @@ mod nixpkgs_corpus;
 mod services;
 mod store_gateway;
 mod store_suite;
+mod transport_contract;
 mod tvix_suite;
