@@ -54,6 +54,9 @@ impl NodeState {
     }
 }
 
+/// The highest [`Node::height`] recorded.
+pub const MAX_HEIGHT: u32 = 1024;
+
 /// One derivation in the graph.
 #[derive(Debug)]
 pub struct Node {
@@ -68,6 +71,10 @@ pub struct Node {
     pub ifd_waiters: Vec<(JobId, uuid::Uuid)>,
     /// Scheduling priority; IFD raises it.
     pub priority: i32,
+    /// The longest chain of known dependents above it (0 when nothing
+    /// depends on it), at most [`MAX_HEIGHT`]: builds on a long chain go
+    /// first, so that the chain does not wait behind wide layers.
+    pub height: u32,
     pub build_id: Option<uuid::Uuid>,
     pub duration_ms: Option<u64>,
     pub failure: Option<String>,
@@ -86,6 +93,7 @@ impl Node {
             jobs: BTreeSet::new(),
             ifd_waiters: Vec::new(),
             priority: 0,
+            height: 0,
             build_id: None,
             duration_ms: None,
             failure: None,
@@ -181,8 +189,10 @@ impl Graph {
                     node.jobs = old.jobs;
                     node.ifd_waiters = old.ifd_waiters;
                     node.priority = node.priority.max(old.priority);
+                    node.height = old.height;
                 }
                 self.nodes.insert(drv.clone(), node);
+                self.raise_heights(&drv);
                 self.join(job, &drv, &mut fx);
                 if !self.wanted(&drv) {
                     // It arrived for a job that already stopped (fail-fast),
@@ -792,6 +802,33 @@ impl Graph {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// Makes every input of `drv`, transitively, at least one higher than
+    /// what depends on it. A chain arriving input first costs its length
+    /// squared over two steps; heights stop at [`MAX_HEIGHT`], which bounds
+    /// the work on deep graphs.
+    fn raise_heights(&mut self, drv: &str) {
+        let mut todo = vec![drv.to_string()];
+        while let Some(d) = todo.pop() {
+            let Some(n) = self.nodes.get(&d) else {
+                continue;
+            };
+            let h = (n.height + 1).min(MAX_HEIGHT);
+            let inputs: Vec<String> = n
+                .info
+                .as_ref()
+                .map(|i| i.input_drvs.keys().cloned().collect())
+                .unwrap_or_default();
+            for input in inputs {
+                if let Some(i) = self.nodes.get_mut(&input) {
+                    if i.height < h {
+                        i.height = h;
+                        todo.push(input);
+                    }
+                }
+            }
         }
     }
 

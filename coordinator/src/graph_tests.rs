@@ -411,3 +411,42 @@ fn a_redispatched_build_answers_only_to_its_new_id() {
     assert!(g.is_current_build(&p("x"), new));
     assert_eq!(g.nodes[&p("x")].state, NodeState::Dispatched);
 }
+
+#[test]
+fn heights_follow_the_longest_chain_of_dependents_in_any_arrival_order() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    // Inputs first (as an evaluator sends them): a ← b ← c, and a ← d.
+    chain(&mut g, job);
+    g.add_derivation(job, drv("d", &["a"]));
+    let h = |g: &Graph, n: &str| g.nodes[&p(n)].height;
+    assert_eq!(
+        (h(&g, "a"), h(&g, "b"), h(&g, "c"), h(&g, "d")),
+        (2, 1, 0, 0)
+    );
+    // A dependent arriving before its input: the placeholder keeps the
+    // height and passes it on once the input arrives.
+    g.add_derivation(job, drv("y", &["x"]));
+    g.add_derivation(job, drv("z", &["y"]));
+    g.add_derivation(job, drv("x", &["w"]));
+    g.add_derivation(job, drv("w", &[]));
+    assert_eq!(
+        (h(&g, "w"), h(&g, "x"), h(&g, "y"), h(&g, "z")),
+        (3, 2, 1, 0)
+    );
+}
+
+#[test]
+fn heights_stop_at_the_cap_on_very_deep_graphs() {
+    let mut g = Graph::new();
+    let job = Uuid::new_v4();
+    g.add_job(job, false, 0);
+    let n = crate::graph::MAX_HEIGHT as usize + 50;
+    g.add_derivation(job, drv("l0", &[]));
+    for i in 1..n {
+        g.add_derivation(job, drv(&format!("l{i}"), &[&format!("l{}", i - 1)]));
+    }
+    assert_eq!(g.nodes[&p("l0")].height, crate::graph::MAX_HEIGHT);
+    assert_eq!(g.nodes[&p(&format!("l{}", n - 1))].height, 0);
+}

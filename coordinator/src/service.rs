@@ -797,6 +797,7 @@ impl Coordinator {
             max_silent_secs,
             upload: self.config.upload,
         };
+        let height = self.graph.nodes.get(drv).map_or(0, |n| n.height);
         let route = Route::build(&info.system, &info.required_features);
         if self.build_queues.insert(route.name()) {
             let names: Vec<&String> = self.build_queues.iter().collect();
@@ -808,7 +809,7 @@ impl Coordinator {
         self.publish(
             &route,
             Message::BuildRequest(req),
-            transport_priority(priority),
+            transport_priority(priority, height),
         )
         .await
     }
@@ -1066,11 +1067,32 @@ pub fn log_key(drv_path: &str) -> String {
     format!("log/{base}")
 }
 
-/// Maps a scheduling priority onto the transport's 0–9 scale; IFD is 9.
-fn transport_priority(p: i32) -> u8 {
+/// Maps a scheduling priority and a derivation's height (the longest
+/// chain of dependents above it) onto the transport's 0–9 scale: IFD is 9;
+/// otherwise the job's priority plus one level per doubling of the
+/// height, at most 8, so that a long chain is not starved by a wide layer
+/// queued before it.
+fn transport_priority(p: i32, height: u32) -> u8 {
     if p == i32::MAX {
-        9
-    } else {
-        p.clamp(0, 8) as u8
+        return 9;
+    }
+    let chain = (height + 1).ilog2() as i32;
+    p.saturating_add(chain).clamp(0, 8) as u8
+}
+
+#[cfg(test)]
+mod priority_tests {
+    use super::transport_priority;
+
+    #[test]
+    fn long_chains_go_first_and_ifd_before_all() {
+        assert_eq!(transport_priority(0, 0), 0);
+        assert_eq!(transport_priority(0, 1), 1);
+        assert_eq!(transport_priority(0, 3), 2);
+        assert_eq!(transport_priority(0, 99), 6);
+        assert_eq!(transport_priority(0, 1024), 8);
+        assert_eq!(transport_priority(5, 99), 8);
+        assert_eq!(transport_priority(-3, 3), 0);
+        assert_eq!(transport_priority(i32::MAX, 0), 9);
     }
 }
