@@ -145,8 +145,6 @@ struct Shared {
     handing_back: std::sync::atomic::AtomicBool,
     /// Set once shutdown began (heartbeats say so).
     stopping: std::sync::atomic::AtomicBool,
-    /// Uploads of finished builds, one per slot (see [`Shared::build`]).
-    uploads: Arc<tokio::sync::Semaphore>,
 }
 
 /// Runs the worker until `shutdown` is cancelled; running builds are
@@ -157,7 +155,6 @@ pub async fn run(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let uploads = Arc::new(tokio::sync::Semaphore::new(config.builder.max_jobs.max(1)));
     let shared = Arc::new(Shared {
         builder: Builder::new(config.builder.clone()),
         transport: transport.clone(),
@@ -167,7 +164,6 @@ pub async fn run(
         cancelled: Mutex::new(Default::default()),
         handing_back: Default::default(),
         stopping: Default::default(),
-        uploads,
     });
     let prefetch = u16::try_from(shared.config.builder.max_jobs.max(1)).unwrap_or(u16::MAX);
     let (tx, mut rx) = mpsc::channel::<Delivery>(1);
@@ -231,7 +227,8 @@ pub async fn run(
                 };
                 let shared = shared.clone();
                 tasks.spawn(async move {
-                    shared.handle(req, d, permit).await;
+                    shared.handle(req, d).await;
+                    drop(permit);
                 });
             }
         }
@@ -322,15 +319,7 @@ impl Shared {
         }
     }
 
-    /// Runs one request in the build slot `slot`, which is given back as
-    /// soon as the build itself ended: its outputs are stored while the
-    /// next build already runs.
-    async fn handle(
-        &self,
-        req: BuildRequest,
-        delivery: Delivery,
-        slot: tokio::sync::OwnedSemaphorePermit,
-    ) {
+    async fn handle(&self, req: BuildRequest, delivery: Delivery) {
         let started = Instant::now();
         let token = CancelToken::new();
         {
@@ -345,7 +334,7 @@ impl Shared {
             .unwrap()
             .insert(req.build_id, (token.clone(), req.drv_path.clone()));
         let mut delivery = Some(delivery);
-        let built = self.build(&req, token.clone(), &mut delivery, slot).await;
+        let built = self.build(&req, token.clone(), &mut delivery).await;
         self.running.lock().unwrap().remove(&req.build_id);
         let Some((outcome, log)) = built else {
             // Parked among the dead letters: no result.
@@ -423,7 +412,6 @@ impl Shared {
         req: &BuildRequest,
         token: CancelToken,
         delivery: &mut Option<Delivery>,
-        slot: tokio::sync::OwnedSemaphorePermit,
     ) -> Option<(BuildOutcome, Option<Vec<u8>>)> {
         let fail = |kind, message: String| BuildOutcome::Failed {
             kind,
@@ -511,11 +499,6 @@ impl Shared {
             .build(&req.drv_path, &drv, &inputs, &options)
             .await;
         drop(options);
-        // The slot goes to the next build while the outputs are stored;
-        // at most one upload per slot waits meanwhile, so a slow store
-        // holds builds back instead of piling outputs up.
-        let _uploading = self.uploads.clone().acquire_owned().await;
-        drop(slot);
         let (log, tail) = forward.await.unwrap_or_default();
         let outcome = match result {
             Ok(built) => match self.upload(req, &drv, built.outputs).await {
