@@ -168,8 +168,7 @@ impl AmqpTransport {
                     }
                     *guard = None;
                 }
-                let opened = self.open().await;
-                match opened {
+                match self.open().await {
                     Ok(s) => {
                         let s = Arc::new(s);
                         *guard = Some(s.clone());
@@ -473,13 +472,14 @@ async fn take_leadership(connection: &Connection, role: &str) -> lapin::Result<O
     }
 }
 
-/// A leadership taken with [`Transport::lead`]: dropping it gives the
-/// role up (it is no longer taken again on reconnects, and its exclusive
-/// queue goes with the channel holding it).
+/// A leadership taken with [`Transport::lead`]. Its channel is kept with
+/// the session ([`Session::leaders`]), like those of leaderships taken
+/// again after a reconnect; dropping the hold gives the role up: it is no
+/// longer taken again, and its queue is deleted (it is the connection's,
+/// not the channel's, so closing the channel alone would keep it).
 struct LeaderHold {
     transport: AmqpTransport,
     role: String,
-    channel: Channel,
 }
 
 impl Drop for LeaderHold {
@@ -490,16 +490,11 @@ impl Drop for LeaderHold {
             .lock()
             .unwrap()
             .retain(|(r, _)| *r != self.role);
-        let channel = self.channel.clone();
         let transport = self.transport.clone();
         let role = self.role.clone();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                // The queue is the connection's, not the channel's: it is
-                // deleted, not merely left.
-                give_up(&channel, &role).await;
-                // Taken again on a later connection: that channel goes too.
-                let again: Vec<Channel> = match transport.inner.session.lock().await.as_ref() {
+                let held: Vec<Channel> = match transport.inner.session.lock().await.as_ref() {
                     Some(session) => {
                         let mut leaders = session.leaders.lock().unwrap();
                         let (gone, kept) = leaders.drain(..).partition(|(r, _)| *r == role);
@@ -508,7 +503,7 @@ impl Drop for LeaderHold {
                     }
                     None => Vec::new(),
                 };
-                for ch in again {
+                for ch in held {
                     give_up(&ch, &role).await;
                 }
             });
@@ -637,10 +632,10 @@ impl Transport for AmqpTransport {
                         .unwrap()
                         .push((role.to_string(), tx));
                     info!(role, "leading");
+                    session.leaders.lock().unwrap().push((role.to_string(), ch));
                     let hold = LeaderHold {
                         transport: self.clone(),
                         role: role.to_string(),
-                        channel: ch,
                     };
                     return Ok(Leadership::new(rx, Box::new(hold)));
                 }

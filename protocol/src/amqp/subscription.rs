@@ -121,18 +121,15 @@ impl Pump {
                 n = self.next() => n,
                 _ = stop.cancelled() => break,
             };
-            let end = !matches!(next, Ok(Some(_)));
-            let item = match next {
-                Ok(Some(d)) => Ok(d),
+            // An error ends the pump once it is handed over.
+            let (item, last) = match next {
+                Ok(Some(d)) => (Ok(d), false),
                 Ok(None) => break,
-                Err(e) => Err(e),
+                Err(e) => (Err(e), true),
             };
             tokio::select! {
-                sent = tx.send(item) => if sent.is_err() { break },
+                sent = tx.send(item) => if sent.is_err() || last { break },
                 _ = stop.cancelled() => break,
-            }
-            if end {
-                break;
             }
         }
         self.unsubscribe().await;
